@@ -1,0 +1,148 @@
+/**
+ * Command-line parsing shared by every binary: node:util parseArgs in strict mode, plus
+ * --help, --version, and errors that tell the operator what to type instead.
+ */
+import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
+
+export interface FlagSpec {
+  type: 'string' | 'boolean';
+  /** Shown in --help; also the value when the flag is absent. */
+  default?: string | boolean;
+  /** The flag may be given several times; its value is then an array. */
+  multiple?: boolean;
+  /** One line for --help. */
+  help: string;
+  /** Placeholder for the value in --help, e.g. PATH or PORT. */
+  metavar?: string;
+}
+
+export type FlagSpecs = Record<string, FlagSpec>;
+
+export type FlagValues<S extends FlagSpecs> = {
+  [K in keyof S]: S[K]['multiple'] extends true
+    ? string[]
+    : S[K]['type'] extends 'boolean' ? boolean : S[K]['default'] extends string ? string : string | undefined;
+};
+
+/** Thrown for a bad command line; the binary prints it and exits with status 2. */
+export class UsageError extends Error {}
+
+export interface CommandInfo {
+  name: string;
+  summary: string;
+  /** Extra text after the flag list (examples). */
+  epilog?: string;
+}
+
+export function packageVersion(): string {
+  const url = new URL('../../../package.json', import.meta.url);
+  try {
+    return (JSON.parse(readFileSync(url, 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+export function usage(info: CommandInfo, specs: FlagSpecs): string {
+  const rows = Object.entries(specs).map(([name, spec]) => {
+    const left = spec.type === 'boolean' ? `--${name}` : `--${name}=${spec.metavar ?? 'VALUE'}`;
+    const def = spec.default !== undefined && spec.default !== '' && spec.default !== false
+      ? ` (default ${String(spec.default)})` : '';
+    const many = spec.multiple ? ' (repeatable)' : '';
+    return [left, `${spec.help}${def}${many}`] as const;
+  });
+  rows.push(['--help', 'print this help and exit'], ['--version', 'print the version and exit']);
+  const width = Math.max(...rows.map(([left]) => left.length)) + 2;
+  const lines = rows.map(([left, right]) => `  ${left.padEnd(width)}${right}`);
+  return `Usage: ${info.name} [flags]\n\n${info.summary}\n\nFlags:\n${lines.join('\n')}\n${info.epilog ? `\n${info.epilog}\n` : ''}`;
+}
+
+/**
+ * Parses argv against specs. Prints help or version and exits when asked; throws
+ * UsageError for unknown flags, missing values and positional arguments.
+ */
+export function parseFlags<S extends FlagSpecs>(info: CommandInfo, specs: S, argv: string[]): FlagValues<S> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(usage(info, specs));
+    process.exit(0);
+  }
+  if (argv.includes('--version')) {
+    process.stdout.write(`${info.name} ${packageVersion()}\n`);
+    process.exit(0);
+  }
+  const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = {};
+  for (const [name, spec] of Object.entries(specs)) options[name] = { type: spec.type, multiple: spec.multiple };
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
+  } catch (err) {
+    const message = (err as Error).message.replace(/\. To specify a positional argument.*$/s, '');
+    throw new UsageError(`${message}. Run '${info.name} --help' for the list of flags.`);
+  }
+  const values: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(specs)) {
+    const given = (parsed.values as Record<string, unknown>)[name];
+    if (given !== undefined) values[name] = given;
+    else if (spec.multiple) values[name] = [];
+    else values[name] = spec.default ?? (spec.type === 'boolean' ? false : undefined);
+  }
+  return values as FlagValues<S>;
+}
+
+/** Parses a TCP port flag: 0 (any free port) to 65535. */
+export function parsePort(flag: string, value: string): number {
+  const port = Number(value);
+  if (!/^\d+$/.test(value) || port > 65535) {
+    throw new UsageError(`--${flag}=${value} is not a port number: give 0 to 65535 (0 picks a free port)`);
+  }
+  return port;
+}
+
+/** Parses a duration such as 5s, 500ms, 1m or a plain number of seconds. */
+export function parseDuration(flag: string, value: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(value.trim());
+  if (!match) throw new UsageError(`--${flag}=${value} is not a duration: use e.g. 500ms, 5s, 2m`);
+  const n = Number(match[1]);
+  const unit = match[2] ?? 's';
+  return n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[unit]!;
+}
+
+/** Splits a comma-separated list flag, dropping empty items. */
+export function parseList(value: string | undefined): string[] {
+  return (value ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+}
+
+/**
+ * Runs a binary's main function: prints UsageError and other startup errors as one clear
+ * line and sets the exit status, so no binary ever dies with a raw stack trace.
+ */
+export function runMain(name: string, main: () => Promise<void>): void {
+  main().catch((err: unknown) => {
+    if (err instanceof UsageError) {
+      process.stderr.write(`${name}: ${err.message}\n`);
+      process.exit(2);
+    }
+    process.stderr.write(`${name}: ${(err as Error)?.message ?? String(err)}\n`);
+    process.exit(1);
+  });
+}
+
+/**
+ * Calls stop() on the first SIGINT or SIGTERM and exits when it settles; a second signal
+ * exits at once with status 1.
+ */
+export function onShutdownSignal(stop: () => Promise<void>): void {
+  let stopping = false;
+  const handler = (signal: NodeJS.Signals) => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    process.stderr.write(`received ${signal}, shutting down\n`);
+    stop().then(() => process.exit(0), (err: unknown) => {
+      process.stderr.write(`shutdown failed: ${(err as Error)?.message ?? String(err)}\n`);
+      process.exit(1);
+    });
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+}

@@ -1,0 +1,3 @@
+export * from './packet.js';
+export * from './codec.js';
+export * from './protocol.js';

@@ -1,0 +1,35 @@
+/**
+ * Constants of the konnectivity protocol and of this project's negotiated extensions:
+ * gRPC method paths, metadata keys and the error texts peers and operators match on.
+ */
+
+/** Neither reference .proto declares a package, so the paths have no prefix. */
+export const AGENT_CONNECT_PATH = '/AgentService/Connect';
+export const PROXY_PATH = '/ProxyService/Proxy';
+
+/** Metadata keys, lower case as on the wire. */
+export const MD_AGENT_ID = 'agentid';
+export const MD_AGENT_IDENTIFIERS = 'agentidentifiers';
+export const MD_AUTHORIZATION = 'authorization';
+export const MD_SERVER_ID = 'serverid';
+export const MD_SERVER_COUNT = 'servercount';
+/**
+ * tke-anp-tunnel extension: a peer that sends this key (value: its receive window per
+ * connection, in bytes) speaks WINDOW_UPDATE. Flow control is on for a stream only when
+ * both ends announced it; the reference ignores the key.
+ */
+export const MD_FLOW_CONTROL = 'tke-flow-control';
+
+/** Error texts, as the reference writes them (clients match on some of them). */
+export const ERR_NO_AGENT = 'No agent available';
+export const ERR_UNRECOGNIZED_CONNECT_ID = 'unrecognized connectID';
+export const ERR_UNKNOWN_CONNECT_ID = 'Unknown connectID';
+
+/** The reference agent reads at most 4 KiB per DATA, its server 32 KiB; gRPC's limit is 4 MiB. */
+export const DEFAULT_MAX_DATA_SIZE = 32 * 1024;
+export const DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024;
+
+/** Default ports of this project. */
+export const DEFAULT_AGENT_PORT = 10262;
+export const DEFAULT_SERVER_PORT = 10263;
+export const DEFAULT_REVERSE_PROXY_PORT = 10261;
