@@ -72,7 +72,7 @@ export function parseFlags<S extends FlagSpecs>(info: CommandInfo, specs: S, arg
     process.exit(0);
   }
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = {};
-  for (const [name, spec] of Object.entries(specs)) options[name] = { type: spec.type, multiple: spec.multiple };
+  for (const [name, spec] of Object.entries(specs)) options[name] = { type: spec.type, multiple: spec.multiple ?? false };
   let parsed;
   try {
     parsed = parseArgs({ args: argv, options, strict: true, allowPositionals: false });

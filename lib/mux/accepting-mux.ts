@@ -1,0 +1,100 @@
+/**
+ * The accepting end of a packet stream: the agent on its stream to a server, or the server
+ * on a client's ProxyService stream. Each DIAL_REQ goes to a dial handler (the agent dials
+ * the target; the server's frontend dials through an agent); a successful dial gets a
+ * connectID, counting from 1 on each stream, and is spliced to a TunnelConnection.
+ */
+import type { Duplex } from 'node:stream';
+import { PacketType, closeResponse, dialResponse, type DialRequestPacket, type KnownPacket } from '../wire/packet.js';
+import { ERR_UNKNOWN_CONNECT_ID, ERR_UNRECOGNIZED_CONNECT_ID } from '../wire/protocol.js';
+import { Multiplexer, type MultiplexerOptions } from './multiplexer.js';
+import type { PacketStream } from './packet-stream.js';
+import type { TunnelConnection } from './tunnel-connection.js';
+import { isOrdinaryClose, splice } from './splice.js';
+
+/**
+ * Opens what a DIAL_REQ asks for. A rejection's message is sent to the dialer as the
+ * DIAL_RSP error text; `signal` aborts when the dialer cancels (DIAL_CLS) or the stream ends.
+ */
+export type DialHandler = (request: DialRequestPacket, signal: AbortSignal) => Promise<Duplex>;
+
+export class AcceptingMux extends Multiplexer {
+  private nextConnectID = 1n;
+  private readonly pending = new Map<bigint, AbortController>();
+
+  constructor(stream: PacketStream, private readonly dialHandler: DialHandler, options: MultiplexerOptions = {}) {
+    super(stream, options);
+  }
+
+  closeLocally(conn: TunnelConnection): void {
+    this.sendControl(closeResponse(conn.connectID));
+  }
+
+  protected handle(packet: KnownPacket): boolean {
+    switch (packet.type) {
+      case PacketType.DIAL_REQ:
+        void this.accept(packet);
+        return true;
+      case PacketType.CLOSE_REQ: {
+        const conn = this.connections.get(packet.connectID);
+        if (conn) {
+          this.sendControl(closeResponse(packet.connectID));
+          conn.closeFromPeer();
+        } else {
+          this.strayPackets++;
+          this.sendControl(closeResponse(packet.connectID, ERR_UNKNOWN_CONNECT_ID));
+        }
+        return true;
+      }
+      case PacketType.DIAL_CLS: {
+        const controller = this.pending.get(packet.random);
+        this.pending.delete(packet.random);
+        controller?.abort(new Error('the dialer cancelled the dial'));
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+  protected strayData(connectID: bigint): void {
+    this.strayPackets++;
+    this.sendControl(closeResponse(connectID, ERR_UNRECOGNIZED_CONNECT_ID));
+  }
+
+  protected pendingDialCount(): number {
+    return this.pending.size;
+  }
+
+  protected onShutdown(reason: Error): void {
+    for (const controller of this.pending.values()) controller.abort(reason);
+    this.pending.clear();
+  }
+
+  private async accept(request: DialRequestPacket): Promise<void> {
+    const { random, address } = request;
+    if (this.pending.has(random)) {
+      this.countStray(request, 'DIAL_REQ repeats a pending dial id');
+      return;
+    }
+    const controller = new AbortController();
+    this.pending.set(random, controller);
+    let target: Duplex;
+    try {
+      target = await this.dialHandler(request, controller.signal);
+    } catch (err) {
+      if (this.pending.delete(random)) this.sendControl(dialResponse(random, 0n, (err as Error).message || String(err)));
+      return;
+    }
+    if (!this.pending.delete(random) || controller.signal.aborted) {
+      target.destroy(); // cancelled while dialing, or the stream ended
+      return;
+    }
+    const connectID = this.nextConnectID++;
+    const conn = this.newConnection(connectID, address);
+    this.sendControl(dialResponse(random, connectID));
+    splice(conn, target, (err) => {
+      if (!isOrdinaryClose(err)) this.log.debug('tunneled connection failed', { stream: this.name, connectID, address, err });
+    });
+  }
+}

@@ -1,0 +1,212 @@
+/**
+ * The table of tunneled connections on one packet stream, and the shared write path.
+ *
+ * Writing: control packets (dial, close, window updates) go straight onto the stream; DATA
+ * waits for 'drain' when the stream is congested. Each connection has at most one DATA
+ * packet waiting, and waiters are served first come first served, so the memory held here
+ * is bounded by the number of connections and every connection gets its turn.
+ *
+ * Reading: packets are dispatched to connections by connectID. The two roles (the end that
+ * dials and the end that accepts) differ only in how they answer dials, closes and strays:
+ * see dialing-mux.ts and accepting-mux.ts.
+ */
+import { EventEmitter } from 'node:events';
+import { PacketType, isUnknown, dataPacket, windowUpdate, packetTypeName, type KnownPacket, type Packet } from '../wire/packet.js';
+import { DEFAULT_MAX_DATA_SIZE } from '../wire/protocol.js';
+import { logger, type Logger } from '../observe/log.js';
+import type { PacketStream } from './packet-stream.js';
+import { TunnelConnection, type ConnectionLink, type FlowControl } from './tunnel-connection.js';
+
+/** Without flow control, a connection whose reader is this far behind pauses the stream. */
+export const DEFAULT_PAUSE_THRESHOLD = 1024 * 1024;
+
+export interface MultiplexerOptions {
+  /** Names the stream in logs, e.g. `agent=abc`. */
+  name?: string;
+  /** Largest DATA payload this end sends. */
+  maxDataSize?: number;
+  /** Per-connection windows; set only when both ends announced flow control. */
+  flowControl?: FlowControl;
+  /** See DEFAULT_PAUSE_THRESHOLD. */
+  pauseThreshold?: number;
+  log?: Logger;
+}
+
+export interface MultiplexerStats {
+  connections: number;
+  pendingDials: number;
+  strayPackets: number;
+  unknownPackets: number;
+}
+
+export abstract class Multiplexer extends EventEmitter implements ConnectionLink {
+  readonly name: string;
+  readonly maxDataSize: number;
+  readonly flowControl?: FlowControl;
+  protected readonly log: Logger;
+  protected readonly connections = new Map<bigint, TunnelConnection>();
+  protected strayPackets = 0;
+  protected unknownPackets = 0;
+
+  private readonly pauseThreshold: number;
+  private readonly pausers = new Set<TunnelConnection>();
+  private readonly waiting: Array<() => void> = [];
+  private congested = false;
+  private closedWith?: Error;
+
+  constructor(protected readonly stream: PacketStream, options: MultiplexerOptions = {}) {
+    super();
+    this.name = options.name ?? 'stream';
+    this.maxDataSize = options.maxDataSize ?? DEFAULT_MAX_DATA_SIZE;
+    this.flowControl = options.flowControl;
+    this.pauseThreshold = options.pauseThreshold ?? DEFAULT_PAUSE_THRESHOLD;
+    this.log = options.log ?? logger('mux');
+    stream.on('data', (packet: Packet) => this.receive(packet));
+    stream.on('drain', () => this.serveWaiting());
+    stream.on('end', () => this.shutdown(new Error(`${this.name}: the peer ended the stream`)));
+    stream.on('error', (err: Error) => this.shutdown(err));
+    stream.on('close', () => this.shutdown(new Error(`${this.name}: the stream closed`)));
+  }
+
+  get isClosed(): boolean {
+    return this.closedWith !== undefined;
+  }
+
+  get stats(): MultiplexerStats {
+    return {
+      connections: this.connections.size,
+      pendingDials: this.pendingDialCount(),
+      strayPackets: this.strayPackets,
+      unknownPackets: this.unknownPackets,
+    };
+  }
+
+  /** Ends the stream and every connection on it. */
+  close(reason = new Error(`${this.name}: closed`)): void {
+    if (this.isClosed) return;
+    if (this.stream.writable) this.stream.end();
+    this.shutdown(reason);
+  }
+
+  // ---- ConnectionLink ----------------------------------------------------------------------
+
+  sendData(conn: TunnelConnection, data: Uint8Array, sent: () => void): void {
+    if (this.isClosed) {
+      sent();
+      return;
+    }
+    const packet = dataPacket(conn.connectID, data);
+    if (this.congested) {
+      this.waiting.push(() => {
+        this.write(packet);
+        sent();
+      });
+      return;
+    }
+    this.write(packet);
+    sent();
+  }
+
+  sendWindowUpdate(conn: TunnelConnection, bytes: number): void {
+    this.sendControl(windowUpdate(conn.connectID, bytes));
+  }
+
+  abstract closeLocally(conn: TunnelConnection): void;
+
+  forget(conn: TunnelConnection): void {
+    if (this.connections.get(conn.connectID) === conn) {
+      this.connections.delete(conn.connectID);
+      this.emit('connection-closed', conn);
+    }
+  }
+
+  pauseReading(conn: TunnelConnection): void {
+    this.pausers.add(conn);
+    this.stream.pause();
+    this.log.debug('reader fell behind, pausing the stream', { stream: this.name, connectID: conn.connectID, buffered: conn.bufferedBytes });
+  }
+
+  resumeReading(conn: TunnelConnection): void {
+    if (this.pausers.delete(conn) && this.pausers.size === 0 && !this.isClosed) this.stream.resume();
+  }
+
+  // ---- for the roles ----------------------------------------------------------------------
+
+  /** Writes a control packet, bypassing the DATA queue (control packets are few and small). */
+  protected sendControl(packet: KnownPacket): void {
+    if (this.isClosed) return;
+    this.write(packet);
+  }
+
+  protected newConnection(connectID: bigint, address: string): TunnelConnection {
+    const conn = new TunnelConnection(this, {
+      connectID,
+      address,
+      flowControl: this.flowControl,
+      pauseThreshold: this.pauseThreshold,
+    });
+    this.connections.set(connectID, conn);
+    this.emit('connection', conn);
+    return conn;
+  }
+
+  /** Role-specific packets; return false for a packet the role does not expect. */
+  protected abstract handle(packet: KnownPacket): boolean;
+  /** DATA or WINDOW_UPDATE for a connectID that is not in the table. */
+  protected abstract strayData(connectID: bigint): void;
+  protected abstract pendingDialCount(): number;
+  /** Fails whatever the role has in flight when the stream goes away. */
+  protected abstract onShutdown(reason: Error): void;
+
+  protected countStray(packet: KnownPacket, detail: string): void {
+    this.strayPackets++;
+    this.log.debug('stray packet', { stream: this.name, type: packetTypeName(packet.type), detail });
+  }
+
+  // ---- internals ---------------------------------------------------------------------------
+
+  private write(packet: KnownPacket): void {
+    if (!this.stream.writable) return;
+    if (!this.stream.write(packet)) this.congested = true;
+  }
+
+  private serveWaiting(): void {
+    this.congested = false;
+    while (!this.congested && this.waiting.length > 0) this.waiting.shift()!();
+  }
+
+  private receive(packet: Packet): void {
+    if (this.isClosed) return;
+    if (isUnknown(packet)) {
+      this.unknownPackets++;
+      this.log.debug('ignoring a packet of unknown type', { stream: this.name, type: packet.type });
+      return;
+    }
+    switch (packet.type) {
+      case PacketType.DATA: {
+        const conn = this.connections.get(packet.connectID);
+        if (conn) conn.deliver(packet.data);
+        else if (packet.connectID !== 0n) this.strayData(packet.connectID);
+        return;
+      }
+      case PacketType.WINDOW_UPDATE: {
+        const conn = this.connections.get(packet.connectID);
+        if (conn) conn.grantCredit(Number(packet.bytes));
+        return;
+      }
+    }
+    if (!this.handle(packet)) this.countStray(packet, 'not expected on this end of the stream');
+  }
+
+  private shutdown(reason: Error): void {
+    if (this.isClosed) return;
+    this.closedWith = reason;
+    const connections = [...this.connections.values()];
+    this.connections.clear();
+    for (const conn of connections) conn.abort(reason);
+    for (const waiter of this.waiting.splice(0)) waiter();
+    this.onShutdown(reason);
+    if (!this.stream.destroyed) this.stream.destroy();
+    this.emit('close', reason);
+  }
+}

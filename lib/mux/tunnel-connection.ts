@@ -1,0 +1,203 @@
+/**
+ * One tunneled TCP connection as a Node Duplex. Writes become DATA packets on the
+ * multiplexer's packet stream; DATA from the peer is pushed to the reader.
+ *
+ * Flow control: when both ends speak the WINDOW_UPDATE extension, a writer sends at most
+ * `sendCredit` bytes ahead of what the peer's reader has consumed, and this side grants
+ * credit back as its reader consumes, so a stalled reader holds at most one window in
+ * memory and never holds up the shared stream. Against a reference peer (no credits) a
+ * reader that falls a window behind pauses the whole packet stream instead, as the
+ * reference does, so memory stays bounded either way.
+ */
+import { Duplex } from 'node:stream';
+
+/** What a connection needs from its multiplexer. */
+export interface ConnectionLink {
+  readonly maxDataSize: number;
+  /** Sends DATA; calls `sent` once the shared stream can take more. */
+  sendData(conn: TunnelConnection, data: Uint8Array, sent: () => void): void;
+  /** Grants the peer `bytes` more of this connection's window. */
+  sendWindowUpdate(conn: TunnelConnection, bytes: number): void;
+  /** The local side ended or failed while the connection was open on the wire. */
+  closeLocally(conn: TunnelConnection): void;
+  /** The connection is gone: drop it from the table. */
+  forget(conn: TunnelConnection): void;
+  /** Stop or restart reading the shared stream (reference peers only). */
+  pauseReading(conn: TunnelConnection): void;
+  resumeReading(conn: TunnelConnection): void;
+}
+
+export interface FlowControl {
+  /** Bytes the peer lets us send before it grants more. */
+  sendWindow: number;
+  /** Bytes we let the peer send before we grant more. */
+  receiveWindow: number;
+}
+
+export interface TunnelConnectionOptions {
+  connectID: bigint;
+  address: string;
+  /** Set when both ends negotiated the WINDOW_UPDATE extension. */
+  flowControl?: FlowControl;
+  /** Without flow control: the buffered bytes at which the shared stream is paused. */
+  pauseThreshold: number;
+}
+
+const READ_HIGH_WATER_MARK = 64 * 1024;
+const WRITE_HIGH_WATER_MARK = 16 * 1024;
+
+export class TunnelConnection extends Duplex {
+  readonly connectID: bigint;
+  readonly address: string;
+
+  private readonly link: ConnectionLink;
+  private readonly flowControl?: FlowControl;
+  private readonly pauseThreshold: number;
+  /** Open on the wire: neither side has sent its close packet yet. */
+  private wireOpen = true;
+  private pausedStream = false;
+
+  private sendCredit: number;
+  private pending?: { chunk: Uint8Array; callback: (err?: Error | null) => void };
+  private sending = false;
+
+  /** Bytes received from the peer, and bytes granted back, for WINDOW_UPDATE. */
+  private received = 0;
+  private granted = 0;
+
+  constructor(link: ConnectionLink, options: TunnelConnectionOptions) {
+    super({
+      readableHighWaterMark: READ_HIGH_WATER_MARK,
+      writableHighWaterMark: WRITE_HIGH_WATER_MARK,
+      allowHalfOpen: true,
+    });
+    this.link = link;
+    this.connectID = options.connectID;
+    this.address = options.address;
+    this.flowControl = options.flowControl;
+    this.pauseThreshold = options.pauseThreshold;
+    this.sendCredit = options.flowControl?.sendWindow ?? Number.POSITIVE_INFINITY;
+  }
+
+  get isOpenOnWire(): boolean {
+    return this.wireOpen;
+  }
+
+  /** Bytes waiting in this connection for its reader. */
+  get bufferedBytes(): number {
+    return this.readableLength;
+  }
+
+  // ---- called by the multiplexer ------------------------------------------------------
+
+  /** DATA from the peer. */
+  deliver(data: Uint8Array): void {
+    if (!this.wireOpen || this.destroyed) return;
+    this.received += data.byteLength;
+    this.push(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+    if (!this.flowControl && !this.pausedStream && this.readableLength >= this.pauseThreshold) {
+      this.pausedStream = true;
+      this.link.pauseReading(this);
+    }
+  }
+
+  /** WINDOW_UPDATE from the peer. */
+  grantCredit(bytes: number): void {
+    this.sendCredit += bytes;
+    this.pump();
+  }
+
+  /** The peer closed the connection (CLOSE_RSP to a dialer, CLOSE_REQ to an acceptor). */
+  closeFromPeer(): void {
+    if (!this.wireOpen) return;
+    this.wireOpen = false;
+    this.link.forget(this);
+    this.releaseStream();
+    this.push(null);
+  }
+
+  /** The packet stream under this connection is gone. */
+  abort(err: Error): void {
+    this.wireOpen = false;
+    this.destroy(err);
+  }
+
+  // ---- Duplex implementation -----------------------------------------------------------
+
+  override _read(): void {
+    this.releaseStream();
+    if (this.flowControl) this.maybeGrant();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    this.pending = { chunk, callback };
+    this.pump();
+  }
+
+  /** The local side ended: no half-close exists, so the whole connection closes. */
+  override _final(callback: (err?: Error | null) => void): void {
+    this.closeLocallyOnce();
+    this.push(null);
+    callback();
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    this.closeLocallyOnce();
+    this.releaseStream();
+    this.link.forget(this);
+    this.pending = undefined;
+    callback(err);
+  }
+
+  // ---- internals ---------------------------------------------------------------------------
+
+  /**
+   * Sends as much of the pending chunk as credit and the shared stream allow. Once the wire
+   * is closed the pending write is held, not completed: the writer stops (a source that
+   * pushes synchronously would otherwise spin) until the splice tears both sides down.
+   */
+  private pump(): void {
+    while (this.pending && !this.sending && this.wireOpen) {
+      const { chunk, callback } = this.pending;
+      const size = Math.min(chunk.byteLength, this.link.maxDataSize, this.sendCredit);
+      if (size <= 0) return; // wait for WINDOW_UPDATE
+      const whole = size === chunk.byteLength;
+      this.sendCredit -= size;
+      this.pending = whole ? undefined : { chunk: chunk.subarray(size), callback };
+      this.sending = true;
+      let synchronous = true;
+      this.link.sendData(this, whole ? chunk : chunk.subarray(0, size), () => {
+        this.sending = false;
+        if (!this.pending) callback();
+        else if (!synchronous) this.pump();
+      });
+      synchronous = false;
+    }
+  }
+
+  private closeLocallyOnce(): void {
+    if (!this.wireOpen) return;
+    this.wireOpen = false;
+    this.link.closeLocally(this);
+  }
+
+  private releaseStream(): void {
+    if (!this.pausedStream) return;
+    this.pausedStream = false;
+    this.link.resumeReading(this);
+  }
+
+  /**
+   * Grants the peer the bytes our reader has consumed, in batches of a quarter window so
+   * that WINDOW_UPDATEs stay rare while the window never runs dry on a keeping-up reader.
+   */
+  private maybeGrant(): void {
+    if (!this.wireOpen) return;
+    const consumed = this.received - this.readableLength;
+    const owed = consumed - this.granted;
+    if (owed > 0 && (owed >= this.flowControl!.receiveWindow / 4 || this.readableLength === 0)) {
+      this.granted += owed;
+      this.link.sendWindowUpdate(this, owed);
+    }
+  }
+}

@@ -1,0 +1,191 @@
+import test from 'ava';
+import { createHash, randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { once } from 'node:events';
+import { Duplex } from 'node:stream';
+import {
+  AcceptingMux, DialingMux, DialError, packetStreamPair, type DialHandler, type PacketStream,
+} from '../lib/mux/index.js';
+import {
+  PacketType, closeRequest, dataPacket, dialResponse, type Packet,
+} from '../lib/wire/index.js';
+import { ERR_UNKNOWN_CONNECT_ID, ERR_UNRECOGNIZED_CONNECT_ID } from '../lib/wire/protocol.js';
+
+/** A TCP server on 127.0.0.1 that echoes (or answers with the sha256 of what it got). */
+async function echoServer(): Promise<{ port: number; close(): void; sockets: Set<net.Socket> }> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.pipe(socket);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { port: (server.address() as net.AddressInfo).port, sockets, close: () => { for (const s of sockets) s.destroy(); server.close(); } };
+}
+
+const tcpHandler: DialHandler = (request) => new Promise((resolve, reject) => {
+  const [host, port] = request.address.split(':');
+  const socket = net.connect(Number(port), host);
+  socket.once('connect', () => resolve(socket));
+  socket.once('error', reject);
+});
+
+function pair(handler: DialHandler = tcpHandler, flow = true) {
+  const [a, b] = packetStreamPair();
+  const fc = flow ? { sendWindow: 256 * 1024, receiveWindow: 256 * 1024 } : undefined;
+  const dialer = new DialingMux(a, { name: 'test-dialer', flowControl: fc });
+  const acceptor = new AcceptingMux(b, handler, { name: 'test-acceptor', flowControl: fc });
+  return { dialer, acceptor, a, b };
+}
+
+async function roundTrip(conn: Duplex, size: number): Promise<boolean> {
+  const payload = randomBytes(size);
+  const got: Buffer[] = [];
+  let received = 0;
+  const done = new Promise<void>((resolve) => {
+    conn.on('data', (chunk: Buffer) => { got.push(chunk); received += chunk.length; if (received >= size) resolve(); });
+  });
+  conn.write(payload);
+  await done;
+  const digest = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+  return digest(Buffer.concat(got)) === digest(payload);
+}
+
+test('dial, echo data both ways, close: tables empty on both ends', async (t) => {
+  const echo = await echoServer();
+  const { dialer, acceptor } = pair();
+  const conn = await dialer.dial(`127.0.0.1:${echo.port}`);
+  t.is(conn.connectID, 1n);
+  t.true(await roundTrip(conn, 3 * 1024 * 1024 + 17));
+  conn.end();
+  await once(conn, 'close');
+  await new Promise((r) => setTimeout(r, 50));
+  t.is(dialer.stats.connections, 0);
+  t.is(acceptor.stats.connections, 0);
+  t.is(echo.sockets.size, 0);
+  echo.close();
+});
+
+test('connectIDs count from 1 per stream and many connections interleave intact', async (t) => {
+  const echo = await echoServer();
+  const { dialer, acceptor } = pair();
+  const conns = await Promise.all(Array.from({ length: 20 }, () => dialer.dial(`127.0.0.1:${echo.port}`)));
+  t.deepEqual(conns.map((c) => c.connectID).sort((x, y) => Number(x - y)), Array.from({ length: 20 }, (_, i) => BigInt(i + 1)));
+  const results = await Promise.all(conns.map((c, i) => roundTrip(c, 100_000 + i * 7919)));
+  t.true(results.every(Boolean));
+  for (const c of conns) c.destroy();
+  await new Promise((r) => setTimeout(r, 50));
+  t.is(acceptor.stats.connections, 0);
+  echo.close();
+});
+
+test('a refused dial rejects with the acceptor error text and leaves nothing behind', async (t) => {
+  const { dialer, acceptor } = pair(async () => { throw new Error('dial tcp 10.0.0.1:80: connect: connection refused'); });
+  const err = await t.throwsAsync(dialer.dial('10.0.0.1:80'), { instanceOf: DialError });
+  t.is(err?.message, 'dial tcp 10.0.0.1:80: connect: connection refused');
+  t.is(dialer.stats.pendingDials, 0);
+  t.is(acceptor.stats.pendingDials, 0);
+});
+
+test('a dial timeout sends DIAL_CLS, which cancels the dial on the accepting end', async (t) => {
+  let aborted = false;
+  const { dialer, acceptor } = pair((_req, signal) => new Promise((_resolve, reject) => {
+    signal.addEventListener('abort', () => { aborted = true; reject(new Error('cancelled')); });
+  }));
+  await t.throwsAsync(dialer.dial('x:1', { timeoutMs: 50 }), { message: /within 50 ms/ });
+  await new Promise((r) => setTimeout(r, 20));
+  t.true(aborted);
+  t.is(acceptor.stats.pendingDials, 0);
+});
+
+test('when the stream ends, open connections close and pending dials fail at once', async (t) => {
+  const echo = await echoServer();
+  const { dialer, a } = pair((req, signal) => req.address === 'hang:1' ? new Promise(() => { void signal; }) : tcpHandler(req, signal));
+  const conn = await dialer.dial(`127.0.0.1:${echo.port}`);
+  const pendingDial = dialer.dial('hang:1');
+  const closed = new Promise((resolve) => conn.on('close', resolve));
+  conn.on('error', () => {});
+  a.destroy();
+  await t.throwsAsync(pendingDial, { instanceOf: DialError, message: /closed before answering/ });
+  await closed;
+  t.is(dialer.stats.connections, 0);
+  await new Promise((r) => setTimeout(r, 50));
+  t.is(echo.sockets.size, 0);
+  echo.close();
+});
+
+/** Drives one end of a packet stream by hand, as a misbehaving or reference peer would. */
+function rawPeer(stream: PacketStream) {
+  const received: Packet[] = [];
+  stream.on('data', (p: Packet) => received.push(p));
+  return { received, send: (p: Packet) => stream.write(p) };
+}
+
+test('the accepting end answers stray packets as the reference agent does', async (t) => {
+  const [a, b] = packetStreamPair();
+  new AcceptingMux(b, tcpHandler, { name: 'agent' });
+  const peer = rawPeer(a);
+  peer.send(dataPacket(77n, Buffer.from('x')));
+  peer.send(closeRequest(78n));
+  peer.send({ type: 99, unknown: true });
+  peer.send(dataPacket(0n, Buffer.from('ignored')));
+  await new Promise((r) => setTimeout(r, 20));
+  t.deepEqual(received(peer), [
+    { type: PacketType.CLOSE_RSP, connectID: 77n, error: ERR_UNRECOGNIZED_CONNECT_ID },
+    { type: PacketType.CLOSE_RSP, connectID: 78n, error: ERR_UNKNOWN_CONNECT_ID },
+  ]);
+});
+
+function received(peer: { received: Packet[] }) {
+  return peer.received.map((p) => ({ ...p }));
+}
+
+test('the dialing end answers stray DATA with CLOSE_REQ and closes what a late DIAL_RSP opened', async (t) => {
+  const [a, b] = packetStreamPair();
+  const dialer = new DialingMux(a, { name: 'server' });
+  const peer = rawPeer(b);
+  peer.send(dataPacket(5n, Buffer.from('x')));
+  peer.send(dialResponse(12345n, 9n));
+  await new Promise((r) => setTimeout(r, 20));
+  t.deepEqual(received(peer), [
+    { type: PacketType.CLOSE_REQ, connectID: 5n },
+    { type: PacketType.CLOSE_REQ, connectID: 9n },
+  ]);
+  t.is(dialer.stats.connections, 0);
+});
+
+test('flow control: a stalled reader holds one window and does not stall the other connections', async (t) => {
+  // The accepting end serves an endless source on "source:1" and an echo otherwise.
+  const echo = await echoServer();
+  const handler: DialHandler = async (req, signal) => {
+    if (req.address !== 'source:1') return tcpHandler(req, signal);
+    const chunk = Buffer.alloc(64 * 1024, 7);
+    let sent = 0;
+    return new Duplex({ read() { sent += chunk.length; this.push(chunk); }, write(_c, _e, cb) { cb(); } });
+  };
+  const { dialer } = pair(handler);
+  const stalled = await dialer.dial('source:1');
+  stalled.pause(); // never read
+  const others = await Promise.all(Array.from({ length: 5 }, () => dialer.dial(`127.0.0.1:${echo.port}`)));
+  const ok = await Promise.all(others.map((c) => roundTrip(c, 2 * 1024 * 1024)));
+  t.true(ok.every(Boolean));
+  // The stalled connection buffers at most its window (plus one packet in flight).
+  t.true(stalled.readableLength <= 256 * 1024 + 32 * 1024, `buffered ${stalled.readableLength}`);
+  stalled.destroy();
+  for (const c of others) c.destroy();
+  echo.close();
+});
+
+test('without flow control a stalled reader pauses the shared stream instead of buffering without bound', async (t) => {
+  const handler: DialHandler = async () => {
+    const chunk = Buffer.alloc(64 * 1024, 7);
+    return new Duplex({ read() { this.push(chunk); }, write(_c, _e, cb) { cb(); } });
+  };
+  const { dialer } = pair(handler, false);
+  const stalled = await dialer.dial('source:1');
+  stalled.pause();
+  await new Promise((r) => setTimeout(r, 200));
+  t.true(stalled.readableLength < 2 * 1024 * 1024, `buffered ${stalled.readableLength}`);
+  stalled.destroy();
+});
