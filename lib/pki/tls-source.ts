@@ -1,0 +1,184 @@
+/**
+ * Where the rest of the project gets its TLS key, certificate and CA bundle. Listeners and
+ * dialers ask current() for every new handshake and may follow `changes`, so certificates can
+ * rotate (files replaced by cert-manager, a CSR controller, or tunnel-pki) while existing
+ * tunnels stay up. Today the material comes from PEM files; a Kubernetes CSR API source can
+ * implement the same interface later.
+ */
+import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { promises as fs, type Stats } from 'node:fs';
+import { Subject, type Observable } from 'rxjs';
+import { logger } from '../observe/log.js';
+import type { LocalPkiPaths } from './local-pki.js';
+
+/** Off by default: files given on the command line usually don't change under a running process. */
+const DEFAULT_WATCH_INTERVAL_MS = 0;
+const ERRNO_TEXT: Record<string, string> = {
+  ENOENT: 'no such file',
+  EACCES: 'permission denied',
+  EISDIR: 'is a directory',
+  ENOTDIR: 'a parent is not a directory',
+};
+const LOCAL_PKI_ROLES = {
+  server: 'tunnel-server (local PKI)',
+  agent: 'tunnel-agent (local PKI)',
+  client: 'tunnel-client (local PKI)',
+} as const;
+
+const log = logger('tls');
+
+export interface TlsMaterial {
+  key: Buffer;
+  cert: Buffer;
+  ca: Buffer;
+}
+
+export interface TlsSource {
+  /** The material to use for the next handshake; always valid once the source is loaded. */
+  current(): TlsMaterial;
+  /** Emits after a reload picked up new, valid bytes. */
+  readonly changes: Observable<TlsMaterial>;
+  /** Stops watching and completes `changes`. */
+  close(): void;
+}
+
+export interface TlsFilePaths {
+  key: string;
+  cert: string;
+  ca: string;
+  /** Who uses the material, for error messages, e.g. 'tunnel-server agent listener'. */
+  role: string;
+}
+
+export interface FileTlsSourceOptions {
+  /** Poll the files this often and reload when they change; 0 turns watching off. */
+  watchIntervalMs?: number;
+}
+
+/** TLS material read from three PEM files, optionally reloaded when the files change. */
+export class FileTlsSource implements TlsSource {
+  readonly changes: Observable<TlsMaterial>;
+  private readonly subject = new Subject<TlsMaterial>();
+  private timer: NodeJS.Timeout | undefined;
+  private fileStamp = '';
+  private polling = false;
+
+  private constructor(private readonly paths: TlsFilePaths, private material: TlsMaterial) {
+    this.changes = this.subject.asObservable();
+  }
+
+  /** Reads and validates the files; throws an error that tells the operator what to fix. */
+  static async load(paths: TlsFilePaths, options: FileTlsSourceOptions = {}): Promise<FileTlsSource> {
+    // Stamp before reading: a change racing with the read is then seen by the first poll.
+    const stamp = await stampFiles(paths).catch(() => '');
+    const source = new FileTlsSource(paths, await readMaterial(paths));
+    source.fileStamp = stamp;
+    const interval = options.watchIntervalMs ?? DEFAULT_WATCH_INTERVAL_MS;
+    if (interval > 0) {
+      source.timer = setInterval(() => void source.poll(), interval);
+      source.timer.unref();
+    }
+    return source;
+  }
+
+  current(): TlsMaterial {
+    return this.material;
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    this.subject.complete();
+  }
+
+  /**
+   * Reloads when any file's inode, size or mtime changed. A bad new set (half-written, key
+   * and certificate from different rotations) is logged once and ignored; the next change of
+   * the files triggers another attempt.
+   */
+  private async poll(): Promise<void> {
+    if (this.polling) return;
+    this.polling = true;
+    try {
+      const stamp = await stampFiles(this.paths).catch(() => undefined);
+      if (stamp === undefined || stamp === this.fileStamp) return;
+      this.fileStamp = stamp;
+      const next = await readMaterial(this.paths);
+      const closed = this.timer === undefined;
+      if (closed || sameMaterial(next, this.material)) return;
+      this.material = next;
+      log.info('reloaded TLS material', { role: this.paths.role, cert: this.paths.cert });
+      this.subject.next(next);
+    } catch (err) {
+      log.warn('ignoring changed TLS files, keeping the previous certificate', { role: this.paths.role, error: err as Error });
+    } finally {
+      this.polling = false;
+    }
+  }
+}
+
+/** A TlsSource for one role of the local PKI (see ensureLocalPki). */
+export function localPkiTlsSource(
+  paths: LocalPkiPaths,
+  role: 'server' | 'agent' | 'client',
+  options?: FileTlsSourceOptions,
+): Promise<FileTlsSource> {
+  const files = {
+    server: { cert: paths.serverCert, key: paths.serverKey },
+    agent: { cert: paths.agentCert, key: paths.agentKey },
+    client: { cert: paths.clientCert, key: paths.clientKey },
+  }[role];
+  return FileTlsSource.load({ ...files, ca: paths.caCert, role: LOCAL_PKI_ROLES[role] }, options);
+}
+
+/** Reads the three files and checks they parse and that the key belongs to the certificate. */
+async function readMaterial(paths: TlsFilePaths): Promise<TlsMaterial> {
+  const [key, cert, ca] = await Promise.all([
+    readPem(paths.key, 'private key', paths.role),
+    readPem(paths.cert, 'certificate', paths.role),
+    readPem(paths.ca, 'CA certificate', paths.role),
+  ]);
+  const x509 = parseCertificate(cert, paths.cert, paths.role);
+  parseCertificate(ca, paths.ca, paths.role);
+  let privateKey;
+  try {
+    privateKey = createPrivateKey(key);
+  } catch (err) {
+    throw new Error(`${paths.key} is not a usable PEM private key for ${paths.role}: ${(err as Error).message}. Give the unencrypted PEM key that belongs to certificate ${paths.cert}.`);
+  }
+  if (!x509.checkPrivateKey(privateKey)) {
+    throw new Error(`private key ${paths.key} does not match certificate ${paths.cert} for ${paths.role}. Give the key that was created together with this certificate.`);
+  }
+  if (new Date(x509.validTo).getTime() < Date.now()) {
+    log.warn('certificate has expired; peers will refuse it', { role: paths.role, cert: paths.cert, notAfter: x509.validTo });
+  }
+  return { key, cert, ca };
+}
+
+async function readPem(path: string, what: string, role: string): Promise<Buffer> {
+  try {
+    return await fs.readFile(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const reason = code ? `${code} (${ERRNO_TEXT[code] ?? (err as Error).message})` : (err as Error).message;
+    throw new Error(`cannot read ${what} ${path} for ${role}: ${reason}. Give an existing PEM file, or omit the certificate flags to use the local PKI in the state directory.`);
+  }
+}
+
+function parseCertificate(pem: Buffer, path: string, role: string): X509Certificate {
+  try {
+    return new X509Certificate(pem);
+  } catch (err) {
+    throw new Error(`${path} is not a PEM certificate for ${role}: ${(err as Error).message}. Give a file that starts with -----BEGIN CERTIFICATE-----.`);
+  }
+}
+
+/** A string that changes whenever any of the files is replaced or rewritten. */
+async function stampFiles(paths: TlsFilePaths): Promise<string> {
+  const stats = await Promise.all([paths.key, paths.cert, paths.ca].map((path) => fs.stat(path)));
+  return stats.map((s: Stats) => `${s.ino}:${s.size}:${s.mtimeMs}`).join('|');
+}
+
+function sameMaterial(a: TlsMaterial, b: TlsMaterial): boolean {
+  return a.key.equals(b.key) && a.cert.equals(b.cert) && a.ca.equals(b.ca);
+}
