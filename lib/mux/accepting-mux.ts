@@ -5,7 +5,7 @@
  * connectID, counting from 1 on each stream, and is spliced to a TunnelConnection.
  */
 import type { Duplex } from 'node:stream';
-import { PacketType, closeResponse, dialResponse, type DialRequestPacket, type KnownPacket } from '../wire/packet.js';
+import { PacketType, closeResponse, dialResponse, drain, type DialRequestPacket, type KnownPacket } from '../wire/packet.js';
 import { ERR_UNKNOWN_CONNECT_ID, ERR_UNRECOGNIZED_CONNECT_ID } from '../wire/protocol.js';
 import { Multiplexer, type MultiplexerOptions } from './multiplexer.js';
 import type { PacketStream } from './packet-stream.js';
@@ -24,6 +24,11 @@ export class AcceptingMux extends Multiplexer {
 
   constructor(stream: PacketStream, private readonly dialHandler: DialHandler, options: MultiplexerOptions = {}) {
     super(stream, options);
+  }
+
+  /** Tells the dialing end to route no new dials here (the agent is shutting down). */
+  sendDrain(): void {
+    this.sendControl(drain());
   }
 
   closeLocally(conn: TunnelConnection): void {

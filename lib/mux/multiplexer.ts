@@ -42,13 +42,13 @@ export interface MultiplexerStats {
 export abstract class Multiplexer extends EventEmitter implements ConnectionLink {
   readonly name: string;
   readonly maxDataSize: number;
-  readonly flowControl?: FlowControl;
   protected readonly log: Logger;
   protected readonly connections = new Map<bigint, TunnelConnection>();
   protected strayPackets = 0;
   protected unknownPackets = 0;
 
   private readonly pauseThreshold: number;
+  private windows?: FlowControl;
   private readonly pausers = new Set<TunnelConnection>();
   private readonly waiting: Array<() => void> = [];
   private congested = false;
@@ -58,7 +58,7 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
     super();
     this.name = options.name ?? 'stream';
     this.maxDataSize = options.maxDataSize ?? DEFAULT_MAX_DATA_SIZE;
-    this.flowControl = options.flowControl;
+    this.windows = options.flowControl;
     this.pauseThreshold = options.pauseThreshold ?? DEFAULT_PAUSE_THRESHOLD;
     this.log = options.log ?? logger('mux');
     stream.on('data', (packet: Packet) => this.receive(packet));
@@ -66,6 +66,20 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
     stream.on('end', () => this.shutdown(new Error(`${this.name}: the peer ended the stream`)));
     stream.on('error', (err: Error) => this.shutdown(err));
     stream.on('close', () => this.shutdown(new Error(`${this.name}: the stream closed`)));
+  }
+
+  /** Per-connection windows, when both ends speak the flow-control extension. */
+  get flowControl(): FlowControl | undefined {
+    return this.windows;
+  }
+
+  /**
+   * Sets the windows once the peer's announcement is known (a gRPC client learns it from the
+   * response headers, which can arrive after the stream is opened). Applies to connections
+   * opened from then on.
+   */
+  negotiateFlowControl(windows: FlowControl | undefined): void {
+    this.windows = windows;
   }
 
   get isClosed(): boolean {
@@ -142,7 +156,7 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
     const conn = new TunnelConnection(this, {
       connectID,
       address,
-      flowControl: this.flowControl,
+      flowControl: this.windows,
       pauseThreshold: this.pauseThreshold,
     });
     this.connections.set(connectID, conn);

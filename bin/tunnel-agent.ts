@@ -1,0 +1,76 @@
+#!/usr/bin/env node
+/** tunnel-agent: flags in, a running TunnelAgent out. */
+import { onShutdownSignal, parseFlags, parseDuration, parsePort, runMain, UsageError } from '../lib/cli/flags.js';
+import { setLogLevel, type LogLevel } from '../lib/observe/log.js';
+import { defaultStateDir } from '../lib/pki/local-pki.js';
+import { resolveTls } from '../lib/pki/resolve-tls.js';
+import { mtlsChannelCredentials } from '../lib/transport/credentials.js';
+import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
+import { parseHostAliases } from '../lib/agent/target-dialer.js';
+import { validateAgentIdentifiers } from '../lib/server/agent-identifiers.js';
+import { DEFAULT_AGENT_PORT } from '../lib/wire/protocol.js';
+
+const NAME = 'tunnel-agent';
+
+const FLAGS = {
+  'cluster-name': { type: 'string', metavar: 'NAME', help: 'serve dials to NAME:port (announces host=NAME)' },
+  'agent-identifiers': { type: 'string', metavar: 'QUERY', help: 'what this agent serves, as a URL query: host=, ipv4=, ipv6=, cidr=, default-route=true (overrides --cluster-name\'s host=NAME)' },
+  'agent-id': { type: 'string', metavar: 'ID', help: 'this agent\'s id (default: $PROXY_AGENT_ID, else a random UUID)' },
+  'tunnelserver-addr': { type: 'string', default: `127.0.0.1:${DEFAULT_AGENT_PORT}`, metavar: 'HOST:PORT', help: 'the tunnel server\'s agent port' },
+  'server-name': { type: 'string', metavar: 'NAME', help: 'name to verify the server certificate against (default: the host of --tunnelserver-addr)' },
+  'ca-cert': { type: 'string', metavar: 'PATH', help: 'CA that the server certificate must chain to' },
+  'agent-cert': { type: 'string', metavar: 'PATH', help: 'this agent\'s client certificate (PEM)' },
+  'agent-key': { type: 'string', metavar: 'PATH', help: 'this agent\'s private key (PEM)' },
+  'state-dir': { type: 'string', default: defaultStateDir(), metavar: 'DIR', help: 'where the local PKI lives when no certificate flags are given' },
+  'dial-timeout': { type: 'string', default: '5s', metavar: 'DURATION', help: 'timeout for dialing a target' },
+  'host-alias': { type: 'string', multiple: true, metavar: 'NAME=ADDRESS', help: 'dial ADDRESS when asked for NAME, before DNS (e.g. my-cluster=127.0.0.1)' },
+  'health-bind-address': { type: 'string', default: '0.0.0.0', metavar: 'IP', help: 'address of the health port' },
+  'health-port': { type: 'string', default: '8093', metavar: 'PORT', help: '/healthz, /readyz and /metrics ("off" turns it off)' },
+  'connection-window': { type: 'string', default: String(4 * 1024 * 1024), metavar: 'BYTES', help: 'per-connection flow-control window offered to the server (0 turns the extension off)' },
+  'log-level': { type: 'string', default: 'info', metavar: 'LEVEL', help: 'debug, info, warn or error' },
+} as const;
+
+function identifiersFrom(clusterName: string | undefined, explicit: string | undefined): string {
+  if (explicit !== undefined) {
+    try {
+      validateAgentIdentifiers(explicit);
+    } catch (err) {
+      throw new UsageError(`--agent-identifiers: ${(err as Error).message}`);
+    }
+    return explicit;
+  }
+  if (clusterName) return new URLSearchParams({ host: clusterName }).toString();
+  throw new UsageError('give --cluster-name=NAME (dials to NAME:port come to this agent), or --agent-identifiers');
+}
+
+runMain(NAME, async () => {
+  const flags = parseFlags({ name: NAME, summary: 'The tunnel agent: runs in a managed cluster, dials out to the tunnel server and opens the connections the hub asks for.' }, FLAGS, process.argv.slice(2));
+  setLogLevel(flags['log-level'] as LogLevel);
+  const identifiers = identifiersFrom(flags['cluster-name'], flags['agent-identifiers']);
+  const window = Number(flags['connection-window']);
+  if (!/^\d+$/.test(flags['connection-window'])) throw new UsageError(`--connection-window=${flags['connection-window']} must be a number of bytes`);
+  let hostAliases;
+  try {
+    hostAliases = parseHostAliases(flags['host-alias']);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const tls = await resolveTls(
+    { ca: ['ca-cert', flags['ca-cert']], cert: ['agent-cert', flags['agent-cert']], key: ['agent-key', flags['agent-key']] },
+    { role: 'agent', purpose: 'tunnel-agent connection to the server', stateDir: flags['state-dir'] },
+  );
+  const healthPort = flags['health-port'] === 'off' ? undefined : parsePort('health-port', flags['health-port']);
+  const agent = new TunnelAgent({
+    serverAddress: flags['tunnelserver-addr'],
+    credentials: mtlsChannelCredentials(tls),
+    serverName: flags['server-name'],
+    agentID: flags['agent-id'] ?? process.env.PROXY_AGENT_ID,
+    agentIdentifiers: identifiers,
+    target: { timeoutMs: parseDuration('dial-timeout', flags['dial-timeout']), hostAliases },
+    connectionWindow: window,
+    healthBindAddress: flags['health-bind-address'],
+    healthPort,
+  });
+  onShutdownSignal(() => agent.stop());
+  await agent.start();
+});

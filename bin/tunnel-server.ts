@@ -1,0 +1,78 @@
+#!/usr/bin/env node
+/** tunnel-server: flags in, a running TunnelServer out. */
+import { onShutdownSignal, parseFlags, parseDuration, parseList, parsePort, runMain, UsageError } from '../lib/cli/flags.js';
+import { setLogLevel, type LogLevel } from '../lib/observe/log.js';
+import { defaultStateDir } from '../lib/pki/local-pki.js';
+import { resolveTls } from '../lib/pki/resolve-tls.js';
+import { parseProxyStrategies } from '../lib/server/proxy-strategies.js';
+import { TunnelServer } from '../lib/server/tunnel-server.js';
+import { DEFAULT_AGENT_PORT, DEFAULT_SERVER_PORT } from '../lib/wire/protocol.js';
+
+const NAME = 'tunnel-server';
+
+const FLAGS = {
+  'bind-address': { type: 'string', default: '0.0.0.0', metavar: 'IP', help: 'address the agent, HTTP-CONNECT and gRPC ports listen on' },
+  'agent-port': { type: 'string', default: String(DEFAULT_AGENT_PORT), metavar: 'PORT', help: 'agents\' gRPC port, mTLS (0 = any free port)' },
+  'server-port': { type: 'string', default: String(DEFAULT_SERVER_PORT), metavar: 'PORT', help: 'HTTP-CONNECT frontend port, mTLS (0 = any free port; "off" turns it off)' },
+  'http-connect-uds': { type: 'string', metavar: 'PATH', help: 'also serve HTTP-CONNECT on this unix socket, without TLS' },
+  'uds-name': { type: 'string', metavar: 'PATH', help: 'serve the gRPC frontend (ProxyService, as kube-apiserver\'s egress selector uses it) on this unix socket' },
+  'grpc-port': { type: 'string', metavar: 'PORT', help: 'serve the gRPC frontend on this TCP port with mTLS (off unless given)' },
+  'health-bind-address': { type: 'string', default: '0.0.0.0', metavar: 'IP', help: 'address of the health port' },
+  'health-port': { type: 'string', default: '8092', metavar: 'PORT', help: '/healthz, /readyz and /metrics ("off" turns it off)' },
+  'ca-cert': { type: 'string', metavar: 'PATH', help: 'CA that client and agent certificates must chain to' },
+  'server-cert': { type: 'string', metavar: 'PATH', help: 'server certificate (PEM)' },
+  'server-key': { type: 'string', metavar: 'PATH', help: 'server private key (PEM)' },
+  'cert-dns-names': { type: 'string', metavar: 'a,b', help: 'extra DNS names for the local PKI\'s server certificate' },
+  'cert-ips': { type: 'string', metavar: 'IP,IP', help: 'extra IP addresses for the local PKI\'s server certificate' },
+  'state-dir': { type: 'string', default: defaultStateDir(), metavar: 'DIR', help: 'where the local PKI lives when no certificate flags are given' },
+  'proxy-strategies': { type: 'string', default: 'destHost', metavar: 'LIST', help: 'how dials pick an agent, tried in order: destHost, default, defaultRoute' },
+  'server-id': { type: 'string', metavar: 'ID', help: 'this server\'s id, sent to agents (default: a random UUID)' },
+  'server-count': { type: 'string', default: '1', metavar: 'N', help: 'number of servers behind the agents\' address; agents keep a stream to each' },
+  'dial-timeout': { type: 'string', default: '30s', metavar: 'DURATION', help: 'how long a client waits for the agent to answer a dial' },
+  'connection-window': { type: 'string', default: String(4 * 1024 * 1024), metavar: 'BYTES', help: 'per-connection flow-control window offered to peers (0 turns the extension off)' },
+  'log-level': { type: 'string', default: 'info', metavar: 'LEVEL', help: 'debug, info, warn or error' },
+} as const;
+
+function optionalPort(flag: string, value: string | undefined): number | undefined {
+  if (value === undefined || value === 'off') return undefined;
+  return parsePort(flag, value);
+}
+
+function parseCount(flag: string, value: string, min: number): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < min) throw new UsageError(`--${flag}=${value} must be a whole number >= ${min}`);
+  return n;
+}
+
+runMain(NAME, async () => {
+  const flags = parseFlags({ name: NAME, summary: 'The tunnel server: agents in managed clusters connect to it; hub clients reach those clusters through it with HTTP-CONNECT or gRPC.' }, FLAGS, process.argv.slice(2));
+  setLogLevel(flags['log-level'] as LogLevel);
+  let strategies;
+  try {
+    strategies = parseProxyStrategies(parseList(flags['proxy-strategies']));
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const tls = await resolveTls(
+    { ca: ['ca-cert', flags['ca-cert']], cert: ['server-cert', flags['server-cert']], key: ['server-key', flags['server-key']] },
+    { role: 'server', purpose: 'tunnel-server listeners', stateDir: flags['state-dir'], dnsNames: parseList(flags['cert-dns-names']), ips: parseList(flags['cert-ips']) },
+  );
+  const server = new TunnelServer({
+    bindAddress: flags['bind-address'],
+    agentPort: parsePort('agent-port', flags['agent-port']),
+    serverPort: optionalPort('server-port', flags['server-port']),
+    httpConnectUds: flags['http-connect-uds'],
+    udsName: flags['uds-name'],
+    grpcPort: optionalPort('grpc-port', flags['grpc-port']),
+    healthBindAddress: flags['health-bind-address'],
+    healthPort: optionalPort('health-port', flags['health-port']),
+    tls,
+    proxyStrategies: strategies,
+    serverID: flags['server-id'],
+    serverCount: parseCount('server-count', flags['server-count'], 1),
+    dialTimeoutMs: parseDuration('dial-timeout', flags['dial-timeout']),
+    connectionWindow: parseCount('connection-window', flags['connection-window'], 0),
+  });
+  onShutdownSignal(() => server.stop());
+  await server.start();
+});

@@ -1,0 +1,171 @@
+/**
+ * The tunnel agent: keeps streams open to the tunnel server (as many as the server count
+ * says, each to a distinct server id, for HA behind a load balancer), reconnects with
+ * jittered backoff, and dials targets for the server.
+ */
+import type * as grpc from '@grpc/grpc-js';
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { DialHandler } from '../mux/accepting-mux.js';
+import { channelOptions } from '../transport/options.js';
+import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js';
+import { logger } from '../observe/log.js';
+import { MetricsRegistry } from '../observe/metrics.js';
+import { HealthServer } from '../observe/health-server.js';
+import { Backoff, type BackoffOptions } from './backoff.js';
+import { ServerConnection } from './server-connection.js';
+import { dialTarget, type TargetDialerOptions } from './target-dialer.js';
+
+/** How often the agent checks whether it holds streams to every server. */
+const SYNC_INTERVAL_MS = 1_000;
+
+export interface TunnelAgentOptions {
+  /** host:port of the tunnel server (or of a load balancer in front of several). */
+  serverAddress: string;
+  credentials: grpc.ChannelCredentials;
+  /** Overrides the TLS server name checked against the server certificate. */
+  serverName?: string;
+  agentID?: string;
+  /** URL query string of identifiers, e.g. `host=my-cluster`. */
+  agentIdentifiers: string;
+  target?: TargetDialerOptions;
+  backoff?: BackoffOptions;
+  /** Per-connection window of the flow-control extension; 0 turns it off. */
+  connectionWindow?: number;
+  healthBindAddress?: string;
+  healthPort?: number;
+}
+
+export class TunnelAgent {
+  readonly agentID: string;
+  readonly metrics = new MetricsRegistry('konnectivity_network_proxy_agent');
+
+  private readonly log = logger('agent');
+  private readonly connections = new Map<string, ServerConnection>();
+  private readonly backoff: Backoff;
+  private readonly dialFailures;
+  private serverCount = 1;
+  private running = false;
+  private wake?: () => void;
+  private loop?: Promise<void>;
+  private health?: HealthServer;
+
+  constructor(private readonly options: TunnelAgentOptions) {
+    this.agentID = options.agentID ?? randomUUID();
+    this.backoff = new Backoff(options.backoff);
+    this.metrics.gauge('open_server_connections', 'Streams open to tunnel servers.', () => this.connections.size);
+    this.metrics.gauge('known_server_count', 'Server count announced by the servers.', () => this.serverCount);
+    this.metrics.gauge('open_endpoint_connections', 'Connections open to targets.', () => this.openEndpointConnections);
+    this.dialFailures = this.metrics.counter('endpoint_dial_failure_total', 'Failed dials to targets, by reason.');
+  }
+
+  get openEndpointConnections(): number {
+    return [...this.connections.values()].reduce((n, c) => n + c.mux.stats.connections, 0);
+  }
+
+  get connectedServers(): string[] {
+    return [...this.connections.keys()];
+  }
+
+  /** Starts the health server and the connect loop; returns the health address if any. */
+  async start(): Promise<string | undefined> {
+    let healthAddress: string | undefined;
+    if (this.options.healthPort !== undefined) {
+      this.health = new HealthServer({
+        host: this.options.healthBindAddress ?? '0.0.0.0',
+        port: this.options.healthPort,
+        metrics: this.metrics,
+        readiness: [{ name: 'server-connected', check: () => this.connections.size > 0 ? undefined : 'no servers connected' }],
+      });
+      const address = await this.health.listen();
+      healthAddress = `${address.address}:${address.port}`;
+      this.log.info('listening', { service: 'health', address: healthAddress, transport: 'HTTP' });
+    }
+    this.running = true;
+    this.loop = this.syncLoop();
+    this.log.info('tunnel agent started', { agentID: this.agentID, identifiers: this.options.agentIdentifiers, server: this.options.serverAddress });
+    return healthAddress;
+  }
+
+  /** Sends DRAIN on every stream, then closes them. */
+  async stop(): Promise<void> {
+    this.running = false;
+    this.wake?.();
+    for (const connection of this.connections.values()) connection.drain();
+    for (const connection of this.connections.values()) connection.close();
+    this.connections.clear();
+    await this.loop;
+    await this.health?.close();
+    this.log.info('tunnel agent stopped');
+  }
+
+  private async syncLoop(): Promise<void> {
+    while (this.running) {
+      if (this.connections.size >= this.serverCount) {
+        await this.sleepUntilWoken(SYNC_INTERVAL_MS);
+        continue;
+      }
+      try {
+        await this.connectOnce();
+        this.backoff.reset();
+      } catch (err) {
+        const delay = this.backoff.next();
+        this.log.warn('cannot connect to the tunnel server; retrying', { server: this.options.serverAddress, in: `${delay}ms`, reason: (err as Error).message });
+        await this.sleepUntilWoken(delay);
+      }
+    }
+  }
+
+  private async connectOnce(): Promise<void> {
+    const extra: grpc.ChannelOptions = { 'grpc.use_local_subchannel_pool': 1 };
+    if (this.options.serverName) extra['grpc.ssl_target_name_override'] = this.options.serverName;
+    const window = this.options.connectionWindow === 0 ? undefined : (this.options.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
+    const connection = await ServerConnection.open({
+      target: this.options.serverAddress,
+      credentials: this.options.credentials,
+      channelOptions: channelOptions(extra),
+      agentID: this.agentID,
+      agentIdentifiers: this.options.agentIdentifiers,
+      connectionWindow: window,
+      dialHandler: this.dialHandler,
+      log: this.log,
+    });
+    if (!this.running) {
+      connection.close();
+      return;
+    }
+    if (this.connections.has(connection.serverID)) {
+      // Behind a load balancer: we reached a server we already hold a stream to.
+      connection.close();
+      await this.sleepUntilWoken(SYNC_INTERVAL_MS);
+      return;
+    }
+    this.connections.set(connection.serverID, connection);
+    this.serverCount = connection.serverCount;
+    this.log.info('connected to tunnel server', { serverID: connection.serverID, serverCount: connection.serverCount, flowControl: connection.mux.flowControl ? 'on' : 'off' });
+    connection.mux.once('close', (reason: Error) => {
+      if (this.connections.get(connection.serverID) !== connection) return;
+      this.connections.delete(connection.serverID);
+      if (this.running) this.log.warn('lost the stream to the tunnel server; reconnecting', { serverID: connection.serverID, reason: reason.message });
+      this.wake?.();
+    });
+  }
+
+  private readonly dialHandler: DialHandler = async (request, signal) => {
+    try {
+      return await dialTarget(request.address, signal, this.options.target);
+    } catch (err) {
+      const reason = /timeout/.test((err as Error).message) ? 'timeout' : 'unknown';
+      this.dialFailures.inc({ reason });
+      this.log.info('dial to target failed', { address: request.address, reason: (err as Error).message });
+      throw err;
+    }
+  };
+
+  private async sleepUntilWoken(ms: number): Promise<void> {
+    const controller = new AbortController();
+    this.wake = () => controller.abort();
+    await sleep(ms, undefined, { signal: controller.signal }).catch(() => undefined);
+    this.wake = undefined;
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * /healthz, /readyz and /metrics on a plain HTTP port, as the reference serves them.
+ */
+import http from 'node:http';
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import type { MetricsRegistry } from './metrics.js';
+
+export interface ReadinessCheck {
+  name: string;
+  /** Undefined when ready, else the reason for operators. */
+  check(): string | undefined;
+}
+
+export interface HealthServerOptions {
+  host: string;
+  port: number;
+  readiness: ReadinessCheck[];
+  metrics: MetricsRegistry;
+}
+
+export class HealthServer {
+  private readonly server: http.Server;
+
+  constructor(private readonly options: HealthServerOptions) {
+    this.server = http.createServer((req, res) => this.handle(req, res));
+  }
+
+  async listen(): Promise<AddressInfo> {
+    this.server.listen(this.options.port, this.options.host);
+    await Promise.race([once(this.server, 'listening'), once(this.server, 'error').then(([err]) => {
+      throw new Error(`cannot listen for health checks on ${this.options.host}:${this.options.port}: ${(err as Error).message}`);
+    })]);
+    return this.server.address() as AddressInfo;
+  }
+
+  close(): Promise<void> {
+    this.server.closeAllConnections();
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const url = new URL(req.url ?? '/', 'http://health');
+    switch (url.pathname) {
+      case '/healthz':
+        this.reply(res, 200, 'ok');
+        return;
+      case '/readyz':
+      case '/ready': {
+        const failures = this.options.readiness.map((c) => [c.name, c.check()] as const);
+        const failed = failures.filter(([, reason]) => reason !== undefined);
+        if (url.searchParams.has('verbose') || failed.length > 0) {
+          const lines = failures.map(([name, reason]) => reason === undefined ? `[+]${name} ok` : `[-]${name} failed: ${reason}`);
+          this.reply(res, failed.length > 0 ? 503 : 200, `[+]ping ok\n${lines.join('\n')}\n`);
+        } else {
+          this.reply(res, 200, 'ok');
+        }
+        return;
+      }
+      case '/metrics':
+        res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
+        res.end(this.options.metrics.render());
+        return;
+      default:
+        this.reply(res, 404, `not found: ${url.pathname} (try /healthz, /readyz, /metrics)`);
+    }
+  }
+
+  private reply(res: http.ServerResponse, status: number, body: string): void {
+    res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8' });
+    res.end(body);
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * A small Prometheus registry: gauges computed on scrape, and counters. Enough for the
+ * tunnel's handful of series without another dependency.
+ */
+
+type Labels = Record<string, string>;
+
+interface Series {
+  name: string;
+  help: string;
+  type: 'gauge' | 'counter';
+  collect(): Array<[Labels, number]>;
+}
+
+function formatLabels(labels: Labels): string {
+  const entries = Object.entries(labels);
+  if (entries.length === 0) return '';
+  return `{${entries.map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`).join(',')}}`;
+}
+
+export class Counter {
+  private readonly values = new Map<string, [Labels, number]>();
+
+  inc(labels: Labels = {}, by = 1): void {
+    const key = JSON.stringify(labels);
+    const entry = this.values.get(key);
+    if (entry) entry[1] += by;
+    else this.values.set(key, [labels, by]);
+  }
+
+  get(labels: Labels = {}): number {
+    return this.values.get(JSON.stringify(labels))?.[1] ?? 0;
+  }
+
+  collect(): Array<[Labels, number]> {
+    return [...this.values.values()];
+  }
+}
+
+export class MetricsRegistry {
+  private readonly series: Series[] = [];
+
+  constructor(private readonly prefix: string) {}
+
+  /** A gauge whose value(s) are read when scraped. */
+  gauge(name: string, help: string, read: () => number | Array<[Labels, number]>): void {
+    this.series.push({
+      name: `${this.prefix}_${name}`,
+      help,
+      type: 'gauge',
+      collect: () => {
+        const value = read();
+        return typeof value === 'number' ? [[{}, value]] : value;
+      },
+    });
+  }
+
+  counter(name: string, help: string): Counter {
+    const counter = new Counter();
+    this.series.push({ name: `${this.prefix}_${name}`, help, type: 'counter', collect: () => counter.collect() });
+    return counter;
+  }
+
+  /** The Prometheus text exposition format. */
+  render(): string {
+    const lines: string[] = [];
+    for (const s of this.series) {
+      lines.push(`# HELP ${s.name} ${s.help}`, `# TYPE ${s.name} ${s.type}`);
+      for (const [labels, value] of s.collect()) lines.push(`${s.name}${formatLabels(labels)} ${value}`);
+    }
+    return lines.join('\n') + '\n';
+  }
+}

@@ -1,0 +1,117 @@
+/**
+ * The HTTP-CONNECT frontend (kube-apiserver's `HTTPConnect` egress, curl --proxy): over mTLS
+ * TCP or a plain unix socket. The dial address is the CONNECT request-target (the Host
+ * header is ignored: kube-apiserver sends `Host: 127.0.0.1`). The 200 goes out only after the
+ * agent's DIAL_RSP succeeded, and nothing follows it until the client speaks: Go clients
+ * reject buffered bytes after the response head.
+ */
+import http from 'node:http';
+import https from 'node:https';
+import type { Duplex } from 'node:stream';
+import { DialError } from '../mux/dialing-mux.js';
+import { isOrdinaryClose, splice } from '../mux/splice.js';
+import { ERR_NO_AGENT } from '../wire/protocol.js';
+import type { TlsSource } from '../pki/tls-source.js';
+import type { Logger } from '../observe/log.js';
+import type { Dial } from './dial-router.js';
+
+const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
+/** A CONNECT target: host:port, [v6]:port. */
+const AUTHORITY = /^(\[[0-9a-fA-F:.]+\]|[^\s/:@[\]]+):(\d{1,5})$/;
+
+export interface HttpConnectFrontendOptions {
+  dial: Dial;
+  log: Logger;
+  /** Counts each CONNECT outcome by label (ok, no_agent, dial_error, ...). */
+  onOutcome?: (outcome: string) => void;
+}
+
+/** Error response with the reference's exact status line and body. */
+function errorResponse(status: number, body: string, extraHeaders = ''): string {
+  return `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\n${extraHeaders}Content-Type: text/plain; charset=utf-8\r\n\r\n${body}`;
+}
+
+/** Maps a failed dial to the status the reference answers with. */
+export function dialFailureResponse(err: unknown): { status: number; response: string; outcome: string } {
+  if (err instanceof DialError && err.message === ERR_NO_AGENT) {
+    return {
+      status: 500,
+      outcome: 'no_agent',
+      response: `HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\ncurrently no tunnels available: ${ERR_NO_AGENT}`,
+    };
+  }
+  const text = (err as Error).message ?? String(err);
+  if (err instanceof DialError && err.kind === 'timeout') {
+    return { status: 504, outcome: 'backend_dial_timeout', response: errorResponse(504, `Backend dial timeout: ${text}\r\n`, 'Connection: close\r\n') };
+  }
+  if (err instanceof DialError && err.kind === 'closed') {
+    return { status: 502, outcome: 'backend_close', response: errorResponse(502, `Backend context error: ${text}\r\n`, 'Connection: close\r\n') };
+  }
+  const status = /timeout|deadline exceeded/i.test(text) ? 504 : /too many open files/i.test(text) ? 503 : 502;
+  return { status, outcome: 'error_response', response: errorResponse(status, text, 'Connection: close\r\n') };
+}
+
+function handleConnect(options: HttpConnectFrontendOptions, req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+  const { log } = options;
+  socket.pause();
+  socket.on('error', (err) => log.debug('frontend socket error', { err }));
+  const address = req.url ?? '';
+  if (!AUTHORITY.test(address)) {
+    options.onOutcome?.('bad_request');
+    socket.end(errorResponse(400, `bad CONNECT target "${address}": expected host:port\n`, 'Connection: close\r\n'));
+    return;
+  }
+  const abort = new AbortController();
+  const onClose = () => abort.abort();
+  socket.once('close', onClose);
+  options.dial(address, { signal: abort.signal }).then((conn) => {
+    socket.off('close', onClose);
+    if (socket.destroyed) {
+      conn.destroy();
+      return;
+    }
+    options.onOutcome?.('ok');
+    socket.write(ESTABLISHED);
+    if (head.length > 0) conn.write(head);
+    splice(conn, socket, (err) => {
+      if (!isOrdinaryClose(err)) log.debug('tunneled connection failed', { address, err });
+    });
+  }, (err: unknown) => {
+    socket.off('close', onClose);
+    const failure = dialFailureResponse(err);
+    options.onOutcome?.(failure.outcome);
+    log.info('CONNECT failed', { address, status: failure.status, reason: (err as Error).message });
+    if (!socket.destroyed) socket.end(failure.response);
+  });
+}
+
+function attach(server: http.Server, options: HttpConnectFrontendOptions): void {
+  server.on('connect', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => handleConnect(options, req, socket, head));
+  server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    options.onOutcome?.('method_not_allowed');
+    res.writeHead(405, { 'Content-Type': 'text/plain; charset=utf-8', Connection: 'close' });
+    res.end(`this proxy only supports CONNECT passthrough, not ${req.method}\n`);
+  });
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    options.log.debug('malformed request from a frontend client', { err });
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nmalformed HTTP request\n');
+    else socket.destroy();
+  });
+  // Tunnels live as long as their peers want; only the request head has a deadline.
+  server.requestTimeout = 0;
+  server.headersTimeout = 60_000;
+}
+
+export function createMtlsConnectServer(tls: TlsSource, options: HttpConnectFrontendOptions): https.Server {
+  const { key, cert, ca } = tls.current();
+  const server = https.createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: true });
+  server.on('tlsClientError', (err) => options.log.debug('frontend TLS handshake failed', { err: err.message }));
+  attach(server, options);
+  return server;
+}
+
+export function createPlainConnectServer(options: HttpConnectFrontendOptions): http.Server {
+  const server = http.createServer();
+  attach(server, options);
+  return server;
+}

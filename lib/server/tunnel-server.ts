@@ -1,0 +1,199 @@
+/**
+ * The tunnel server: agent listener, frontends (HTTP-CONNECT over mTLS and unix socket, gRPC
+ * over unix socket and mTLS), health and metrics, composed around one agent registry.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { once } from 'node:events';
+import { rmSync } from 'node:fs';
+import type http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { randomUUID } from 'node:crypto';
+import type { TlsSource } from '../pki/tls-source.js';
+import type { AcceptingMux } from '../mux/accepting-mux.js';
+import { agentServiceDefinition, proxyServiceDefinition } from '../transport/services.js';
+import { bindServer, mtlsServerCredentials } from '../transport/credentials.js';
+import { serverOptions } from '../transport/options.js';
+import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js';
+import { logger } from '../observe/log.js';
+import { MetricsRegistry } from '../observe/metrics.js';
+import { HealthServer } from '../observe/health-server.js';
+import { AgentRegistry } from './agent-registry.js';
+import { agentConnectHandler } from './agent-listener.js';
+import { dialRouter } from './dial-router.js';
+import { createMtlsConnectServer, createPlainConnectServer } from './http-connect-frontend.js';
+import { proxyHandler } from './grpc-frontend.js';
+import type { ProxyStrategy } from './proxy-strategies.js';
+
+export interface TunnelServerOptions {
+  bindAddress: string;
+  /** Agents' gRPC port (mTLS). */
+  agentPort: number;
+  /** HTTP-CONNECT over mTLS; undefined turns it off. */
+  serverPort?: number;
+  /** HTTP-CONNECT over a unix socket (no TLS). */
+  httpConnectUds?: string;
+  /** gRPC ProxyService over a unix socket (no TLS), as kube-apiserver uses it. */
+  udsName?: string;
+  /** gRPC ProxyService over mTLS TCP. */
+  grpcPort?: number;
+  healthBindAddress: string;
+  healthPort?: number;
+  /** Server certificate and key, and the CA that client and agent certificates must chain to. */
+  tls: TlsSource;
+  proxyStrategies: ProxyStrategy[];
+  serverID?: string;
+  serverCount?: number;
+  /** How long a frontend waits for the agent's DIAL_RSP. */
+  dialTimeoutMs?: number;
+  /** Per-connection window of the flow-control extension; 0 turns the extension off. */
+  connectionWindow?: number;
+}
+
+export interface ListeningAddresses {
+  agent: string;
+  httpConnect?: string;
+  httpConnectUds?: string;
+  grpcUds?: string;
+  grpc?: string;
+  health?: string;
+}
+
+const DEFAULT_DIAL_TIMEOUT_MS = 30_000;
+
+function hostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+async function listenHttp(server: http.Server, where: { port: number; host: string } | { path: string }, what: string): Promise<AddressInfo | string> {
+  if ('path' in where) rmSync(where.path, { force: true });
+  server.listen(where);
+  const [err] = await Promise.race([once(server, 'listening').then(() => [undefined]), once(server, 'error')]);
+  if (err) {
+    const place = 'path' in where ? where.path : hostPort(where.host, where.port);
+    throw new Error(`cannot listen for ${what} on ${place}: ${(err as Error).message}`);
+  }
+  return server.address() as AddressInfo | string;
+}
+
+export class TunnelServer {
+  readonly registry = new AgentRegistry();
+  readonly serverID: string;
+  readonly metrics = new MetricsRegistry('konnectivity_network_proxy_server');
+
+  private readonly log = logger('server');
+  private readonly grpcServers: grpc.Server[] = [];
+  private readonly httpServers: http.Server[] = [];
+  private readonly frontendStreams = new Set<AcceptingMux>();
+  private health?: HealthServer;
+
+  constructor(private readonly options: TunnelServerOptions) {
+    this.serverID = options.serverID ?? randomUUID();
+  }
+
+  /** Tunneled connections open through all agents. */
+  get establishedConnections(): number {
+    return this.registry.all().reduce((n, b) => n + b.mux.stats.connections, 0);
+  }
+
+  get pendingDials(): number {
+    return this.registry.all().reduce((n, b) => n + b.mux.stats.pendingDials, 0);
+  }
+
+  async start(): Promise<ListeningAddresses> {
+    const o = this.options;
+    const window = o.connectionWindow === 0 ? undefined : (o.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
+    const dial = dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS);
+    const outcomes = this.registerMetrics();
+
+    const agentServer = new grpc.Server(serverOptions());
+    agentServer.addService(agentServiceDefinition, {
+      Connect: agentConnectHandler({
+        serverID: this.serverID, serverCount: o.serverCount ?? 1, registry: this.registry, connectionWindow: window, log: this.log,
+      }),
+    });
+    this.grpcServers.push(agentServer);
+    const agentPort = await bindServer(agentServer, hostPort(o.bindAddress, o.agentPort), mtlsServerCredentials(o.tls));
+    const addresses: ListeningAddresses = { agent: hostPort(o.bindAddress, agentPort) };
+    this.log.info('listening', { service: 'agent', address: addresses.agent, transport: 'gRPC mTLS' });
+
+    const connectOptions = { dial, log: this.log, onOutcome: (outcome: string) => outcomes.inc({ outcome }) };
+    if (o.serverPort !== undefined) {
+      const server = createMtlsConnectServer(o.tls, connectOptions);
+      this.httpServers.push(server);
+      const address = await listenHttp(server, { host: o.bindAddress, port: o.serverPort }, 'HTTP-CONNECT clients') as AddressInfo;
+      addresses.httpConnect = hostPort(o.bindAddress, address.port);
+      this.log.info('listening', { service: 'http-connect', address: addresses.httpConnect, transport: 'HTTPS mTLS' });
+    }
+    if (o.httpConnectUds) {
+      const server = createPlainConnectServer(connectOptions);
+      this.httpServers.push(server);
+      await listenHttp(server, { path: o.httpConnectUds }, 'HTTP-CONNECT clients');
+      addresses.httpConnectUds = o.httpConnectUds;
+      this.log.info('listening', { service: 'http-connect-uds', address: o.httpConnectUds, transport: 'HTTP over unix socket' });
+    }
+
+    if (o.udsName || o.grpcPort !== undefined) {
+      const frontend = new grpc.Server(serverOptions());
+      frontend.addService(proxyServiceDefinition, {
+        Proxy: proxyHandler({
+          dial, log: this.log, connectionWindow: window,
+          onStream: (mux) => {
+            this.frontendStreams.add(mux);
+            mux.once('close', () => this.frontendStreams.delete(mux));
+          },
+        }),
+      });
+      this.grpcServers.push(frontend);
+      if (o.udsName) {
+        rmSync(o.udsName, { force: true });
+        await bindServer(frontend, `unix://${o.udsName}`, grpc.ServerCredentials.createInsecure());
+        addresses.grpcUds = o.udsName;
+        this.log.info('listening', { service: 'grpc-uds', address: o.udsName, transport: 'gRPC over unix socket' });
+      }
+      if (o.grpcPort !== undefined) {
+        const port = await bindServer(frontend, hostPort(o.bindAddress, o.grpcPort), mtlsServerCredentials(o.tls));
+        addresses.grpc = hostPort(o.bindAddress, port);
+        this.log.info('listening', { service: 'grpc', address: addresses.grpc, transport: 'gRPC mTLS' });
+      }
+    }
+
+    if (o.healthPort !== undefined) {
+      this.health = new HealthServer({
+        host: o.healthBindAddress,
+        port: o.healthPort,
+        metrics: this.metrics,
+        readiness: [{ name: 'agents', check: () => this.registry.size > 0 ? undefined : 'no connection to any proxy agent' }],
+      });
+      const address = await this.health.listen();
+      addresses.health = hostPort(o.healthBindAddress, address.port);
+      this.log.info('listening', { service: 'health', address: addresses.health, transport: 'HTTP' });
+    }
+    this.log.info('tunnel server started', { serverID: this.serverID, serverCount: o.serverCount ?? 1, strategies: o.proxyStrategies.join(',') });
+    return addresses;
+  }
+
+  async stop(): Promise<void> {
+    for (const mux of this.frontendStreams) mux.close();
+    for (const backend of this.registry.all()) backend.mux.close(new Error('the tunnel server is shutting down'));
+    for (const server of this.grpcServers) server.forceShutdown();
+    await Promise.all(this.httpServers.map((server) => new Promise<void>((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    })));
+    await this.health?.close();
+    if (this.options.udsName) rmSync(this.options.udsName, { force: true });
+    if (this.options.httpConnectUds) rmSync(this.options.httpConnectUds, { force: true });
+    this.log.info('tunnel server stopped');
+  }
+
+  private registerMetrics() {
+    this.metrics.gauge('ready_backends', 'Connected agents.', () => this.registry.size);
+    this.metrics.gauge('agent_streams', 'Open agent streams.', () => this.registry.all().length);
+    this.metrics.gauge('established_connections', 'Tunneled connections open through agents.', () => this.establishedConnections);
+    this.metrics.gauge('pending_backend_dials', 'Dials waiting for an agent\'s answer.', () => this.pendingDials);
+    this.metrics.gauge('grpc_frontend_streams', 'Open ProxyService streams.', () => this.frontendStreams.size);
+    this.metrics.gauge('stray_packets', 'Packets from agents for unknown connections or dials.', () =>
+      this.registry.all().reduce((n, b) => n + b.mux.stats.strayPackets, 0));
+    return this.metrics.counter('http_connect_requests_total', 'HTTP-CONNECT requests by outcome.');
+  }
+}
