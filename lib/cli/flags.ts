@@ -118,6 +118,7 @@ export function parseList(value: string | undefined): string[] {
  * line and sets the exit status, so no binary ever dies with a raw stack trace.
  */
 export function runMain(name: string, main: () => Promise<void>): void {
+  quietKnownWarnings();
   main().catch((err: unknown) => {
     if (err instanceof UsageError) {
       process.stderr.write(`${name}: ${err.message}\n`);
@@ -145,4 +146,18 @@ export function onShutdownSignal(stop: () => Promise<void>): void {
   };
   process.on('SIGINT', handler);
   process.on('SIGTERM', handler);
+}
+
+/**
+ * grpc-js passes an IP address as the TLS server name when the target is an IP (the usual
+ * case on loopback and behind a Service IP), and Node warns about it on every connection.
+ * The warning says nothing an operator can act on, so the binaries drop that one.
+ */
+function quietKnownWarnings(): void {
+  const printers = process.listeners('warning');
+  process.removeAllListeners('warning');
+  process.on('warning', (warning: Error & { code?: string }) => {
+    if (warning.code === 'DEP0123') return;
+    for (const print of printers) print(warning);
+  });
 }

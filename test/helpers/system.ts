@@ -11,7 +11,11 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { ensureLocalPki, type LocalPkiPaths } from '../../lib/pki/local-pki.js';
+import { setLogLevel } from '../../lib/observe/log.js';
 import { BIN } from './paths.js';
+
+// The in-process PKI setup need not narrate; the binaries keep their own log level.
+setLogLevel('warn');
 
 export interface Workspace {
   dir: string;
