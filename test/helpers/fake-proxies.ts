@@ -10,12 +10,12 @@ import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
-import { AcceptingMux, splice, type DialHandler, type PacketStream } from '../../lib/mux/index.js';
+import { AcceptingMux, type DialHandler } from '../../lib/mux/index.js';
 import type { LocalPkiPaths } from '../../lib/pki/local-pki.js';
 import { localPkiTlsSource } from '../../lib/pki/tls-source.js';
 import { bindServer, mtlsServerCredentials } from '../../lib/transport/credentials.js';
 import { announceFlowControl, negotiateFlowControl } from '../../lib/transport/flow-control-metadata.js';
-import { proxyServiceDefinition } from '../../lib/transport/services.js';
+import { asPacketStream, proxyServiceDefinition } from '../../lib/transport/services.js';
 import { dialRequest, type KnownPacket } from '../../lib/wire/packet.js';
 import { ERR_NO_AGENT } from '../../lib/wire/protocol.js';
 
@@ -27,7 +27,7 @@ export interface Listening {
 }
 
 /** Listens on 127.0.0.1:0 (or the unix socket `path`) and destroys open sockets on close. */
-async function listen(server: net.Server, path?: string): Promise<Listening & { sockets: Set<net.Socket> }> {
+async function listen(server: net.Server, path?: string): Promise<Listening> {
   const sockets = new Set<net.Socket>();
   const track = (socket: net.Socket) => {
     sockets.add(socket);
@@ -41,7 +41,6 @@ async function listen(server: net.Server, path?: string): Promise<Listening & { 
   const address = server.address();
   return {
     port: typeof address === 'object' && address ? address.port : 0,
-    sockets,
     close: () => new Promise<void>((resolve) => {
       for (const socket of sockets) socket.destroy();
       server.close(() => resolve());
@@ -49,7 +48,7 @@ async function listen(server: net.Server, path?: string): Promise<Listening & { 
   };
 }
 
-export function splitHostPort(address: string): { host: string; port: number } {
+function splitHostPort(address: string): { host: string; port: number } {
   const match = /^\[?([^\]]*)\]?:(\d+)$/.exec(address);
   if (!match) throw new Error(`bad address ${address}`);
   return { host: match[1]!, port: Number(match[2]) };
@@ -136,7 +135,11 @@ export async function fakeConnectProxy(options: FakeConnectProxyOptions): Promis
     dialLocal(dialRequest(req.url ?? '', 0n), new AbortController().signal).then((target) => {
       socket.write(Buffer.concat([Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n'), options.early ?? Buffer.alloc(0)]));
       if (head.length > 0) target.write(head);
-      splice(socket, target);
+      // Plain pipes: an https server's socket already has listeners enough for splice to trip
+      // the MaxListeners warning.
+      target.on('error', () => socket.destroy());
+      socket.on('close', () => target.destroy());
+      socket.pipe(target).pipe(socket);
     }, (err: Error) => {
       socket.end(`HTTP/1.1 502 Bad Gateway\r\nContent-Length: ${Buffer.byteLength(err.message)}\r\nConnection: close\r\n\r\n${err.message}`);
     });
@@ -176,7 +179,7 @@ export async function fakeGrpcProxy(options: FakeGrpcProxyOptions): Promise<Fake
         call.sendMetadata(headers);
       }
       call.on('error', () => undefined);
-      muxes.push(new AcceptingMux(call as unknown as PacketStream, dialLocal, { name: 'fake-frontend', flowControl }));
+      muxes.push(new AcceptingMux(asPacketStream(call), dialLocal, { name: 'fake-frontend', flowControl }));
     },
   });
   const credentials = options.pki
