@@ -12,7 +12,7 @@ import type { TlsSource } from '../pki/tls-source.js';
 import type { AcceptingMux } from '../mux/accepting-mux.js';
 import { agentServiceDefinition, proxyServiceDefinition } from '../transport/services.js';
 import { bindServer, mtlsServerCredentials } from '../transport/credentials.js';
-import { serverOptions } from '../transport/options.js';
+import { createServer } from '../transport/options.js';
 import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js';
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
@@ -105,7 +105,7 @@ export class TunnelServer {
     const dial = dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS);
     const outcomes = this.registerMetrics();
 
-    const agentServer = new grpc.Server(serverOptions());
+    const agentServer = createServer();
     agentServer.addService(agentServiceDefinition, {
       Connect: agentConnectHandler({
         serverID: this.serverID, serverCount: o.serverCount ?? 1, registry: this.registry, connectionWindow: window, log: this.log,
@@ -133,7 +133,7 @@ export class TunnelServer {
     }
 
     if (o.udsName || o.grpcPort !== undefined) {
-      const frontend = new grpc.Server(serverOptions());
+      const frontend = createServer();
       frontend.addService(proxyServiceDefinition, {
         Proxy: proxyHandler({
           dial, log: this.log, connectionWindow: window,
