@@ -97,8 +97,6 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
 
   /** Ends the stream and every connection on it. */
   close(reason = new Error(`${this.name}: closed`)): void {
-    if (this.isClosed) return;
-    if (this.stream.writable) this.stream.end();
     this.shutdown(reason);
   }
 
@@ -220,7 +218,10 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
     for (const conn of connections) conn.abort(reason);
     for (const waiter of this.waiting.splice(0)) waiter();
     this.onShutdown(reason);
-    if (!this.stream.destroyed) this.stream.destroy();
+    // Ending lets a gRPC server call finish with a status; a stream that cannot be ended
+    // any more (errored, or ended already) is destroyed so nothing holds its buffers.
+    if (this.stream.writable) this.stream.end();
+    else if (!this.stream.destroyed) this.stream.destroy();
     this.emit('close', reason);
   }
 }

@@ -13,6 +13,7 @@ import type { AcceptingMux } from '../mux/accepting-mux.js';
 import { agentServiceDefinition, proxyServiceDefinition } from '../transport/services.js';
 import { bindServer, mtlsServerCredentials } from '../transport/credentials.js';
 import { createServer } from '../transport/options.js';
+import { AGENT_LISTENER_WINDOW } from '../transport/http2-windows.js';
 import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js';
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
@@ -105,14 +106,14 @@ export class TunnelServer {
     const dial = dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS);
     const outcomes = this.registerMetrics();
 
-    const agentServer = createServer();
+    const agentServer = createServer(AGENT_LISTENER_WINDOW);
     agentServer.addService(agentServiceDefinition, {
       Connect: agentConnectHandler({
         serverID: this.serverID, serverCount: o.serverCount ?? 1, registry: this.registry, connectionWindow: window, log: this.log,
       }),
     });
     this.grpcServers.push(agentServer);
-    const agentPort = await bindServer(agentServer, hostPort(o.bindAddress, o.agentPort), mtlsServerCredentials(o.tls));
+    const agentPort = await bindServer(agentServer, hostPort(o.bindAddress, o.agentPort), mtlsServerCredentials(o.tls), AGENT_LISTENER_WINDOW);
     const addresses: ListeningAddresses = { agent: hostPort(o.bindAddress, agentPort) };
     this.log.info('listening', { service: 'agent', address: addresses.agent, transport: 'gRPC mTLS' });
 

@@ -4,7 +4,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { TlsSource } from '../pki/tls-source.js';
-import { DEFAULT_HTTP2_WINDOW, raiseServerConnectionWindows } from './http2-windows.js';
+import { raiseServerConnectionWindows } from './http2-windows.js';
 
 /** Server credentials that require and verify a client certificate (mTLS). */
 export function mtlsServerCredentials(tls: TlsSource): grpc.ServerCredentials {
@@ -18,17 +18,17 @@ export function mtlsChannelCredentials(tls: TlsSource): grpc.ChannelCredentials 
 }
 
 /**
- * Binds a grpc.Server and gives back the port it got (useful with port 0). Sessions
- * accepted on it get the raised HTTP/2 connection window (see http2-windows.ts).
+ * Binds a grpc.Server and gives back the port it got (useful with port 0). With
+ * `receiveWindow`, sessions accepted on it get that HTTP/2 connection window.
  */
-export function bindServer(server: grpc.Server, address: string, credentials: grpc.ServerCredentials, http2Window = DEFAULT_HTTP2_WINDOW): Promise<number> {
+export function bindServer(server: grpc.Server, address: string, credentials: grpc.ServerCredentials, receiveWindow?: number): Promise<number> {
   return new Promise((resolve, reject) => {
     server.bindAsync(address, credentials, (err, port) => {
       if (err) {
         reject(new Error(`cannot listen on ${address}: ${err.message}`));
         return;
       }
-      raiseServerConnectionWindows(server, http2Window);
+      if (receiveWindow !== undefined) raiseServerConnectionWindows(server, receiveWindow);
       resolve(port);
     });
   });

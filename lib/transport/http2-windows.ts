@@ -2,20 +2,26 @@
  * HTTP/2 flow-control windows of the gRPC transport.
  *
  * Node's HTTP/2 starts every stream and connection with a 64 KiB window, which caps one
- * stream at 64 KiB per round trip: about 1.3 MB/s on a 50 ms link. grpc-js raises both
- * windows on the client side with `grpc-node.flow_control_window`, but its server ignores
- * that option (grpc/grpc-node#3058 proposes the same fix as here). So for our servers we
- * set the initial stream window in the HTTP/2 settings grpc-js passes to each listener,
- * and raise the connection window of every session as it opens. Both touch grpc-js
- * internals, checked at run time: if they ever change, we log it and keep the defaults
- * rather than fail.
+ * stream at 64 KiB per round trip: about 1.3 MB/s on a 50 ms link. The agent stream's busy
+ * direction is agent -> server (responses, logs, watches), so the agent listener raises its
+ * receive windows. grpc-js ignores `grpc-node.flow_control_window` on the server side
+ * (grpc/grpc-node#3058 proposes the same fix as here), so we set the initial stream window
+ * in the HTTP/2 settings grpc-js passes to each listener, and raise the connection window
+ * of every session as it opens. Both touch grpc-js internals, checked at run time: if they
+ * ever change, we log it and keep the defaults rather than fail.
+ *
+ * Only one direction of a connection may have a large window. A Node HTTP/2 session reads
+ * nothing from its socket while one of its writes is pending (nodejs/node#29399), so when
+ * both ends may have more in flight than the kernel's socket buffers hold, both block in a
+ * write and never read again. The sender of the small-window direction always completes
+ * its writes, keeps reading, and so the connection cannot deadlock.
  */
 import type * as grpc from '@grpc/grpc-js';
 import type http2 from 'node:http2';
 import { logger } from '../observe/log.js';
 
-/** Default window for both ends of every gRPC stream and connection we open or accept. */
-export const DEFAULT_HTTP2_WINDOW = 16 * 1024 * 1024;
+/** Receive window of the agent listener: how much an agent may have in flight to us. */
+export const AGENT_LISTENER_WINDOW = 16 * 1024 * 1024;
 
 interface GrpcServerInternals {
   commonServerOptions?: http2.ServerOptions;
@@ -45,12 +51,16 @@ export function raiseServerConnectionWindows(server: grpc.Server, windowBytes: n
   for (const listener of listeners.keys()) {
     if (widened.has(listener)) continue;
     widened.add(listener);
+    // As grpc-js's client does: once the peer's settings are in, so the WINDOW_UPDATE
+    // follows the settings exchange instead of racing it.
     listener.on('session', (session: http2.ServerHttp2Session) => {
-      try {
-        session.setLocalWindowSize(windowBytes);
-      } catch (err) {
-        log.debug('cannot raise an HTTP/2 connection window', { err });
-      }
+      session.once('remoteSettings', () => {
+        try {
+          session.setLocalWindowSize(windowBytes);
+        } catch (err) {
+          log.debug('cannot raise an HTTP/2 connection window', { err });
+        }
+      });
     });
   }
 }

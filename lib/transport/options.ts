@@ -3,7 +3,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { DEFAULT_MAX_MESSAGE_SIZE } from '../wire/protocol.js';
-import { DEFAULT_HTTP2_WINDOW, setServerStreamWindow } from './http2-windows.js';
+import { setServerStreamWindow } from './http2-windows.js';
 
 /** Keepalive pings find a dead peer behind a NAT or load balancer that drops silently. */
 const KEEPALIVE_TIME_MS = 30_000;
@@ -20,17 +20,20 @@ function serverOptions(): grpc.ServerOptions {
   };
 }
 
-/** A grpc.Server with our options and HTTP/2 windows raised to `http2Window`. */
-export function createServer(http2Window = DEFAULT_HTTP2_WINDOW): grpc.Server {
+/**
+ * A grpc.Server with our options; with `receiveWindow`, its HTTP/2 receive windows are
+ * raised to that size (see http2-windows.ts for why only the agent listener does this).
+ */
+export function createServer(receiveWindow?: number): grpc.Server {
   const server = new grpc.Server(serverOptions());
-  setServerStreamWindow(server, http2Window);
+  if (receiveWindow !== undefined) setServerStreamWindow(server, receiveWindow);
   return server;
 }
 
-export function channelOptions(extra: grpc.ChannelOptions = {}, http2Window = DEFAULT_HTTP2_WINDOW): grpc.ChannelOptions {
+/** Channels keep Node's default receive windows: see http2-windows.ts. */
+export function channelOptions(extra: grpc.ChannelOptions = {}): grpc.ChannelOptions {
   return {
     'grpc.enable_channelz': 0,
-    'grpc-node.flow_control_window': http2Window,
     'grpc.max_receive_message_length': DEFAULT_MAX_MESSAGE_SIZE,
     'grpc.keepalive_time_ms': KEEPALIVE_TIME_MS,
     'grpc.keepalive_timeout_ms': KEEPALIVE_TIMEOUT_MS,
