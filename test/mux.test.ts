@@ -10,6 +10,7 @@ import {
   PacketType, closeRequest, dataPacket, dialResponse, type Packet,
 } from '../lib/wire/index.js';
 import { ERR_UNKNOWN_CONNECT_ID, ERR_UNRECOGNIZED_CONNECT_ID } from '../lib/wire/protocol.js';
+import { eventually } from './helpers/system.js';
 
 /** A TCP server on 127.0.0.1 that echoes (or answers with the sha256 of what it got). */
 async function echoServer(): Promise<{ port: number; close(): void; sockets: Set<net.Socket> }> {
@@ -60,10 +61,8 @@ test('dial, echo data both ways, close: tables empty on both ends', async (t) =>
   t.true(await roundTrip(conn, 3 * 1024 * 1024 + 17));
   conn.end();
   await once(conn, 'close');
-  await new Promise((r) => setTimeout(r, 50));
-  t.is(dialer.stats.connections, 0);
-  t.is(acceptor.stats.connections, 0);
-  t.is(echo.sockets.size, 0);
+  await eventually(() => dialer.stats.connections === 0 && acceptor.stats.connections === 0 && echo.sockets.size === 0, 5_000, 'tables and target sockets empty');
+  t.pass();
   echo.close();
 });
 
@@ -75,8 +74,7 @@ test('connectIDs count from 1 per stream and many connections interleave intact'
   const results = await Promise.all(conns.map((c, i) => roundTrip(c, 100_000 + i * 7919)));
   t.true(results.every(Boolean));
   for (const c of conns) c.destroy();
-  await new Promise((r) => setTimeout(r, 50));
-  t.is(acceptor.stats.connections, 0);
+  await eventually(() => acceptor.stats.connections === 0, 5_000, 'accepting end empty');
   echo.close();
 });
 
@@ -94,8 +92,7 @@ test('a dial timeout sends DIAL_CLS, which cancels the dial on the accepting end
     signal.addEventListener('abort', () => { aborted = true; reject(new Error('cancelled')); });
   }));
   await t.throwsAsync(dialer.dial('x:1', { timeoutMs: 50 }), { message: /within 50 ms/ });
-  await new Promise((r) => setTimeout(r, 20));
-  t.true(aborted);
+  await eventually(() => aborted, 5_000, 'the accepting end saw DIAL_CLS');
   t.is(acceptor.stats.pendingDials, 0);
 });
 
@@ -110,8 +107,7 @@ test('when the stream ends, open connections close and pending dials fail at onc
   await t.throwsAsync(pendingDial, { instanceOf: DialError, message: /closed before answering/ });
   await closed;
   t.is(dialer.stats.connections, 0);
-  await new Promise((r) => setTimeout(r, 50));
-  t.is(echo.sockets.size, 0);
+  await eventually(() => echo.sockets.size === 0, 5_000, 'target sockets closed');
   echo.close();
 });
 
@@ -130,7 +126,7 @@ test('the accepting end answers stray packets as the reference agent does', asyn
   peer.send(closeRequest(78n));
   peer.send({ type: 99, unknown: true });
   peer.send(dataPacket(0n, Buffer.from('ignored')));
-  await new Promise((r) => setTimeout(r, 20));
+  await eventually(() => peer.received.length >= 2, 5_000, 'two answers');
   t.deepEqual(received(peer), [
     { type: PacketType.CLOSE_RSP, connectID: 77n, error: ERR_UNRECOGNIZED_CONNECT_ID },
     { type: PacketType.CLOSE_RSP, connectID: 78n, error: ERR_UNKNOWN_CONNECT_ID },
@@ -147,7 +143,7 @@ test('the dialing end answers stray DATA with CLOSE_REQ and closes what a late D
   const peer = rawPeer(b);
   peer.send(dataPacket(5n, Buffer.from('x')));
   peer.send(dialResponse(12345n, 9n));
-  await new Promise((r) => setTimeout(r, 20));
+  await eventually(() => peer.received.length >= 2, 5_000, 'two answers');
   t.deepEqual(received(peer), [
     { type: PacketType.CLOSE_REQ, connectID: 5n },
     { type: PacketType.CLOSE_REQ, connectID: 9n },
