@@ -1,0 +1,30 @@
+/**
+ * What the bench's helper child processes (target, relay, delay relay) share: flag parsing,
+ * telling the parent their port over the IPC channel, and exiting when the parent goes away
+ * (the IPC channel closes when the bench dies, even on SIGKILL).
+ */
+import type net from 'node:net';
+import { once } from 'node:events';
+
+export function flag(name: string, fallback?: string): string {
+  const prefix = `--${name}=`;
+  const arg = process.argv.slice(2).find((a) => a.startsWith(prefix));
+  if (arg !== undefined) return arg.slice(prefix.length);
+  if (fallback !== undefined) return fallback;
+  throw new Error(`missing --${name}=`);
+}
+
+export function numberFlag(name: string, fallback?: number): number {
+  const value = Number(flag(name, fallback === undefined ? undefined : String(fallback)));
+  if (!Number.isFinite(value)) throw new Error(`--${name} must be a number`);
+  return value;
+}
+
+/** Listens on 127.0.0.1:0 and reports the port to the parent. */
+export async function serve(server: net.Server): Promise<void> {
+  process.on('disconnect', () => process.exit(0));
+  server.listen({ host: '127.0.0.1', port: 0, backlog: 4096 });
+  await once(server, 'listening');
+  const address = server.address() as net.AddressInfo;
+  process.send?.({ port: address.port });
+}

@@ -1,0 +1,48 @@
+/**
+ * Starts the bench's helper child processes (target, relay, delay relay): compiled scripts
+ * next to this file, run with process.execPath, each reporting its port over IPC.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { stopChild, track, type Scope } from './scope.js';
+
+export interface Helper {
+  name: string;
+  pid: number;
+  port: number;
+  child: ChildProcess;
+}
+
+const SCRIPTS = {
+  target: 'target-process.js',
+  relay: 'relay-process.js',
+  'delay-relay': 'delay-relay-process.js',
+} as const;
+
+export async function startHelper(scope: Scope, kind: keyof typeof SCRIPTS, args: string[] = [], name: string = kind): Promise<Helper> {
+  const script = fileURLToPath(new URL(`./${SCRIPTS[kind]}`, import.meta.url));
+  const child = fork(script, args, { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  track(name, child);
+  scope.defer(name, () => stopChild(child));
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${name} did not report its port within 10 s`)), 10_000);
+    child.once('message', (message: { port?: number }) => {
+      clearTimeout(timer);
+      if (typeof message.port === 'number') resolve(message.port);
+      else reject(new Error(`${name} sent ${JSON.stringify(message)}`));
+    });
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} exited (${code ?? signal}) before reporting its port`));
+    });
+  });
+  return { name, pid: child.pid!, port, child };
+}
+
+export const startTarget = (scope: Scope, name = 'target') => startHelper(scope, 'target', [], name);
+
+export const startRelay = (scope: Scope, targetPort: number, name = 'relay') =>
+  startHelper(scope, 'relay', [`--target-port=${targetPort}`], name);
+
+export const startDelayRelay = (scope: Scope, targetPort: number, delayMs: number, name = 'delay-relay') =>
+  startHelper(scope, 'delay-relay', [`--target-port=${targetPort}`, `--delay-ms=${delayMs}`], name);

@@ -1,0 +1,68 @@
+/**
+ * What a scenario is and what it gets to run with.
+ */
+import type { Figure, FigureInput, Progress } from './results.js';
+import type { Scope } from './scope.js';
+import { MiB } from './measure.js';
+
+export interface Config {
+  full: boolean;
+  bulkBytes: number;
+  aggregateBytes: number;
+  aggregateConnections: number;
+  churnSeconds: number;
+  churnConcurrency: number;
+  memoryConnections: number;
+  holBytesEach: number;
+  holConnections: number;
+  wanBytes: number;
+  wanDelayMs: number;
+  /** Upper bound on any single timed transfer; a transfer cut short reports what got through. */
+  transferLimitMs: number;
+  /** The process's open-files limit (soft), which the tunnel binaries inherit. */
+  fdLimit: number;
+}
+
+/**
+ * `scale` (TUNNEL_BENCH_SCALE, for development) multiplies sizes, durations and the number of
+ * idle connections; 1 is the real benchmark.
+ */
+export function makeConfig(full: boolean, fdLimit: number, scale = 1): Config {
+  const bytes = (n: number) => Math.max(MiB, Math.round(n * scale));
+  return {
+    full,
+    bulkBytes: bytes(full ? 1024 * MiB : 256 * MiB),
+    aggregateBytes: bytes(full ? 1024 * MiB : 256 * MiB),
+    aggregateConnections: 100,
+    churnSeconds: Math.max(0.5, (full ? 15 : 5) * scale),
+    churnConcurrency: 32,
+    memoryConnections: Math.max(100, Math.round((full ? 10_000 : 2_000) * scale)),
+    holBytesEach: bytes(full ? 256 * MiB : 64 * MiB),
+    holConnections: 10,
+    wanBytes: bytes(full ? 256 * MiB : 64 * MiB),
+    wanDelayMs: 25,
+    transferLimitMs: full ? 120_000 : 25_000,
+    fdLimit,
+  };
+}
+
+export interface Context {
+  config: Config;
+  scope: Scope;
+  /** Prints `[i/n] scenario: label ...` to stderr. */
+  step(label: string): void;
+  /** An indented detail line under the current step. */
+  info(text: string): void;
+  record(figure: FigureInput): Figure;
+  /** Figures other scenarios recorded in this run, by key (e.g. 'bulk.download.http-connect'). */
+  shared: Map<string, number>;
+  progress: Progress;
+}
+
+export interface Scenario {
+  name: string;
+  title: string;
+  /** The step labels the scenario will print, for the progress counter. */
+  plan(config: Config, selected: string[]): string[];
+  run(ctx: Context): Promise<void>;
+}

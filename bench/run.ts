@@ -1,0 +1,169 @@
+#!/usr/bin/env node
+/**
+ * The benchmark: runs each scenario against our tunnel (the real binaries as child
+ * processes) and its baselines in the same run, then prints a table of figures, baselines,
+ * ratios and targets. A missed target is reported, not failed: the exit status is 0 unless
+ * the bench itself could not run.
+ */
+import { writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { parseArgs } from 'node:util';
+import { fdLimits, reexecWithRaisedLimit } from './lib/limits.js';
+import { makeFigure, Progress, renderTable, type Figure } from './lib/results.js';
+import { makeConfig, type Context, type Scenario } from './lib/scenario.js';
+import { installExitHandlers, reapLeftovers, Scope } from './lib/scope.js';
+import { bulk } from './scenarios/bulk.js';
+import { aggregate } from './scenarios/aggregate.js';
+import { churnScenario } from './scenarios/churn.js';
+import { memory } from './scenarios/memory.js';
+import { hol } from './scenarios/hol.js';
+import { wan } from './scenarios/wan.js';
+
+const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, memory, hol, wan];
+
+const HELP = `usage: node dist/bench/run.js [--full] [--json FILE] [--only NAME[,NAME]] [--help]
+
+Measures the tunnel (tunnel-server and tunnel-agent as child processes, fresh local PKI per
+scenario) against baselines measured in the same run, and prints a table:
+scenario, figure, value, baseline, ratio, target, ok?. Missed targets are marked MISS; the
+exit status is still 0 (a measurement, not a test). MB/s means 10^6 bytes per second.
+
+  --full         long runs (1 GiB transfers, 10,000 idle connections, 15 s churn)
+  --json FILE    also write every figure with its baseline, ratio and target as JSON
+  --only LIST    run only these scenarios (comma-separated), in the usual order
+  --help         this text
+
+TUNNEL_BENCH_SCALE=F in the environment multiplies sizes, durations and connection counts
+(for development, e.g. 0.1); the figures are then not comparable with the targets' intent.
+
+scenarios (quick / --full):
+  bulk       one connection, download and upload, 256 MiB / 1 GiB: direct TCP, one-hop
+             relay, HTTP-CONNECT (mTLS both hops), gRPC frontend (unix socket).
+             target: tunnel / relay >= 0.3
+  aggregate  100 connections through HTTP-CONNECT sharing 256 MiB / 1 GiB of downloads.
+             target: aggregate / single connection >= 0.9
+  churn      dial, 1 KiB request, 1 KiB response, close; 1 and 32 at a time, 5 s / 15 s
+             each. target: >= 250 cycles/s (1 at a time), >= 500 (32 at a time)
+  memory     2,000 / 10,000 idle HTTP-CONNECT connections: server and agent RSS.
+             targets: <= 64 KiB (server), <= 16 KiB (agent) per connection; after close
+             <= 1.25x the RSS before
+  hol        10 downloads of 64 MiB / 256 MiB each beside a connection whose reader stalled,
+             against the same 10 alone. target: >= 0.8
+  wan        agent behind a relay adding 25 ms each way; 64 MiB / 256 MiB download through
+             HTTP-CONNECT against the delay relay alone. target: >= 0.5
+`;
+
+function parseCli(argv: string[]) {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      full: { type: 'boolean', default: false },
+      json: { type: 'string' },
+      only: { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  const only = values.only?.split(',').map((s) => s.trim()).filter(Boolean);
+  const unknown = only?.filter((name) => !SCENARIOS.some((s) => s.name === name)) ?? [];
+  if (unknown.length > 0) throw new Error(`unknown scenario ${unknown.join(', ')}; known: ${SCENARIOS.map((s) => s.name).join(', ')}`);
+  return { full: values.full ?? false, json: values.json, only, help: values.help ?? false };
+}
+
+async function main(): Promise<number> {
+  let cli;
+  try {
+    cli = parseCli(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  if (cli.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const reran = reexecWithRaisedLimit();
+  if (reran !== undefined) return reran;
+
+  installExitHandlers();
+  const limits = fdLimits();
+  const scale = Number(process.env.TUNNEL_BENCH_SCALE ?? 1);
+  if (!(scale > 0)) {
+    process.stderr.write('TUNNEL_BENCH_SCALE must be a positive number\n');
+    return 2;
+  }
+  const config = makeConfig(cli.full, limits.soft, scale);
+  const selected = SCENARIOS.filter((s) => !cli.only || cli.only.includes(s.name));
+  const names = selected.map((s) => s.name);
+  const plans = selected.map((s) => s.plan(config, names));
+  const progress = new Progress(plans.reduce((n, p) => n + p.length, 0));
+  const figures: Figure[] = [];
+  const problems: string[] = [];
+  const shared = new Map<string, number>();
+  const started = new Date();
+
+  process.stderr.write(`tunnel bench (${cli.full ? 'full' : 'quick'}${scale !== 1 ? `, scale ${scale}` : ''}): ${names.join(', ')}; node ${process.version}, ${os.cpus().length} CPUs, ulimit -n ${limits.soft}\n`);
+  let planned = 0;
+  for (const [i, scenario] of selected.entries()) {
+    planned += plans[i]!.length;
+    const scope = new Scope();
+    const ctx: Context = {
+      config,
+      scope,
+      shared,
+      progress,
+      step: (label) => progress.step(scenario.name, label),
+      info: (text) => progress.info(text),
+      record: (input) => {
+        const fig = makeFigure(scenario.name, input);
+        figures.push(fig);
+        return fig;
+      },
+    };
+    try {
+      await scenario.run(ctx);
+    } catch (err) {
+      const message = (err as Error).stack ?? String(err);
+      progress.info(`ERROR: ${message}`);
+      problems.push(`${scenario.name}: ${(err as Error).message}`);
+      figures.push(makeFigure(scenario.name, { figure: 'scenario failed', value: null, unit: '', note: (err as Error).message.split('\n')[0] }));
+    } finally {
+      const teardown = await scope.close();
+      const leftovers = await reapLeftovers();
+      for (const p of teardown) problems.push(`${scenario.name}: ${p}`);
+      if (leftovers.length > 0) problems.push(`${scenario.name}: left running and killed: ${leftovers.join(', ')}`);
+      progress.skipTo(planned);
+    }
+  }
+
+  const table = renderTable(figures);
+  process.stdout.write(`\n${table}\n`);
+  if (problems.length > 0) process.stdout.write(`\nproblems:\n${problems.map((p) => `  ${p}`).join('\n')}\n`);
+  if (cli.json) {
+    const report = {
+      started: started.toISOString(),
+      finished: new Date().toISOString(),
+      mode: cli.full ? 'full' : 'quick',
+      scale,
+      node: process.version,
+      cpus: os.cpus().length,
+      fdLimit: limits.soft,
+      config,
+      figures,
+      problems,
+    };
+    writeFileSync(cli.json, `${JSON.stringify(report, null, 2)}\n`);
+    process.stderr.write(`wrote ${cli.json}\n`);
+  }
+  return 0;
+}
+
+main().then((code) => {
+  process.exitCode = code;
+  // Handles (gRPC channels, timers) of the client library may keep the loop alive; the work is done.
+  setTimeout(() => process.exit(code), 200).unref();
+}, (err: unknown) => {
+  process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

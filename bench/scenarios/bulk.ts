@@ -1,0 +1,94 @@
+/**
+ * 1. bulk: one connection, download and upload, through HTTP-CONNECT (mTLS on both hops) and
+ * the gRPC frontend (unix socket), against direct loopback TCP and a one-hop Node relay.
+ */
+import { startRelay, startTarget } from '../lib/helpers.js';
+import { tcpDialer, httpConnectDialer, grpcDialer, type Dialer } from '../lib/dialers.js';
+import { download, upload, mbps, formatBytes, MiB, type Transfer } from '../lib/measure.js';
+import { cpuMeter, formatCpu, type CpuUse } from '../lib/cpu.js';
+import { startTunnel } from '../lib/tunnel.js';
+import type { Context, Scenario } from '../lib/scenario.js';
+
+const DIRECTIONS = ['download', 'upload'] as const;
+type Direction = typeof DIRECTIONS[number];
+const PATHS = ['direct', 'relay', 'HTTP-CONNECT', 'gRPC (uds)'];
+const WARMUP_BYTES = 16 * MiB;
+const RATIO_TARGET = 0.3;
+
+/** One timed transfer on a fresh connection, with the CPU use of the processes on the path. */
+export async function timedTransfer(dialer: Dialer, direction: Direction, bytes: number, limitMs: number): Promise<Transfer & { cpu: CpuUse[] }> {
+  const conn = await dialer.dial();
+  try {
+    const meter = cpuMeter(dialer.pids);
+    const t = await (direction === 'download' ? download : upload)(conn, bytes, limitMs);
+    return { ...t, cpu: meter() };
+  } finally {
+    conn.destroy();
+  }
+}
+
+/** Runs a timed transfer and reports it: rate, or null and why not. */
+export async function measureTransfer(ctx: Context, dialer: Dialer, direction: Direction, bytes: number): Promise<{ rate: number | null; note?: string; cpu?: string }> {
+  const limitMs = ctx.config.transferLimitMs;
+  try {
+    const t = await timedTransfer(dialer, direction, bytes, limitMs);
+    const rate = mbps(t);
+    const note = transferNote(t, bytes, limitMs);
+    const cpu = formatCpu(t.cpu);
+    ctx.info(`${rate.toFixed(1)} MB/s (${t.seconds.toFixed(2)} s); CPU: ${cpu}${note ? `; ${note}` : ''}`);
+    return { rate, note, cpu };
+  } catch (err) {
+    const note = `failed: ${(err as Error).message}`;
+    ctx.info(note);
+    return { rate: null, note };
+  }
+}
+
+export function transferNote(t: Transfer, bytes: number, limitMs: number): string | undefined {
+  return t.complete ? undefined : `cut short by the ${limitMs / 1000} s limit after ${formatBytes(t.bytes)} of ${formatBytes(bytes)}; rate is over what got through`;
+}
+
+export const bulk: Scenario = {
+  name: 'bulk',
+  title: 'bulk transfer, one connection',
+  plan: () => ['start target, relay and tunnel', 'warm up every path', ...DIRECTIONS.flatMap((d) => PATHS.map((p) => `${d} via ${p}`))],
+
+  async run(ctx: Context) {
+    const { config, scope } = ctx;
+    ctx.step('start target, relay and tunnel');
+    const target = await startTarget(scope);
+    const relay = await startRelay(scope, target.port);
+    const tunnel = await startTunnel(scope);
+    const dialers: Dialer[] = [
+      tcpDialer('direct', target),
+      tcpDialer('relay', target, relay),
+      httpConnectDialer(tunnel, target),
+      grpcDialer(tunnel, target),
+    ];
+
+    ctx.step('warm up every path');
+    for (const dialer of dialers) {
+      for (const direction of DIRECTIONS) await timedTransfer(dialer, direction, WARMUP_BYTES, config.transferLimitMs);
+    }
+
+    for (const direction of DIRECTIONS) {
+      const rates = new Map<string, number | null>();
+      for (const dialer of dialers) {
+        ctx.step(`${direction} via ${dialer.label} (${formatBytes(config.bulkBytes)})`);
+        const { rate, note, cpu } = await measureTransfer(ctx, dialer, direction, config.bulkBytes);
+        rates.set(dialer.label, rate);
+        const isTunnel = dialer.label !== 'direct' && dialer.label !== 'relay';
+        ctx.record({
+          figure: `${direction} via ${dialer.label}`,
+          value: rate,
+          unit: 'MB/s',
+          baseline: dialer.label === 'relay' ? { label: 'direct', value: rates.get('direct') ?? null }
+            : isTunnel ? { label: 'relay', value: rates.get('relay') ?? null } : undefined,
+          target: isTunnel ? { on: 'ratio', op: '>=', limit: RATIO_TARGET } : undefined,
+          note: [note, isTunnel && cpu ? `CPU while transferring (100% = one core): ${cpu}` : ''].filter(Boolean).join('; ') || undefined,
+        });
+        if (rate !== null) ctx.shared.set(`bulk.${direction}.${dialer.label}`, rate);
+      }
+    }
+  },
+};

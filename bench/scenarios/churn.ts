@@ -1,0 +1,102 @@
+/**
+ * 3. churn: cycles of dial, 1 KiB request, 1 KiB response, close; one at a time and 32 at a
+ * time for a fixed duration. Through HTTP-CONNECT every cycle pays a full mTLS handshake.
+ * Baselines: the same cycles in plain TCP, directly and through the relay.
+ */
+import { startRelay, startTarget } from '../lib/helpers.js';
+import { tcpDialer, httpConnectDialer, type Conn, type Dialer } from '../lib/dialers.js';
+import { now, percentile, requestResponse, KiB } from '../lib/measure.js';
+import { startTunnel } from '../lib/tunnel.js';
+import { cpuMeter, formatCpu, formatCpuPer, type CpuUse } from '../lib/cpu.js';
+import type { Context, Scenario } from '../lib/scenario.js';
+
+const SIZE = KiB;
+const CYCLE_LIMIT_MS = 10_000;
+const TARGETS: Record<number, number> = { 1: 250, 32: 500 };
+
+interface ChurnResult {
+  cycles: number;
+  errors: number;
+  firstError?: string;
+  seconds: number;
+  latenciesMs: number[];
+  cpu: CpuUse[];
+}
+
+async function churn(dialer: Dialer, concurrency: number, seconds: number): Promise<ChurnResult> {
+  const result: ChurnResult = { cycles: 0, errors: 0, seconds: 0, latenciesMs: [], cpu: [] };
+  const meter = cpuMeter(dialer.pids);
+  const start = now();
+  const deadline = start + seconds * 1000;
+  const worker = async () => {
+    // Bounded by time; errors are counted (and also bounded: a broken path stops early).
+    while (now() < deadline && result.errors < 1000) {
+      const t0 = now();
+      let conn: Conn | undefined;
+      try {
+        conn = await dialer.dial();
+        await requestResponse(conn, SIZE, CYCLE_LIMIT_MS);
+        result.latenciesMs.push(now() - t0);
+        result.cycles++;
+      } catch (err) {
+        result.errors++;
+        result.firstError ??= (err as Error).message;
+      } finally {
+        conn?.destroy();
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  result.seconds = (now() - start) / 1000;
+  result.cpu = meter();
+  return result;
+}
+
+export const churnScenario: Scenario = {
+  name: 'churn',
+  title: 'connection churn',
+  plan: (config) => ['start target, relay and tunnel', 'warm up',
+    ...[1, config.churnConcurrency].flatMap((c) => ['direct', 'relay', 'HTTP-CONNECT'].map((p) => `${p}, ${c} at a time`))],
+
+  async run(ctx: Context) {
+    const { config, scope } = ctx;
+    ctx.step('start target, relay and tunnel');
+    const target = await startTarget(scope);
+    const relay = await startRelay(scope, target.port);
+    const tunnel = await startTunnel(scope);
+    const dialers = [tcpDialer('direct', target), tcpDialer('relay', target, relay), httpConnectDialer(tunnel, target)];
+
+    ctx.step('warm up');
+    for (const dialer of dialers) await churn(dialer, 4, 0.5);
+
+    for (const concurrency of [1, config.churnConcurrency]) {
+      const by = new Map<string, { rate: number | null; p50: number | null; p99: number | null }>();
+      for (const dialer of dialers) {
+        ctx.step(`${dialer.label}, ${concurrency} at a time (${config.churnSeconds} s)`);
+        const r = await churn(dialer, concurrency, config.churnSeconds);
+        const rate = r.cycles > 0 ? r.cycles / r.seconds : null;
+        const p50 = r.cycles > 0 ? percentile(r.latenciesMs, 50) : null;
+        const p99 = r.cycles > 0 ? percentile(r.latenciesMs, 99) : null;
+        by.set(dialer.label, { rate, p50, p99 });
+        const failed = r.errors > 0 ? `${r.errors} failed cycles (first: ${r.firstError})` : '';
+        const cpu = r.cycles > 0 ? `CPU: ${formatCpu(r.cpu)}; per cycle: ${formatCpuPer(r.cpu, r.cycles)}` : '';
+        ctx.info(`${rate?.toFixed(0) ?? 'n/a'} cycles/s, p50 ${p50?.toFixed(2) ?? 'n/a'} ms, p99 ${p99?.toFixed(2) ?? 'n/a'} ms (${r.cycles} cycles${failed ? `; ${failed}` : ''}); ${cpu}`);
+        const baselineLabel = dialer.label === 'relay' ? 'direct' : dialer.label === 'HTTP-CONNECT' ? 'relay' : undefined;
+        const base = baselineLabel ? by.get(baselineLabel) : undefined;
+        const isTunnel = dialer.label === 'HTTP-CONNECT';
+        const target = TARGETS[concurrency] ?? TARGETS[32]!;
+        const note = [failed, isTunnel ? cpu : ''].filter(Boolean).join('; ') || undefined;
+        ctx.record({
+          figure: `${dialer.label}, ${concurrency} at a time: rate`,
+          value: rate,
+          unit: 'cycles/s',
+          baseline: base ? { label: baselineLabel!, value: base.rate } : undefined,
+          target: isTunnel ? { on: 'value', op: '>=', limit: target } : undefined,
+          note,
+        });
+        ctx.record({ figure: `${dialer.label}, ${concurrency} at a time: p50`, value: p50, unit: 'ms', baseline: base ? { label: baselineLabel!, value: base.p50 } : undefined });
+        ctx.record({ figure: `${dialer.label}, ${concurrency} at a time: p99`, value: p99, unit: 'ms', baseline: base ? { label: baselineLabel!, value: base.p99 } : undefined });
+      }
+    }
+  },
+};
