@@ -56,6 +56,9 @@ export class TunnelAgent {
     this.metrics.gauge('open_server_connections', 'Streams open to tunnel servers.', () => this.connections.size);
     this.metrics.gauge('known_server_count', 'Server count announced by the servers.', () => this.serverCount);
     this.metrics.gauge('open_endpoint_connections', 'Connections open to targets.', () => this.openEndpointConnections);
+    this.metrics.gauge('buffered_bytes', 'Bytes held in tunneled connections, waiting for a reader or for window.', () =>
+      [...this.connections.values()].reduce((n, c) => n + c.mux.stats.bufferedBytes, 0));
+    this.metrics.processMetrics();
     this.dialFailures = this.metrics.counter('endpoint_dial_failure_total', 'Failed dials to targets, by reason.');
   }
 

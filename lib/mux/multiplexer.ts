@@ -34,6 +34,8 @@ export interface MultiplexerOptions {
 
 export interface MultiplexerStats {
   connections: number;
+  /** Bytes held in this stream's connections: received and not yet read, or written and not yet sent. */
+  bufferedBytes: number;
   pendingDials: number;
   strayPackets: number;
   unknownPackets: number;
@@ -87,8 +89,11 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
   }
 
   get stats(): MultiplexerStats {
+    let bufferedBytes = 0;
+    for (const conn of this.connections.values()) bufferedBytes += conn.readableLength + conn.writableLength;
     return {
       connections: this.connections.size,
+      bufferedBytes,
       pendingDials: this.pendingDialCount(),
       strayPackets: this.strayPackets,
       unknownPackets: this.unknownPackets,

@@ -45,6 +45,12 @@ export interface TunnelConnectionOptions {
 
 const READ_HIGH_WATER_MARK = 64 * 1024;
 const WRITE_HIGH_WATER_MARK = 16 * 1024;
+/**
+ * How long a closing connection may take to flush: after the local end or the peer closed
+ * it, a reader that never drains (or a window that never reopens) would otherwise hold the
+ * connection and its buffers forever.
+ */
+export const CLOSE_LINGER_MS = 5_000;
 
 export class TunnelConnection extends Duplex {
   readonly connectID: bigint;
@@ -57,6 +63,7 @@ export class TunnelConnection extends Duplex {
   private wireOpen = true;
   private pausedStream = false;
 
+  private lingerTimer?: NodeJS.Timeout;
   private sendCredit: number;
   private pending?: { chunk: Uint8Array; callback: (err?: Error | null) => void };
   private sending = false;
@@ -114,6 +121,7 @@ export class TunnelConnection extends Duplex {
     this.link.forget(this);
     this.releaseStream();
     this.push(null);
+    this.linger();
   }
 
   /** The packet stream under this connection is gone. */
@@ -134,6 +142,15 @@ export class TunnelConnection extends Duplex {
     this.pump();
   }
 
+  /** Ending the writable side starts the close, whatever is still waiting to be sent. */
+  override end(cb?: () => void): this;
+  override end(chunk: unknown, cb?: () => void): this;
+  override end(chunk: unknown, encoding?: BufferEncoding, cb?: () => void): this;
+  override end(...args: unknown[]): this {
+    this.linger();
+    return (super.end as (...a: unknown[]) => this).apply(this, args);
+  }
+
   /** The local side ended: no half-close exists, so the whole connection closes. */
   override _final(callback: (err?: Error | null) => void): void {
     this.closeLocallyOnce();
@@ -142,6 +159,7 @@ export class TunnelConnection extends Duplex {
   }
 
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    clearTimeout(this.lingerTimer);
     this.closeLocallyOnce();
     this.releaseStream();
     this.link.forget(this);
@@ -173,6 +191,12 @@ export class TunnelConnection extends Duplex {
       });
       synchronous = false;
     }
+  }
+
+  private linger(): void {
+    if (this.lingerTimer || this.destroyed) return;
+    this.lingerTimer = setTimeout(() => this.destroy(), CLOSE_LINGER_MS);
+    this.lingerTimer.unref();
   }
 
   private closeLocallyOnce(): void {

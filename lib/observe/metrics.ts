@@ -61,6 +61,16 @@ export class MetricsRegistry {
     return counter;
   }
 
+  /** Process resident memory, as Prometheus client libraries export it. */
+  processMetrics(): void {
+    this.series.push({
+      name: 'process_resident_memory_bytes',
+      help: 'Resident memory size in bytes.',
+      type: 'gauge',
+      collect: () => [[{}, process.memoryUsage.rss()]],
+    });
+  }
+
   /** The Prometheus text exposition format. */
   render(): string {
     const lines: string[] = [];

@@ -193,6 +193,9 @@ export class TunnelServer {
     this.metrics.gauge('established_connections', 'Tunneled connections open through agents.', () => this.establishedConnections);
     this.metrics.gauge('pending_backend_dials', 'Dials waiting for an agent\'s answer.', () => this.pendingDials);
     this.metrics.gauge('grpc_frontend_streams', 'Open ProxyService streams.', () => this.frontendStreams.size);
+    this.metrics.gauge('buffered_bytes', 'Bytes held in tunneled connections (to agents and gRPC frontends), waiting for a reader or for window.', () =>
+      [...this.registry.all().map((b) => b.mux), ...this.frontendStreams].reduce((n, mux) => n + mux.stats.bufferedBytes, 0));
+    this.metrics.processMetrics();
     this.metrics.gauge('stray_packets', 'Packets from agents for unknown connections or dials.', () =>
       this.registry.all().reduce((n, b) => n + b.mux.stats.strayPackets, 0));
     return this.metrics.counter('http_connect_requests_total', 'HTTP-CONNECT requests by outcome.');

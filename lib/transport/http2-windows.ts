@@ -51,6 +51,7 @@ export function raiseServerConnectionWindows(server: grpc.Server, windowBytes: n
   for (const listener of listeners.keys()) {
     if (widened.has(listener)) continue;
     widened.add(listener);
+    listener.on('connection', (socket: import('node:net').Socket) => socket.setNoDelay?.(true));
     // As grpc-js's client does: once the peer's settings are in, so the WINDOW_UPDATE
     // follows the settings exchange instead of racing it.
     listener.on('session', (session: http2.ServerHttp2Session) => {
