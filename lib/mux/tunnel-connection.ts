@@ -137,9 +137,28 @@ export class TunnelConnection extends Duplex {
     if (this.flowControl) this.maybeGrant();
   }
 
+  /**
+   * Every consumption goes through read() (flowing mode calls it too), so credit is granted
+   * here: _read alone is not enough, because a Readable calls it once and then waits for a
+   * push, which the peer cannot send until it gets the credit.
+   */
+  override read(size?: number): ReturnType<Duplex['read']> {
+    const chunk = super.read(size) as ReturnType<Duplex['read']>;
+    if (this.flowControl) this.maybeGrant();
+    return chunk;
+  }
+
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
     this.pending = { chunk, callback };
     this.pump();
+  }
+
+  /**
+   * Writes that queued up while the previous one was in flight go out together: fewer,
+   * larger DATA packets cost less per byte on every hop.
+   */
+  override _writev(chunks: Array<{ chunk: Buffer }>, callback: (err?: Error | null) => void): void {
+    this._write(chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk)), 'binary', callback);
   }
 
   /** Ending the writable side starts the close, whatever is still waiting to be sent. */
