@@ -27,6 +27,7 @@ const FLAGS = {
   'health-bind-address': { type: 'string', default: '0.0.0.0', metavar: 'IP', help: 'address of the health port' },
   'health-port': { type: 'string', default: '8093', metavar: 'PORT', help: '/healthz, /readyz and /metrics ("off" turns it off)' },
   'connection-window': { type: 'string', default: String(4 * 1024 * 1024), metavar: 'BYTES', help: 'per-connection flow-control window offered to the server (0 turns the extension off)' },
+  'single-stream': { type: 'boolean', help: 'carry both directions on one connection, as the reference agent does (default: a second connection for server -> agent traffic when the server agrees)' },
   'log-level': { type: 'string', default: 'info', metavar: 'LEVEL', help: 'debug, info, warn or error' },
 } as const;
 
@@ -70,6 +71,7 @@ runMain(NAME, async () => {
     connectionWindow: window,
     healthBindAddress: flags['health-bind-address'],
     healthPort,
+    singleStream: flags['single-stream'],
   });
   onShutdownSignal(() => agent.stop());
   await agent.start();

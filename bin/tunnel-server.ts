@@ -30,6 +30,7 @@ const FLAGS = {
   'server-count': { type: 'string', default: '1', metavar: 'N', help: 'number of servers behind the agents\' address; agents keep a stream to each' },
   'dial-timeout': { type: 'string', default: '30s', metavar: 'DURATION', help: 'how long a client waits for the agent to answer a dial' },
   'connection-window': { type: 'string', default: String(4 * 1024 * 1024), metavar: 'BYTES', help: 'per-connection flow-control window offered to peers (0 turns the extension off)' },
+  'single-stream': { type: 'boolean', help: 'carry both directions of an agent\'s traffic on its one connection, as the reference does (default: our agents get one connection per direction)' },
   'log-level': { type: 'string', default: 'info', metavar: 'LEVEL', help: 'debug, info, warn or error' },
 } as const;
 
@@ -72,6 +73,7 @@ runMain(NAME, async () => {
     serverCount: parseCount('server-count', flags['server-count'], 1),
     dialTimeoutMs: parseDuration('dial-timeout', flags['dial-timeout']),
     connectionWindow: parseCount('connection-window', flags['connection-window'], 0),
+    singleStream: flags['single-stream'],
   });
   onShutdownSignal(() => server.stop());
   await server.start();

@@ -150,14 +150,15 @@ test.serial('a stalled gRPC client holds one window and does not stall the other
   }
 });
 
-test.serial('a reference-style peer (no flow-control metadata) gets correct data, and a stalled reader stays bounded', async (t) => {
-  // With the extension off on both ends, the stream carries the plain protocol.
-  const r = await rig(['--connection-window=0']);
+test.serial('a reference-style peer (no flow-control metadata, one stream) gets correct data, and a stalled reader stays bounded', async (t) => {
+  // With the extensions off on both ends, the stream carries the plain protocol.
+  const r = await rig(['--connection-window=0', '--single-stream']);
+  t.regex(r.agent.proc.output, /flowControl=off streams=single/);
   try {
     t.true(await tenTransfers(r), 'ten transfers intact over the plain protocol');
     const stalled = await connect(r, r.targets.source);
     stalled.pause();
-    await eventually(async () => await serverBuffered(r) >= 512 * 1024, 10_000, 'the stalled connection buffers');
+    await eventually(async () => await serverBuffered(r) + await agentBuffered(r) >= 512 * 1024, 20_000, 'the stalled connection buffers');
     const sentThen = r.targets.sent();
     await new Promise((resolve) => setTimeout(resolve, 500));
     // Without credits the server pauses the agent's stream instead of buffering without bound.

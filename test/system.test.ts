@@ -54,6 +54,9 @@ test.serial('seed case 1 and 3: an HTTP target through HTTP-CONNECT (mTLS and un
   const server = await startServer(ws);
   const agent = await startAgent(ws, server, 'c1');
   try {
+    // Our agent and server carry each direction on its own connection.
+    t.regex(agent.proc.output, /connected to tunnel server .*flowControl=on streams=split/);
+    await server.proc.waitFor(/agent connected .*flowControl=on streams=split/);
     const request = ['--request-host=c1', `--request-port=${target.port}`, '--request-path=success'];
 
     const viaConnect = await runToEnd('tunnel-client', ['--mode=http-connect', '--proxy-host=127.0.0.1', `--proxy-port=${server.connectPort}`, ...certFlags(ws), ...request]);

@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { DialHandler } from '../mux/accepting-mux.js';
 import { channelOptions } from '../transport/options.js';
 import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js';
+import { DOWNLINK_WINDOW } from '../transport/http2-windows.js';
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
 import { HealthServer } from '../observe/health-server.js';
@@ -34,6 +35,8 @@ export interface TunnelAgentOptions {
   connectionWindow?: number;
   healthBindAddress?: string;
   healthPort?: number;
+  /** Carry both directions on one connection, as the reference agent does. */
+  singleStream?: boolean;
 }
 
 export class TunnelAgent {
@@ -45,6 +48,7 @@ export class TunnelAgent {
   private readonly backoff: Backoff;
   private readonly dialFailures;
   private serverCount = 1;
+  private skipSplitOnce = false;
   private running = false;
   private wake?: () => void;
   private loop?: Promise<void>;
@@ -112,6 +116,9 @@ export class TunnelAgent {
         await this.connectOnce();
         this.backoff.reset();
       } catch (err) {
+        // A server that agreed to split but did not take the downlink (another server behind
+        // a load balancer got it): the next attempt carries both directions on one stream.
+        if (/downlink/.test((err as Error).message)) this.skipSplitOnce = true;
         const delay = this.backoff.next();
         this.log.warn('cannot connect to the tunnel server; retrying', { server: this.options.serverAddress, in: `${delay}ms`, reason: (err as Error).message });
         await this.sleepUntilWoken(delay);
@@ -120,13 +127,18 @@ export class TunnelAgent {
   }
 
   private async connectOnce(): Promise<void> {
+    // Each channel gets its own connection: to reach every server behind a load balancer,
+    // and to give the downlink a connection of its own.
     const extra: grpc.ChannelOptions = { 'grpc.use_local_subchannel_pool': 1 };
     if (this.options.serverName) extra['grpc.ssl_target_name_override'] = this.options.serverName;
+    const split = !this.options.singleStream && !this.skipSplitOnce;
+    this.skipSplitOnce = false;
     const window = this.options.connectionWindow === 0 ? undefined : (this.options.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
     const connection = await ServerConnection.open({
       target: this.options.serverAddress,
       credentials: this.options.credentials,
       channelOptions: channelOptions(extra),
+      downlinkChannelOptions: split ? channelOptions({ ...extra, 'grpc-node.flow_control_window': DOWNLINK_WINDOW }) : undefined,
       agentID: this.agentID,
       agentIdentifiers: this.options.agentIdentifiers,
       connectionWindow: window,
@@ -145,7 +157,9 @@ export class TunnelAgent {
     }
     this.connections.set(connection.serverID, connection);
     this.serverCount = connection.serverCount;
-    this.log.info('connected to tunnel server', { serverID: connection.serverID, serverCount: connection.serverCount, flowControl: connection.mux.flowControl ? 'on' : 'off' });
+    this.log.info('connected to tunnel server', {
+      serverID: connection.serverID, serverCount: connection.serverCount, flowControl: connection.mux.flowControl ? 'on' : 'off', streams: connection.split ? 'split' : 'single',
+    });
     connection.mux.once('close', (reason: Error) => {
       if (this.connections.get(connection.serverID) !== connection) return;
       this.connections.delete(connection.serverID);

@@ -11,6 +11,7 @@ import type { TlsSource } from '../pki/tls-source.js';
 import { mtlsChannelCredentials } from '../transport/credentials.js';
 import { DEFAULT_CONNECTION_WINDOW, announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
 import { channelOptions } from '../transport/options.js';
+import { PROXY_CLIENT_WINDOW } from '../transport/http2-windows.js';
 import { asPacketStream, deserializePacket, serializePacket } from '../transport/services.js';
 import { PacketType, type KnownPacket, type Packet } from '../wire/packet.js';
 import { DEFAULT_SERVER_PORT, PROXY_PATH } from '../wire/protocol.js';
@@ -45,7 +46,7 @@ export function grpcTarget(proxy: GrpcProxy): string {
  */
 export async function dialGrpc(proxy: GrpcProxy, address: string, options: GrpcDialOptions = {}): Promise<TunnelConnection> {
   const target = grpcTarget(proxy);
-  const client = new grpc.Client(target, channelCredentials(proxy, target), channelOptions());
+  const client = new grpc.Client(target, channelCredentials(proxy, target), channelOptions({ 'grpc-node.flow_control_window': PROXY_CLIENT_WINDOW }));
   const window = options.flowControlWindow ?? DEFAULT_CONNECTION_WINDOW;
   const metadata = new grpc.Metadata();
   announceFlowControl(metadata, window);

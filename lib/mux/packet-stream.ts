@@ -17,36 +17,44 @@ const PAIR_HIGH_WATER_MARK = 16;
 export function packetStreamPair(): [PacketStream, PacketStream] {
   const aToB = new PassThrough({ objectMode: true, highWaterMark: PAIR_HIGH_WATER_MARK });
   const bToA = new PassThrough({ objectMode: true, highWaterMark: PAIR_HIGH_WATER_MARK });
-  return [joinHalves(bToA, aToB), joinHalves(aToB, bToA)];
+  return [joinPacketStreams(bToA, aToB), joinPacketStreams(aToB, bToA)];
 }
 
-function joinHalves(readFrom: PassThrough, writeTo: PassThrough): PacketStream {
-  const duplex: Duplex = new Duplex({
+/**
+ * One packet stream made of two: packets are read from `input` and written to `output`,
+ * with backpressure both ways. The agent and server use it to carry each direction of an
+ * agent's traffic on its own connection; when either side ends or fails, both are closed.
+ */
+export function joinPacketStreams(input: Duplex | PassThrough, output: Duplex | PassThrough): PacketStream {
+  const joined: Duplex = new Duplex({
     objectMode: true,
     highWaterMark: PAIR_HIGH_WATER_MARK,
     read() {
-      readFrom.resume();
+      input.resume();
     },
     write(packet: Packet, _encoding, callback) {
-      if (writeTo.write(packet)) callback();
-      else writeTo.once('drain', () => callback());
+      if (output.write(packet)) callback();
+      else output.once('drain', () => callback());
     },
     final(callback) {
-      writeTo.end();
+      output.end();
       callback();
     },
     destroy(err, callback) {
-      writeTo.destroy();
-      readFrom.destroy();
+      output.destroy();
+      input.destroy();
       callback(err);
     },
   });
-  readFrom.on('data', (packet: Packet) => {
-    if (!duplex.push(packet)) readFrom.pause();
+  input.on('data', (packet: Packet) => {
+    if (!joined.push(packet)) input.pause();
   });
-  readFrom.on('end', () => duplex.push(null));
-  readFrom.on('close', () => {
-    if (!readFrom.readableEnded) duplex.destroy();
-  });
-  return duplex;
+  input.on('end', () => joined.push(null));
+  for (const side of [input, output]) {
+    side.on('error', (err: Error) => joined.destroy(err));
+    side.on('close', () => {
+      if (!joined.destroyed && !(side === input && input.readableEnded)) joined.destroy();
+    });
+  }
+  return joined;
 }

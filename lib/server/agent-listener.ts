@@ -2,12 +2,16 @@
  * The AgentService: agents dial in and open one Connect stream each. The server reads the
  * agent's id and identifiers, answers with its serverid/servercount headers before any
  * packet (the reference agent fails the stream without them), and registers the stream
- * for routing until it ends.
+ * for routing until it ends. Our own agents may ask for a second stream on a second
+ * connection that carries the server -> agent direction (MD_SPLIT_STREAMS).
  */
 import * as grpc from '@grpc/grpc-js';
+import { randomBytes } from 'node:crypto';
+import { joinPacketStreams, type PacketStream } from '../mux/packet-stream.js';
+import type { FlowControl } from '../mux/tunnel-connection.js';
 import { DialingMux } from '../mux/dialing-mux.js';
 import type { KnownPacket } from '../wire/packet.js';
-import { MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_SERVER_COUNT, MD_SERVER_ID } from '../wire/protocol.js';
+import { MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_DOWNLINK_FOR, MD_SERVER_COUNT, MD_SERVER_ID, MD_SPLIT_STREAMS } from '../wire/protocol.js';
 import { asPacketStream } from '../transport/services.js';
 import { announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
 import type { Logger } from '../observe/log.js';
@@ -22,6 +26,8 @@ export interface AgentListenerOptions {
   /** Per-connection receive window offered to agents; undefined turns flow control off. */
   connectionWindow?: number;
   maxDataSize?: number;
+  /** Agree to agents' request for one connection per direction. */
+  splitStreams?: boolean;
   log: Logger;
 }
 
@@ -34,9 +40,68 @@ function single(metadata: grpc.Metadata, key: string): string | undefined | Erro
   return value === undefined ? undefined : String(value);
 }
 
+/** How long the server holds an agent's first stream while it opens its downlink. */
+const DOWNLINK_WAIT_MS = 10_000;
+
+interface AgentIdentity {
+  agentID: string;
+  identifiers: string;
+  peer: string;
+  windows?: FlowControl;
+}
+
+interface WaitingUplink extends AgentIdentity {
+  call: AgentCall;
+  timer: NodeJS.Timeout;
+}
+
+function refuse(call: AgentCall, code: grpc.status, details: string): void {
+  call.emit('error', { code, details });
+}
+
 export function agentConnectHandler(options: AgentListenerOptions): grpc.handleBidiStreamingCall<KnownPacket, KnownPacket> {
   const { registry, log } = options;
+  const waiting = new Map<string, WaitingUplink>();
+
+  /** Registers an agent's packet stream for routing until it closes. */
+  const register = (identity: AgentIdentity, stream: PacketStream, calls: AgentCall[]) => {
+    const { agentID, peer, windows } = identity;
+    const name = `agent ${agentID}`;
+    const mux = new DialingMux(stream, { name, flowControl: windows, maxDataSize: options.maxDataSize, log });
+    const backend: Backend = { agentID, identifiers: parseAgentIdentifiers(identity.identifiers), mux, connectedAt: new Date(), peer };
+    registry.add(backend);
+    log.info('agent connected', {
+      agentID, identifiers: identity.identifiers, peer, flowControl: windows ? 'on' : 'off', streams: calls.length === 2 ? 'split' : 'single',
+    });
+    mux.on('drain-requested', () => log.info('agent is draining: no new dials go to it', { agentID }));
+    for (const call of calls) call.on('cancelled', () => mux.close(new Error(`${name} went away`)));
+    mux.once('close', (reason: Error) => {
+      registry.remove(backend);
+      for (const call of calls) if (!call.destroyed) call.end();
+      log.info('agent disconnected', { agentID, peer, reason: reason.message });
+    });
+  };
+
+  /** The second stream of a split agent: packets to the agent go here. */
+  const attachDownlink = (call: AgentCall, token: string) => {
+    const uplink = waiting.get(token);
+    if (!uplink) {
+      log.warn('refusing a downlink stream for no waiting agent stream', { peer: call.getPeer() });
+      refuse(call, grpc.status.NOT_FOUND, 'no agent stream of this server waits for this downlink (behind a load balancer it may have reached another server); reconnect');
+      return;
+    }
+    waiting.delete(token);
+    clearTimeout(uplink.timer);
+    call.sendMetadata(serverHeaders(options));
+    register(uplink, joinPacketStreams(asPacketStream(uplink.call), asPacketStream(call)), [uplink.call, call]);
+  };
+
   return (call: AgentCall) => {
+    const token = single(call.metadata, MD_DOWNLINK_FOR);
+    if (typeof token === 'string') {
+      attachDownlink(call, token);
+      return;
+    }
     const peer = call.getPeer();
     const agentID = single(call.metadata, MD_AGENT_ID);
     const identifiers = single(call.metadata, MD_AGENT_IDENTIFIERS);
@@ -45,30 +110,39 @@ export function agentConnectHandler(options: AgentListenerOptions): grpc.handleB
         : !agentID ? new Error(`expected one ${MD_AGENT_ID} in the stream metadata, got none`) : undefined;
     if (problem) {
       log.warn('refusing agent stream', { peer, reason: problem.message });
-      call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: problem.message });
+      refuse(call, grpc.status.INVALID_ARGUMENT, problem.message);
       return;
     }
 
-    const headers = new grpc.Metadata();
-    headers.set(MD_SERVER_ID, options.serverID);
-    headers.set(MD_SERVER_COUNT, String(options.serverCount));
+    const headers = serverHeaders(options);
     const windows = negotiateFlowControl(call.metadata, options.connectionWindow);
     if (windows) announceFlowControl(headers, windows.receiveWindow);
+    const identity: AgentIdentity = { agentID: agentID as string, identifiers: (identifiers as string | undefined) ?? '', peer, windows };
+
+    if (options.splitStreams && single(call.metadata, MD_SPLIT_STREAMS) === '1') {
+      const splitToken = randomBytes(16).toString('hex');
+      headers.set(MD_SPLIT_STREAMS, splitToken);
+      const timer = setTimeout(() => {
+        if (waiting.delete(splitToken)) {
+          log.warn('agent did not open its downlink stream in time; closing its stream', { agentID, peer });
+          refuse(call, grpc.status.DEADLINE_EXCEEDED, `no downlink stream within ${DOWNLINK_WAIT_MS} ms`);
+        }
+      }, DOWNLINK_WAIT_MS);
+      waiting.set(splitToken, { ...identity, call, timer });
+      call.on('cancelled', () => {
+        if (waiting.delete(splitToken)) clearTimeout(timer);
+      });
+      call.sendMetadata(headers);
+      return;
+    }
     call.sendMetadata(headers);
-
-    const ids = parseAgentIdentifiers((identifiers as string | undefined) ?? '');
-    const name = `agent ${agentID as string}`;
-    const mux = new DialingMux(asPacketStream(call), { name, flowControl: windows, maxDataSize: options.maxDataSize, log });
-    const backend: Backend = { agentID: agentID as string, identifiers: ids, mux, connectedAt: new Date(), peer };
-    registry.add(backend);
-    log.info('agent connected', { agentID, identifiers: identifiers as string | undefined, peer, flowControl: windows ? 'on' : 'off' });
-
-    mux.on('drain-requested', () => log.info('agent is draining: no new dials go to it', { agentID }));
-    call.on('cancelled', () => mux.close(new Error(`${name} went away`)));
-    mux.once('close', (reason: Error) => {
-      registry.remove(backend);
-      if (!call.destroyed) call.end();
-      log.info('agent disconnected', { agentID, peer, reason: reason.message });
-    });
+    register(identity, asPacketStream(call), [call]);
   };
+}
+
+function serverHeaders(options: AgentListenerOptions): grpc.Metadata {
+  const headers = new grpc.Metadata();
+  headers.set(MD_SERVER_ID, options.serverID);
+  headers.set(MD_SERVER_COUNT, String(options.serverCount));
+  return headers;
 }

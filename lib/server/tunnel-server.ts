@@ -48,6 +48,8 @@ export interface TunnelServerOptions {
   dialTimeoutMs?: number;
   /** Per-connection window of the flow-control extension; 0 turns the extension off. */
   connectionWindow?: number;
+  /** Refuse our agents' second connection (for the server -> agent direction). */
+  singleStream?: boolean;
 }
 
 export interface ListeningAddresses {
@@ -110,6 +112,7 @@ export class TunnelServer {
     agentServer.addService(agentServiceDefinition, {
       Connect: agentConnectHandler({
         serverID: this.serverID, serverCount: o.serverCount ?? 1, registry: this.registry, connectionWindow: window, log: this.log,
+        splitStreams: !o.singleStream,
       }),
     });
     this.grpcServers.push(agentServer);

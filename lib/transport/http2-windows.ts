@@ -14,7 +14,9 @@
  * nothing from its socket while one of its writes is pending (nodejs/node#29399), so when
  * both ends may have more in flight than the kernel's socket buffers hold, both block in a
  * write and never read again. The sender of the small-window direction always completes
- * its writes, keeps reading, and so the connection cannot deadlock.
+ * its writes, keeps reading, and so the connection cannot deadlock. That is why our agent
+ * carries server -> agent traffic on a second connection (MD_SPLIT_STREAMS): each
+ * connection is busy one way only, and both directions get a large window.
  */
 import type * as grpc from '@grpc/grpc-js';
 import type http2 from 'node:http2';
@@ -22,6 +24,18 @@ import { logger } from '../observe/log.js';
 
 /** Receive window of the agent listener: how much an agent may have in flight to us. */
 export const AGENT_LISTENER_WINDOW = 16 * 1024 * 1024;
+
+/**
+ * Receive window of an agent's downlink connection, which carries only server -> agent
+ * packets (see MD_SPLIT_STREAMS), so the agent writes nothing big on it.
+ */
+export const DOWNLINK_WINDOW = 16 * 1024 * 1024;
+
+/**
+ * Receive window of a ProxyService client: its busy direction is server -> client, so the
+ * client's side is the large one and the frontend server keeps Node's default.
+ */
+export const PROXY_CLIENT_WINDOW = 16 * 1024 * 1024;
 
 interface GrpcServerInternals {
   commonServerOptions?: http2.ServerOptions;

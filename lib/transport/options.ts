@@ -30,7 +30,7 @@ export function createServer(receiveWindow?: number): grpc.Server {
   return server;
 }
 
-/** Channels keep Node's default receive windows: see http2-windows.ts. */
+/** Channels keep Node's default receive windows unless `extra` raises them: see http2-windows.ts. */
 export function channelOptions(extra: grpc.ChannelOptions = {}): grpc.ChannelOptions {
   return {
     'grpc.enable_channelz': 0,

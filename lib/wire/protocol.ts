@@ -20,6 +20,17 @@ export const MD_SERVER_COUNT = 'servercount';
  */
 export const MD_FLOW_CONTROL = 'tke-flow-control';
 
+/**
+ * tke-anp-tunnel extension: one connection per direction. An agent that sends this key
+ * (value "1") on its Connect stream can carry server -> agent packets on a second stream
+ * of its own connection; a server that agrees answers with a token in the same header,
+ * and the agent opens the second stream with that token in MD_DOWNLINK_FOR. Each TCP
+ * connection then carries bulk one way only, so both can use large HTTP/2 windows (see
+ * lib/transport/http2-windows.ts).
+ */
+export const MD_SPLIT_STREAMS = 'tke-split-streams';
+export const MD_DOWNLINK_FOR = 'tke-downlink-for';
+
 /** Error texts, as the reference writes them (clients match on some of them). */
 export const ERR_NO_AGENT = 'No agent available';
 export const ERR_UNRECOGNIZED_CONNECT_ID = 'unrecognized connectID';
