@@ -7,7 +7,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { DEFAULT_DIAL_TIMEOUT_MS } from '../mux/dialing-mux.js';
-import type { TlsSource } from '../pki/tls-source.js';
+import type { TlsMaterial, TlsSource } from '../pki/tls-source.js';
 import { DEFAULT_SERVER_PORT } from '../wire/protocol.js';
 import { joinHostPort } from './host-port.js';
 
@@ -153,19 +153,31 @@ interface ResponseHead {
   contentLength?: number;
 }
 
+/**
+ * One SecureContext per certificate set: building it parses keys and certificates, which
+ * costs more than the handshake itself on a busy dialer. A rotated set is a new object.
+ */
+const secureContexts = new WeakMap<TlsMaterial, tls.SecureContext>();
+
+function secureContextFor(material: TlsMaterial): tls.SecureContext {
+  let context = secureContexts.get(material);
+  if (!context) {
+    context = tls.createSecureContext({ key: material.key, cert: material.cert, ca: material.ca });
+    secureContexts.set(material, context);
+  }
+  return context;
+}
+
 function openProxyConnection(proxy: HttpConnectProxy, label: string): net.Socket {
   if (proxy.path) return net.connect({ path: proxy.path });
   if (!proxy.tls) {
     throw new Error(`HTTP-CONNECT to proxy ${label} over TCP needs mTLS: give a client certificate, key and CA, or use the proxy's unix socket`);
   }
-  const { key, cert, ca } = proxy.tls.current();
   const host = proxy.host ?? '127.0.0.1';
   return tls.connect({
     host,
     port: proxy.port ?? DEFAULT_SERVER_PORT,
-    key,
-    cert,
-    ca,
+    secureContext: secureContextFor(proxy.tls.current()),
     servername: proxy.servername ?? (net.isIP(host) ? undefined : host),
   });
 }
