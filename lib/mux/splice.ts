@@ -1,9 +1,12 @@
 /**
  * Joins a tunneled connection and a socket (or two tunneled connections) both ways. The
  * protocol has no half-close: when either side ends, the other is flushed and both are torn
- * down. Built on stream.pipeline, so backpressure and errors propagate without bookkeeping.
+ * down. Plain pipe() carries the data and its backpressure; a handful of listeners do the
+ * teardown, which keeps an idle connection small (two stream.pipeline() calls cost about
+ * twice the listeners and closures, and there can be tens of thousands of these).
  */
-import { pipeline, type Duplex } from 'node:stream';
+import type { Duplex } from 'node:stream';
+import { CLOSE_LINGER_MS } from './tunnel-connection.js';
 
 /** Errors that are the ordinary way a TCP peer goes away. */
 const ORDINARY_CLOSE_CODES = new Set(['ERR_STREAM_PREMATURE_CLOSE', 'ECONNRESET', 'EPIPE', 'ERR_STREAM_DESTROYED']);
@@ -14,7 +17,8 @@ export function isOrdinaryClose(err: unknown): boolean {
 
 /**
  * Pipes `a` into `b` and `b` into `a`. When `b` has been fed everything `a` had (a's
- * readable ended), or either direction fails, both are destroyed and `done` is called once.
+ * readable ended and b finished writing), or either side fails or closes, both are
+ * destroyed and `done` is called once.
  */
 export function splice(a: Duplex, b: Duplex, done?: (err?: Error) => void): void {
   let finished = false;
@@ -25,8 +29,23 @@ export function splice(a: Duplex, b: Duplex, done?: (err?: Error) => void): void
     b.destroy();
     done?.(err ?? undefined);
   };
-  pipeline(b, a, (err) => {
-    if (err) finish(err);
+  const prematureClose = () => {
+    const err = new Error('premature close') as NodeJS.ErrnoException;
+    err.code = 'ERR_STREAM_PREMATURE_CLOSE';
+    finish(err);
+  };
+  a.once('error', finish);
+  b.once('error', finish);
+  // `a` closing after its readable ended is its normal end: `b` still gets to flush, for
+  // a while (a peer that never reads must not hold it forever).
+  a.once('close', () => {
+    if (!a.readableEnded) prematureClose();
+    else setTimeout(finish, CLOSE_LINGER_MS).unref();
   });
-  pipeline(a, b, (err) => finish(err));
+  b.once('close', () => (b.writableFinished ? finish() : prematureClose()));
+  b.once('finish', () => {
+    if (a.readableEnded) finish();
+  });
+  a.pipe(b);
+  b.pipe(a);
 }
