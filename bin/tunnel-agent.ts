@@ -8,6 +8,7 @@ import { mtlsChannelCredentials } from '../lib/transport/credentials.js';
 import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
 import { parseHostAliases } from '../lib/agent/target-dialer.js';
 import { validateAgentIdentifiers } from '../lib/server/agent-identifiers.js';
+import { DEFAULT_CONNECTION_WINDOW } from '../lib/transport/flow-control-metadata.js';
 import { DEFAULT_AGENT_PORT } from '../lib/wire/protocol.js';
 
 const NAME = 'tunnel-agent';
@@ -26,7 +27,7 @@ const FLAGS = {
   'host-alias': { type: 'string', multiple: true, metavar: 'NAME=ADDRESS', help: 'dial ADDRESS when asked for NAME, before DNS (e.g. my-cluster=127.0.0.1)' },
   'health-bind-address': { type: 'string', default: '0.0.0.0', metavar: 'IP', help: 'address of the health port' },
   'health-port': { type: 'string', default: '8093', metavar: 'PORT', help: '/healthz, /readyz and /metrics ("off" turns it off)' },
-  'connection-window': { type: 'string', default: String(4 * 1024 * 1024), metavar: 'BYTES', help: 'per-connection flow-control window offered to the server (0 turns the extension off)' },
+  'connection-window': { type: 'string', default: String(DEFAULT_CONNECTION_WINDOW), metavar: 'BYTES', help: 'most bytes one tunneled connection may hold for a reader that does not keep up; a connection starts at a quarter of it and grows while its reader keeps up (0 turns the flow-control extension off)' },
   'single-stream': { type: 'boolean', help: 'carry both directions on one connection, as the reference agent does (default: a second connection for server -> agent traffic when the server agrees)' },
   'log-level': { type: 'string', default: 'info', metavar: 'LEVEL', help: 'debug, info, warn or error' },
 } as const;

@@ -6,6 +6,7 @@ import { defaultStateDir } from '../lib/pki/local-pki.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
 import { parseProxyStrategies } from '../lib/server/proxy-strategies.js';
 import { TunnelServer } from '../lib/server/tunnel-server.js';
+import { DEFAULT_CONNECTION_WINDOW } from '../lib/transport/flow-control-metadata.js';
 import { DEFAULT_AGENT_PORT, DEFAULT_SERVER_PORT } from '../lib/wire/protocol.js';
 
 const NAME = 'tunnel-server';
@@ -29,7 +30,7 @@ const FLAGS = {
   'server-id': { type: 'string', metavar: 'ID', help: 'this server\'s id, sent to agents (default: a random UUID)' },
   'server-count': { type: 'string', default: '1', metavar: 'N', help: 'number of servers behind the agents\' address; agents keep a stream to each' },
   'dial-timeout': { type: 'string', default: '30s', metavar: 'DURATION', help: 'how long a client waits for the agent to answer a dial' },
-  'connection-window': { type: 'string', default: String(4 * 1024 * 1024), metavar: 'BYTES', help: 'per-connection flow-control window offered to peers (0 turns the extension off)' },
+  'connection-window': { type: 'string', default: String(DEFAULT_CONNECTION_WINDOW), metavar: 'BYTES', help: 'most bytes one tunneled connection may hold for a reader that does not keep up; a connection starts at a quarter of it and grows while its reader keeps up (0 turns the flow-control extension off)' },
   'single-stream': { type: 'boolean', help: 'carry both directions of an agent\'s traffic on its one connection, as the reference does (default: our agents get one connection per direction)' },
   'log-level': { type: 'string', default: 'info', metavar: 'LEVEL', help: 'debug, info, warn or error' },
 } as const;

@@ -83,9 +83,9 @@ test('bulk in both directions at once over a raised listener does not deadlock',
 
 test('flow control is on only when both ends announce a window', (t) => {
   const announced = new grpc.Metadata();
-  announceFlowControl(announced, 1 << 20);
-  t.is(peerWindow(announced), 1 << 20);
-  t.deepEqual(negotiateFlowControl(announced, 4 << 20), { sendWindow: 1 << 20, receiveWindow: 4 << 20 });
+  announceFlowControl(announced, 4 << 20);
+  t.is(peerWindow(announced), 1 << 20, 'a connection starts at a quarter of the most it may hold');
+  t.deepEqual(negotiateFlowControl(announced, 8 << 20), { sendWindow: 1 << 20, receiveWindow: 2 << 20 });
   t.is(negotiateFlowControl(new grpc.Metadata(), 4 << 20), undefined, 'a reference peer announces nothing');
   t.is(negotiateFlowControl(announced, undefined), undefined, 'switched off on this end');
   const silly = new grpc.Metadata();

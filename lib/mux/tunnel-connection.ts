@@ -44,6 +44,8 @@ export interface TunnelConnectionOptions {
 }
 
 const READ_HIGH_WATER_MARK = 64 * 1024;
+/** How far a connection's receive window may grow beyond the announced size. */
+export const WINDOW_GROWTH = 4;
 const WRITE_HIGH_WATER_MARK = 16 * 1024;
 /**
  * How long a closing connection may take to flush: after the local end or the peer closed
@@ -71,6 +73,9 @@ export class TunnelConnection extends Duplex {
   /** Bytes received from the peer, and bytes granted back, for WINDOW_UPDATE. */
   private received = 0;
   private granted = 0;
+  /** Our receive window: the announced size, grown while the reader keeps up. */
+  private window: number;
+  private readonly maxWindow: number;
 
   constructor(link: ConnectionLink, options: TunnelConnectionOptions) {
     super({
@@ -84,6 +89,8 @@ export class TunnelConnection extends Duplex {
     this.flowControl = options.flowControl;
     this.pauseThreshold = options.pauseThreshold;
     this.sendCredit = options.flowControl?.sendWindow ?? Number.POSITIVE_INFINITY;
+    this.window = options.flowControl?.receiveWindow ?? 0;
+    this.maxWindow = this.window * WINDOW_GROWTH;
   }
 
   get isOpenOnWire(): boolean {
@@ -232,15 +239,26 @@ export class TunnelConnection extends Duplex {
 
   /**
    * Grants the peer the bytes our reader has consumed, in batches of a quarter window so
-   * that WINDOW_UPDATEs stay rare while the window never runs dry on a keeping-up reader.
+   * that WINDOW_UPDATEs stay rare; the sender always has three quarters of a window in
+   * flight meanwhile, so a reader that keeps up never waits for credit.
+   *
+   * The window grows while the reader keeps up: when a quarter window was consumed and
+   * nothing waits in the buffer, the window (and not the reader) may be what limits
+   * throughput, as on a long link, so it doubles, up to WINDOW_GROWTH times the announced
+   * size. A reader that stalls holds at most the window it had grown to.
    */
   private maybeGrant(): void {
     if (!this.wireOpen) return;
     const consumed = this.received - this.readableLength;
     const owed = consumed - this.granted;
-    if (owed > 0 && (owed >= this.flowControl!.receiveWindow / 4 || this.readableLength === 0)) {
-      this.granted += owed;
-      this.link.sendWindowUpdate(this, owed);
+    if (owed < this.window / 4) return;
+    let grant = owed;
+    if (this.readableLength === 0 && this.window < this.maxWindow) {
+      const grown = Math.min(this.window * 2, this.maxWindow);
+      grant += grown - this.window;
+      this.window = grown;
     }
+    this.granted += owed;
+    this.link.sendWindowUpdate(this, grant);
   }
 }

@@ -116,7 +116,7 @@ export function agentConnectHandler(options: AgentListenerOptions): grpc.handleB
 
     const headers = serverHeaders(options);
     const windows = negotiateFlowControl(call.metadata, options.connectionWindow);
-    if (windows) announceFlowControl(headers, windows.receiveWindow);
+    if (windows) announceFlowControl(headers, options.connectionWindow!);
     const identity: AgentIdentity = { agentID: agentID as string, identifiers: (identifiers as string | undefined) ?? '', peer, windows };
 
     if (options.splitStreams && single(call.metadata, MD_SPLIT_STREAMS) === '1') {

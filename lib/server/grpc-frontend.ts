@@ -24,7 +24,7 @@ export function proxyHandler(options: GrpcFrontendOptions): grpc.handleBidiStrea
   return (call: grpc.ServerDuplexStream<KnownPacket, KnownPacket>) => {
     const windows = negotiateFlowControl(call.metadata, options.connectionWindow);
     const headers = new grpc.Metadata();
-    if (windows) announceFlowControl(headers, windows.receiveWindow);
+    if (windows) announceFlowControl(headers, options.connectionWindow!);
     call.sendMetadata(headers);
     const mux = new AcceptingMux(
       asPacketStream(call),

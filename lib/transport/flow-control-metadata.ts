@@ -1,18 +1,27 @@
 /**
  * Negotiation of the per-connection flow-control extension through gRPC metadata. Each end
- * announces its receive window; the extension is on for a stream only when both did, so a
- * reference peer (which ignores the key) sees the plain protocol.
+ * announces its initial receive window; the extension is on for a stream only when both
+ * did, so a reference peer (which ignores the key) sees the plain protocol.
+ *
+ * The configured window (`--connection-window`) is the most one connection may hold: a
+ * connection starts at a quarter of it and grows while its reader keeps up (see
+ * TunnelConnection), so a long link is filled and a reader that stalls early holds little.
  */
 import type * as grpc from '@grpc/grpc-js';
 import { MD_FLOW_CONTROL } from '../wire/protocol.js';
-import type { FlowControl } from '../mux/tunnel-connection.js';
+import { WINDOW_GROWTH, type FlowControl } from '../mux/tunnel-connection.js';
 
-/** Per-connection receive window announced by default: a stalled reader holds at most this. */
-export const DEFAULT_CONNECTION_WINDOW = 4 * 1024 * 1024;
+/** Per-connection window by default: the most a stalled reader's connection holds. */
+export const DEFAULT_CONNECTION_WINDOW = 16 * 1024 * 1024;
 const MIN_WINDOW = 16 * 1024;
 
-export function announceFlowControl(metadata: grpc.Metadata, receiveWindow: number): void {
-  metadata.set(MD_FLOW_CONTROL, `window=${receiveWindow}`);
+/** The window a connection starts with when it may grow to `maxWindow`. */
+function initialWindow(maxWindow: number): number {
+  return Math.max(MIN_WINDOW, Math.floor(maxWindow / WINDOW_GROWTH));
+}
+
+export function announceFlowControl(metadata: grpc.Metadata, maxWindow: number): void {
+  metadata.set(MD_FLOW_CONTROL, `window=${initialWindow(maxWindow)}`);
 }
 
 /** The window the peer announced, or undefined when it does not speak the extension. */
@@ -24,8 +33,9 @@ export function peerWindow(metadata: grpc.Metadata): number | undefined {
   return Number.isSafeInteger(window) && window >= MIN_WINDOW ? window : undefined;
 }
 
-export function negotiateFlowControl(peerMetadata: grpc.Metadata, receiveWindow: number | undefined): FlowControl | undefined {
-  if (receiveWindow === undefined) return undefined;
+/** Windows for a stream whose peer sent `peerMetadata`, when this end allows `maxWindow`. */
+export function negotiateFlowControl(peerMetadata: grpc.Metadata, maxWindow: number | undefined): FlowControl | undefined {
+  if (maxWindow === undefined) return undefined;
   const sendWindow = peerWindow(peerMetadata);
-  return sendWindow === undefined ? undefined : { sendWindow, receiveWindow };
+  return sendWindow === undefined ? undefined : { sendWindow, receiveWindow: initialWindow(maxWindow) };
 }
