@@ -160,7 +160,11 @@ test.serial('a reference-style peer (no flow-control metadata, one stream) gets 
     const stalled = await connect(r, r.targets.source);
     stalled.pause();
     // Kernel socket buffers on the way absorb a few MiB first; then the tunnel holds the rest.
-    await eventually(async () => await serverBuffered(r) + await agentBuffered(r) >= 512 * 1024 || r.targets.sent() >= 32 * 1024 * 1024, 20_000, 'the stalled connection buffers');
+    await eventually(async () => await serverBuffered(r) + await agentBuffered(r) >= 512 * 1024 || r.targets.sent() >= 32 * 1024 * 1024, 20_000, 'the stalled connection buffers')
+      .catch(async (err: Error) => {
+        throw new Error(`${err.message}: server ${await serverBuffered(r)}, agent ${await agentBuffered(r)}, source sent ${r.targets.sent()}, `
+          + `established ${await metric(r.server.healthPort, 'konnectivity_network_proxy_server_established_connections')}\n${r.agent.proc.output.slice(-2000)}`);
+      });
     const sentThen = r.targets.sent();
     await new Promise((resolve) => setTimeout(resolve, 500));
     // Without credits the server pauses the agent's stream instead of buffering without bound.

@@ -404,7 +404,9 @@ test.serial('when an agent dies, its open connections close and its pending dial
 
   let since = Date.now();
   await within(agent2.proc.stop('SIGKILL'), 5_000, 'agent c2 exit');
-  await t.notThrowsAsync(closed(open.socket, 5_000), 'the open connection closes when its agent dies');
+  const closedInTime = await closed(open.socket, 5_000).then(() => true, () => false);
+  if (!closedInTime) t.log(`server2 output:\n${server2.proc.output.slice(-3000)}`);
+  t.true(closedInTime, 'the open connection closes when its agent dies');
   t.log(`open connection closed ${Date.now() - since} ms after SIGKILL`);
 
   since = Date.now();
