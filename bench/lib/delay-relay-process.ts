@@ -7,7 +7,7 @@
  */
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { numberFlag, serve } from './helper-main.js';
+import { numberFlag, relayServer, serve } from './helper-main.js';
 
 const targetPort = numberFlag('target-port');
 const delayMs = numberFlag('delay-ms', 25);
@@ -77,16 +77,7 @@ function delayed(from: net.Socket, to: net.Socket): void {
   to.on('close', () => clearTimeout(timer));
 }
 
-await serve(net.createServer({ allowHalfOpen: true }, (client) => {
-  const upstream = net.connect({ host: '127.0.0.1', port: targetPort, allowHalfOpen: true });
-  client.setNoDelay(true);
-  upstream.setNoDelay(true);
-  const teardown = () => {
-    client.destroy();
-    upstream.destroy();
-  };
-  client.on('error', teardown).on('close', teardown);
-  upstream.on('error', teardown).on('close', teardown);
+await serve(relayServer(targetPort, (client, upstream) => {
   delayed(client, upstream);
   delayed(upstream, client);
-}));
+}, true));

@@ -3,7 +3,7 @@
  * telling the parent their port over the IPC channel, and exiting when the parent goes away
  * (the IPC channel closes when the bench dies, even on SIGKILL).
  */
-import type net from 'node:net';
+import net from 'node:net';
 import { once } from 'node:events';
 
 export function flag(name: string, fallback?: string): string {
@@ -27,4 +27,23 @@ export async function serve(server: net.Server): Promise<void> {
   await once(server, 'listening');
   const address = server.address() as net.AddressInfo;
   process.send?.({ port: address.port });
+}
+
+/**
+ * A relay server: each accepted client gets a connection to 127.0.0.1:targetPort, and the two
+ * are torn down together; `join` moves the bytes between them.
+ */
+export function relayServer(targetPort: number, join: (client: net.Socket, upstream: net.Socket) => void, allowHalfOpen = false): net.Server {
+  return net.createServer({ allowHalfOpen }, (client) => {
+    const upstream = net.connect({ host: '127.0.0.1', port: targetPort, allowHalfOpen });
+    client.setNoDelay(true);
+    upstream.setNoDelay(true);
+    const teardown = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', teardown).on('close', teardown);
+    upstream.on('error', teardown).on('close', teardown);
+    join(client, upstream);
+  });
 }
