@@ -1,14 +1,12 @@
 #!/usr/bin/env node
 /** tunnel-agent: flags in, a running TunnelAgent out. */
-import { onShutdownSignal, parseFlags, parseDuration, parsePort, runMain, UsageError } from '../lib/cli/flags.js';
-import { setLogLevel, type LogLevel } from '../lib/observe/log.js';
-import { defaultStateDir } from '../lib/pki/local-pki.js';
+import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseOptionalPort, runMain, UsageError } from '../lib/cli/flags.js';
+import { applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
 import { mtlsChannelCredentials } from '../lib/transport/credentials.js';
 import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
 import { parseHostAliases } from '../lib/agent/target-dialer.js';
 import { validateAgentIdentifiers } from '../lib/server/agent-identifiers.js';
-import { DEFAULT_CONNECTION_WINDOW } from '../lib/transport/flow-control-metadata.js';
 import { DEFAULT_AGENT_PORT } from '../lib/wire/protocol.js';
 
 const NAME = 'tunnel-agent';
@@ -22,14 +20,9 @@ const FLAGS = {
   'ca-cert': { type: 'string', metavar: 'PATH', help: 'CA that the server certificate must chain to' },
   'agent-cert': { type: 'string', metavar: 'PATH', help: 'this agent\'s client certificate (PEM)' },
   'agent-key': { type: 'string', metavar: 'PATH', help: 'this agent\'s private key (PEM)' },
-  'state-dir': { type: 'string', default: defaultStateDir(), metavar: 'DIR', help: 'where the local PKI lives when no certificate flags are given' },
   'dial-timeout': { type: 'string', default: '5s', metavar: 'DURATION', help: 'timeout for dialing a target' },
   'host-alias': { type: 'string', multiple: true, metavar: 'NAME=ADDRESS', help: 'dial ADDRESS when asked for NAME, before DNS (e.g. my-cluster=127.0.0.1)' },
-  'health-bind-address': { type: 'string', default: '0.0.0.0', metavar: 'IP', help: 'address of the health port' },
-  'health-port': { type: 'string', default: '8093', metavar: 'PORT', help: '/healthz, /readyz and /metrics ("off" turns it off)' },
-  'connection-window': { type: 'string', default: String(DEFAULT_CONNECTION_WINDOW), metavar: 'BYTES', help: 'most bytes one tunneled connection may hold for a reader that does not keep up; a connection starts at a quarter of it and grows while its reader keeps up (0 turns the flow-control extension off)' },
-  'single-stream': { type: 'boolean', help: 'carry both directions on one connection, as the reference agent does (default: a second connection for server -> agent traffic when the server agrees)' },
-  'log-level': { type: 'string', default: 'info', metavar: 'LEVEL', help: 'debug, info, warn or error' },
+  ...commonFlags(8093, 'carry both directions on one connection, as the reference agent does (default: a second connection for server -> agent traffic when the server agrees)'),
 } as const;
 
 function identifiersFrom(clusterName: string | undefined, explicit: string | undefined): string {
@@ -47,10 +40,8 @@ function identifiersFrom(clusterName: string | undefined, explicit: string | und
 
 runMain(NAME, async () => {
   const flags = parseFlags({ name: NAME, summary: 'The tunnel agent: runs in a managed cluster, dials out to the tunnel server and opens the connections the hub asks for.' }, FLAGS, process.argv.slice(2));
-  setLogLevel(flags['log-level'] as LogLevel);
+  applyLogLevel(flags['log-level']);
   const identifiers = identifiersFrom(flags['cluster-name'], flags['agent-identifiers']);
-  const window = Number(flags['connection-window']);
-  if (!/^\d+$/.test(flags['connection-window'])) throw new UsageError(`--connection-window=${flags['connection-window']} must be a number of bytes`);
   let hostAliases;
   try {
     hostAliases = parseHostAliases(flags['host-alias']);
@@ -61,7 +52,6 @@ runMain(NAME, async () => {
     { ca: ['ca-cert', flags['ca-cert']], cert: ['agent-cert', flags['agent-cert']], key: ['agent-key', flags['agent-key']] },
     { role: 'agent', purpose: 'tunnel-agent connection to the server', stateDir: flags['state-dir'] },
   );
-  const healthPort = flags['health-port'] === 'off' ? undefined : parsePort('health-port', flags['health-port']);
   const agent = new TunnelAgent({
     serverAddress: flags['tunnelserver-addr'],
     credentials: mtlsChannelCredentials(tls),
@@ -69,9 +59,9 @@ runMain(NAME, async () => {
     agentID: flags['agent-id'] ?? process.env.PROXY_AGENT_ID,
     agentIdentifiers: identifiers,
     target: { timeoutMs: parseDuration('dial-timeout', flags['dial-timeout']), hostAliases },
-    connectionWindow: window,
+    connectionWindow: parseCount('connection-window', flags['connection-window'], 0),
     healthBindAddress: flags['health-bind-address'],
-    healthPort,
+    healthPort: parseOptionalPort('health-port', flags['health-port']),
     singleStream: flags['single-stream'],
   });
   onShutdownSignal(() => agent.stop());

@@ -7,7 +7,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseDuration, parseFlags, parsePort, runMain, UsageError, type FlagSpecs, type FlagValues } from '../lib/cli/flags.js';
+import { parseCount, parseDuration, parseFlags, parsePort, runMain, UsageError, type FlagSpecs, type FlagValues } from '../lib/cli/flags.js';
 import {
   DialError, createTunnelDialer, getThroughTunnel, joinHostPort, loadClientTls, tunnelProxyLabel, type TunnelDialerOptions,
 } from '../lib/client/index.js';
@@ -55,7 +55,7 @@ runMain(NAME, async () => {
   const flags = parseFlags(INFO, FLAGS, process.argv.slice(2));
   const mode = oneOf('mode', flags.mode, MODES);
   const proto = oneOf('request-proto', flags['request-proto'], PROTOS);
-  const requests = parseCount('test-requests', flags['test-requests']);
+  const requests = parseCount('test-requests', flags['test-requests'], 1);
   const delayMs = parseDuration('test-delay', flags['test-delay']);
   const timeoutMs = parseDuration('timeout', flags.timeout);
   if (timeoutMs <= 0) throw new UsageError(`--timeout=${flags.timeout} must be longer than 0`);
@@ -105,10 +105,6 @@ function oneOf<T extends string>(flag: string, value: string, choices: readonly 
   return value as T;
 }
 
-function parseCount(flag: string, value: string): number {
-  if (!/^[1-9]\d*$/.test(value)) throw new UsageError(`--${flag}=${value} is not a count: give a whole number of at least 1`);
-  return Number(value);
-}
 
 async function readCa(path: string): Promise<Buffer> {
   try {

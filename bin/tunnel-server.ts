@@ -1,12 +1,10 @@
 #!/usr/bin/env node
 /** tunnel-server: flags in, a running TunnelServer out. */
-import { onShutdownSignal, parseFlags, parseDuration, parseList, parsePort, runMain, UsageError } from '../lib/cli/flags.js';
-import { setLogLevel, type LogLevel } from '../lib/observe/log.js';
-import { defaultStateDir } from '../lib/pki/local-pki.js';
+import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseList, parseOptionalPort, parsePort, runMain, UsageError } from '../lib/cli/flags.js';
+import { applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
 import { parseProxyStrategies } from '../lib/server/proxy-strategies.js';
 import { TunnelServer } from '../lib/server/tunnel-server.js';
-import { DEFAULT_CONNECTION_WINDOW } from '../lib/transport/flow-control-metadata.js';
 import { DEFAULT_AGENT_PORT, DEFAULT_SERVER_PORT } from '../lib/wire/protocol.js';
 
 const NAME = 'tunnel-server';
@@ -18,37 +16,21 @@ const FLAGS = {
   'http-connect-uds': { type: 'string', metavar: 'PATH', help: 'also serve HTTP-CONNECT on this unix socket, without TLS' },
   'uds-name': { type: 'string', metavar: 'PATH', help: 'serve the gRPC frontend (ProxyService, as kube-apiserver\'s egress selector uses it) on this unix socket' },
   'grpc-port': { type: 'string', metavar: 'PORT', help: 'serve the gRPC frontend on this TCP port with mTLS (off unless given)' },
-  'health-bind-address': { type: 'string', default: '0.0.0.0', metavar: 'IP', help: 'address of the health port' },
-  'health-port': { type: 'string', default: '8092', metavar: 'PORT', help: '/healthz, /readyz and /metrics ("off" turns it off)' },
   'ca-cert': { type: 'string', metavar: 'PATH', help: 'CA that client and agent certificates must chain to' },
   'server-cert': { type: 'string', metavar: 'PATH', help: 'server certificate (PEM)' },
   'server-key': { type: 'string', metavar: 'PATH', help: 'server private key (PEM)' },
   'cert-dns-names': { type: 'string', metavar: 'a,b', help: 'extra DNS names for the local PKI\'s server certificate' },
   'cert-ips': { type: 'string', metavar: 'IP,IP', help: 'extra IP addresses for the local PKI\'s server certificate' },
-  'state-dir': { type: 'string', default: defaultStateDir(), metavar: 'DIR', help: 'where the local PKI lives when no certificate flags are given' },
   'proxy-strategies': { type: 'string', default: 'destHost', metavar: 'LIST', help: 'how dials pick an agent, tried in order: destHost, default, defaultRoute' },
   'server-id': { type: 'string', metavar: 'ID', help: 'this server\'s id, sent to agents (default: a random UUID)' },
   'server-count': { type: 'string', default: '1', metavar: 'N', help: 'number of servers behind the agents\' address; agents keep a stream to each' },
   'dial-timeout': { type: 'string', default: '30s', metavar: 'DURATION', help: 'how long a client waits for the agent to answer a dial' },
-  'connection-window': { type: 'string', default: String(DEFAULT_CONNECTION_WINDOW), metavar: 'BYTES', help: 'most bytes one tunneled connection may hold for a reader that does not keep up; a connection starts at a quarter of it and grows while its reader keeps up (0 turns the flow-control extension off)' },
-  'single-stream': { type: 'boolean', help: 'carry both directions of an agent\'s traffic on its one connection, as the reference does (default: our agents get one connection per direction)' },
-  'log-level': { type: 'string', default: 'info', metavar: 'LEVEL', help: 'debug, info, warn or error' },
+  ...commonFlags(8092, 'carry both directions of an agent\'s traffic on its one connection, as the reference does (default: our agents get one connection per direction)'),
 } as const;
-
-function optionalPort(flag: string, value: string | undefined): number | undefined {
-  if (value === undefined || value === 'off') return undefined;
-  return parsePort(flag, value);
-}
-
-function parseCount(flag: string, value: string, min: number): number {
-  const n = Number(value);
-  if (!/^\d+$/.test(value) || n < min) throw new UsageError(`--${flag}=${value} must be a whole number >= ${min}`);
-  return n;
-}
 
 runMain(NAME, async () => {
   const flags = parseFlags({ name: NAME, summary: 'The tunnel server: agents in managed clusters connect to it; hub clients reach those clusters through it with HTTP-CONNECT or gRPC.' }, FLAGS, process.argv.slice(2));
-  setLogLevel(flags['log-level'] as LogLevel);
+  applyLogLevel(flags['log-level']);
   let strategies;
   try {
     strategies = parseProxyStrategies(parseList(flags['proxy-strategies']));
@@ -62,12 +44,12 @@ runMain(NAME, async () => {
   const server = new TunnelServer({
     bindAddress: flags['bind-address'],
     agentPort: parsePort('agent-port', flags['agent-port']),
-    serverPort: optionalPort('server-port', flags['server-port']),
+    serverPort: parseOptionalPort('server-port', flags['server-port']),
     httpConnectUds: flags['http-connect-uds'],
     udsName: flags['uds-name'],
-    grpcPort: optionalPort('grpc-port', flags['grpc-port']),
+    grpcPort: parseOptionalPort('grpc-port', flags['grpc-port']),
     healthBindAddress: flags['health-bind-address'],
-    healthPort: optionalPort('health-port', flags['health-port']),
+    healthPort: parseOptionalPort('health-port', flags['health-port']),
     tls,
     proxyStrategies: strategies,
     serverID: flags['server-id'],

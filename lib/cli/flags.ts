@@ -99,6 +99,19 @@ export function parsePort(flag: string, value: string): number {
   return port;
 }
 
+/** Parses a port flag that "off" (or leaving it out) turns off. */
+export function parseOptionalPort(flag: string, value: string | undefined): number | undefined {
+  if (value === undefined || value === 'off') return undefined;
+  return parsePort(flag, value);
+}
+
+/** Parses a whole number of at least `min`. */
+export function parseCount(flag: string, value: string, min: number): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < min) throw new UsageError(`--${flag}=${value} must be a whole number >= ${min}`);
+  return n;
+}
+
 /** Parses a duration such as 5s, 500ms, 1m or a plain number of seconds. */
 export function parseDuration(flag: string, value: string): number {
   const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(value.trim());

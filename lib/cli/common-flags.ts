@@ -1,0 +1,26 @@
+/**
+ * Flags the server and the agent share, with the same names, help and parsing.
+ */
+import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js';
+import { defaultStateDir } from '../pki/local-pki.js';
+import { setLogLevel, type LogLevel } from '../observe/log.js';
+import { UsageError } from './flags.js';
+
+const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
+
+/** --state-dir, --health-bind-address, --health-port, --connection-window, --single-stream, --log-level. */
+export function commonFlags(healthPort: number, singleStreamHelp: string) {
+  return {
+    'state-dir': { type: 'string', default: defaultStateDir(), metavar: 'DIR', help: 'where the local PKI lives when no certificate flags are given' },
+    'health-bind-address': { type: 'string', default: '0.0.0.0', metavar: 'IP', help: 'address of the health port' },
+    'health-port': { type: 'string', default: String(healthPort), metavar: 'PORT', help: '/healthz, /readyz and /metrics ("off" turns it off)' },
+    'connection-window': { type: 'string', default: String(DEFAULT_CONNECTION_WINDOW), metavar: 'BYTES', help: 'most bytes one tunneled connection may hold for a reader that does not keep up; a connection starts at a quarter of it and grows while its reader keeps up (0 turns the flow-control extension off)' },
+    'single-stream': { type: 'boolean', help: singleStreamHelp },
+    'log-level': { type: 'string', default: 'info', metavar: 'LEVEL', help: LOG_LEVELS.join(', ') },
+  } as const;
+}
+
+export function applyLogLevel(value: string): void {
+  if (!(LOG_LEVELS as readonly string[]).includes(value)) throw new UsageError(`--log-level=${value} is not a level: give one of ${LOG_LEVELS.join(', ')}`);
+  setLogLevel(value as LogLevel);
+}
