@@ -1,9 +1,12 @@
 import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import {
   decodePacket, encodePacket, PacketType, isUnknown, dataPacket, windowUpdate, type Packet, type KnownPacket,
 } from '../lib/wire/index.js';
+import { decodeWithMessages, encodeWithMessages } from '../lib/wire/codec.js';
+import { decodeDataPacket } from '../lib/wire/data-codec.js';
 import { FIXTURES } from './helpers/paths.js';
 
 interface Vector {
@@ -86,4 +89,37 @@ test('malformed bytes raise a decode error, not a crash', (t) => {
 test('the WINDOW_UPDATE extension round-trips', (t) => {
   const decoded = decodePacket(encodePacket(windowUpdate(3n, 65536)));
   t.deepEqual(decoded, { type: PacketType.WINDOW_UPDATE, connectID: 3n, bytes: 65536n });
+});
+
+test('DATA packets take the direct path and write the same bytes as the generated classes', (t) => {
+  const ids = [0n, 1n, 127n, 128n, 300n, 2n ** 32n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 63n - 1n, -1n, -(2n ** 63n)];
+  const payloads = [new Uint8Array(0), Buffer.from('x'), randomBytes(127), randomBytes(128), randomBytes(70_000)];
+  for (const connectID of ids) {
+    for (const data of payloads) {
+      for (const error of [undefined, '', 'dial tcp: connection refused ✗']) {
+        const packet: KnownPacket = { ...dataPacket(connectID, data), ...(error === undefined ? {} : { error }) };
+        const fast = Buffer.from(encodePacket(packet));
+        const reference = Buffer.from(encodeWithMessages(packet));
+        t.true(fast.equals(reference), `encoding of id ${connectID}, ${data.length} bytes, error ${JSON.stringify(error)}`);
+        t.truthy(decodeDataPacket(reference), 'the direct path reads what the generated classes write');
+        t.deepEqual(normalise(decodePacket(reference)), normalise(decodeWithMessages(reference)), `decoding of id ${connectID}`);
+      }
+    }
+  }
+});
+
+test('DATA shapes the direct path does not take still decode by the protobuf rules', (t) => {
+  const cases = [
+    '0804', // no payload
+    '220208070804', // payload before type
+    '080422020807' + '7801', // unknown trailing field
+    '08042202080722020809', // payload twice: merged, last connectID wins
+    '0804220408070807', // connectID twice: last wins
+    '08042203120141', // error only
+  ];
+  for (const hex of cases) {
+    const bytes = Buffer.from(hex, 'hex');
+    t.deepEqual(normalise(decodePacket(bytes)), normalise(decodeWithMessages(bytes)), hex);
+  }
+  t.throws(() => decodePacket(Buffer.from('0804220a0807', 'hex')), undefined, 'a truncated payload is an error');
 });

@@ -10,7 +10,7 @@ import { AGENT_CONNECT_PATH, PROXY_PATH } from '../wire/protocol.js';
 
 export function serializePacket(packet: KnownPacket): Buffer {
   const bytes = encodePacket(packet);
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 export function deserializePacket(bytes: Buffer): Packet {

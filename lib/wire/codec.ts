@@ -3,9 +3,14 @@
  * Every sender sets both `type` and the matching payload; a receiver switches on `type` and
  * reads a missing payload as empty, as the reference does. Unknown fields are skipped by the
  * generated decoder and unknown types come back as UnknownPacket.
+ *
+ * DATA packets, nearly all the traffic, take a direct path (data-codec.ts) that writes the
+ * same bytes without building message objects and reads the payload without copying it;
+ * anything that path does not recognise goes through the generated classes.
  */
 import * as pb from './gen/client.js';
 import { PacketType, type KnownPacket, type Packet } from './packet.js';
+import { decodeDataPacket, encodeDataPacket } from './data-codec.js';
 
 const EMPTY = new Uint8Array(0);
 
@@ -13,10 +18,20 @@ const EMPTY = new Uint8Array(0);
 export class PacketDecodeError extends Error {}
 
 export function encodePacket(packet: KnownPacket): Uint8Array {
+  if (packet.type === PacketType.DATA) return encodeDataPacket(packet);
   return toMessage(packet).serializeBinary();
 }
 
 export function decodePacket(bytes: Uint8Array): Packet {
+  return decodeDataPacket(bytes) ?? decodeWithMessages(bytes);
+}
+
+/** The generated classes only; the reference for data-codec.ts in tests. */
+export function encodeWithMessages(packet: KnownPacket): Uint8Array {
+  return toMessage(packet).serializeBinary();
+}
+
+export function decodeWithMessages(bytes: Uint8Array): Packet {
   let message: pb.Packet;
   try {
     message = pb.Packet.deserializeBinary(bytes);

@@ -58,8 +58,14 @@ export class Proc {
   }
 }
 
+/**
+ * Extra Node options for the started binaries, e.g. TUNNEL_NODE_ARGS="--cpu-prof
+ * --cpu-prof-dir=/tmp/prof" to profile server and agent under a bench scenario.
+ */
+const NODE_ARGS = process.env.TUNNEL_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
+
 export function run(binary: string, args: string[]): Proc {
-  const child = spawn(process.execPath, [join(BIN, `${binary}.js`), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...NODE_ARGS, join(BIN, `${binary}.js`), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   return new Proc(binary, child);
 }
 

@@ -1,0 +1,172 @@
+/**
+ * The DATA packet in protobuf wire format, written and read directly:
+ *
+ *   Packet { type = 1 (varint 4), data = 4 (length-delimited) Data {
+ *     connectID = 1 (varint, int64), error = 2 (string), data = 3 (bytes) } }
+ *
+ * Fields at their proto3 defaults (0, "") are left out and fields go in field-number order,
+ * which is what the generated encoder writes, so both produce the same bytes. The decoder
+ * returns undefined for anything but that exact shape (another type, unknown or repeated
+ * fields, a truncated buffer) and the caller falls back to the generated classes, which
+ * handle every case of the protobuf rules.
+ */
+import { PacketType, type DataPacket } from './packet.js';
+
+const EMPTY = new Uint8Array(0);
+const TAG_TYPE = 0x08; // field 1, varint
+const TAG_DATA = 0x22; // field 4, length-delimited
+const TAG_CONNECT_ID = 0x08; // field 1, varint
+const TAG_ERROR = 0x12; // field 2, length-delimited
+const TAG_BYTES = 0x1a; // field 3, length-delimited
+
+function varintSize(n: number): number {
+  let size = 1;
+  while (n >= 0x80) {
+    n = Math.floor(n / 128);
+    size++;
+  }
+  return size;
+}
+
+function writeVarint(buf: Buffer, pos: number, n: number): number {
+  while (n >= 0x80) {
+    buf[pos++] = (n % 128) | 0x80;
+    n = Math.floor(n / 128);
+  }
+  buf[pos++] = n;
+  return pos;
+}
+
+/** The connectID's varint bytes: int64, so a negative id takes ten bytes, as protobuf has it. */
+function idVarint(id: bigint): number[] {
+  let u = BigInt.asUintN(64, id);
+  const out: number[] = [];
+  while (u >= 0x80n) {
+    out.push(Number(u & 0x7fn) | 0x80);
+    u >>= 7n;
+  }
+  out.push(Number(u));
+  return out;
+}
+
+export function encodeDataPacket(packet: DataPacket): Buffer {
+  const { connectID, data } = packet;
+  const error = packet.error ? Buffer.from(packet.error, 'utf8') : undefined;
+  const small = connectID >= 0n && connectID <= BigInt(Number.MAX_SAFE_INTEGER);
+  const id = small ? Number(connectID) : 0;
+  const idBytes = small ? undefined : idVarint(connectID);
+  let inner = 0;
+  if (connectID !== 0n) inner += 1 + (idBytes ? idBytes.length : varintSize(id));
+  if (error) inner += 1 + varintSize(error.length) + error.length;
+  if (data.length > 0) inner += 1 + varintSize(data.length) + data.length;
+  const buf = Buffer.allocUnsafe(2 + 1 + varintSize(inner) + inner);
+  let pos = 0;
+  buf[pos++] = TAG_TYPE;
+  buf[pos++] = PacketType.DATA;
+  buf[pos++] = TAG_DATA;
+  pos = writeVarint(buf, pos, inner);
+  if (connectID !== 0n) {
+    buf[pos++] = TAG_CONNECT_ID;
+    if (idBytes) for (const b of idBytes) buf[pos++] = b;
+    else pos = writeVarint(buf, pos, id);
+  }
+  if (error) {
+    buf[pos++] = TAG_ERROR;
+    pos = writeVarint(buf, pos, error.length);
+    pos += error.copy(buf, pos);
+  }
+  if (data.length > 0) {
+    buf[pos++] = TAG_BYTES;
+    pos = writeVarint(buf, pos, data.length);
+    buf.set(data, pos);
+  }
+  return buf;
+}
+
+/** A varint read from a buffer: the value as a bigint when wide, and the position after it. */
+class Reader {
+  pos: number;
+  constructor(readonly bytes: Uint8Array, start: number, readonly end: number) {
+    this.pos = start;
+  }
+
+  /** A varint of at most 7 bytes (< 2^49) as a number, or undefined. */
+  smallVarint(): number | undefined {
+    let result = 0;
+    let scale = 1;
+    for (let i = 0; i < 7 && this.pos < this.end; i++) {
+      const b = this.bytes[this.pos++]!;
+      result += (b & 0x7f) * scale;
+      if (b < 0x80) return result;
+      scale *= 128;
+    }
+    return undefined;
+  }
+
+  /** Any varint of up to ten bytes, as an int64. */
+  int64(): bigint | undefined {
+    const start = this.pos;
+    const small = this.smallVarint();
+    if (small !== undefined) return BigInt(small);
+    this.pos = start;
+    let result = 0n;
+    let shift = 0n;
+    for (let i = 0; i < 10 && this.pos < this.end; i++) {
+      const b = this.bytes[this.pos++]!;
+      result |= BigInt(b & 0x7f) << shift;
+      if (b < 0x80) return BigInt.asIntN(64, result);
+      shift += 7n;
+    }
+    return undefined;
+  }
+
+  /** The bounds of a length-delimited field's content, or undefined. */
+  delimited(): [number, number] | undefined {
+    const length = this.smallVarint();
+    if (length === undefined || this.pos + length > this.end) return undefined;
+    const start = this.pos;
+    this.pos += length;
+    return [start, this.pos];
+  }
+}
+
+/** The DATA packet in `bytes`, or undefined when they hold anything else. */
+export function decodeDataPacket(bytes: Uint8Array): DataPacket | undefined {
+  const outer = new Reader(bytes, 0, bytes.length);
+  let type: number | undefined;
+  let body: [number, number] | undefined;
+  while (outer.pos < outer.end) {
+    const tag = bytes[outer.pos++];
+    if (tag === TAG_TYPE) {
+      type = outer.smallVarint();
+      if (type === undefined) return undefined;
+    } else if (tag === TAG_DATA && body === undefined) {
+      body = outer.delimited();
+      if (body === undefined) return undefined;
+    } else {
+      return undefined;
+    }
+  }
+  if (type !== PacketType.DATA) return undefined;
+  const packet: DataPacket = { type: PacketType.DATA, connectID: 0n, data: EMPTY };
+  if (body === undefined) return packet;
+  const inner = new Reader(bytes, body[0], body[1]);
+  let seen = 0;
+  while (inner.pos < inner.end) {
+    const tag = bytes[inner.pos++];
+    const bit = tag === TAG_CONNECT_ID ? 1 : tag === TAG_ERROR ? 2 : tag === TAG_BYTES ? 4 : 0;
+    if (bit === 0 || seen & bit) return undefined;
+    seen |= bit;
+    if (tag === TAG_CONNECT_ID) {
+      const id = inner.int64();
+      if (id === undefined) return undefined;
+      packet.connectID = id;
+    } else {
+      const range = inner.delimited();
+      if (range === undefined) return undefined;
+      if (tag === TAG_BYTES) packet.data = bytes.subarray(range[0], range[1]);
+      else if (range[1] > range[0]) packet.error = Buffer.from(bytes.buffer, bytes.byteOffset + range[0], range[1] - range[0]).toString('utf8');
+    }
+  }
+  return packet;
+}
