@@ -1,17 +1,18 @@
 import test, { type ExecutionContext } from 'ava';
-import { spawn } from 'node:child_process';
-import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash, createPrivateKey, generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
-import { cpSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
+import forge from 'node-forge';
 import { firstValueFrom, timeout } from 'rxjs';
 import { setLogLevel } from '../lib/observe/log.js';
-import { certificateExpiry, certificateSans, issueCertificate } from '../lib/pki/certificates.js';
+import { certificateExpiry, certificateSans, createCa, issueCertificate, type CertificateAndKey } from '../lib/pki/certificates.js';
 import { ensureLocalPki, type LocalPkiPaths } from '../lib/pki/local-pki.js';
 import { FileTlsSource, localPkiTlsSource } from '../lib/pki/tls-source.js';
 
@@ -19,6 +20,9 @@ const BIN = fileURLToPath(new URL('../bin/tunnel-pki.js', import.meta.url));
 const SERVER_AUTH = '1.3.6.1.5.5.7.3.1';
 const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 const DAY_MS = 86_400_000;
+const OPENSSL = '/usr/bin/openssl';
+/** AlgorithmIdentifier { ecdsa-with-SHA256 } with the parameters absent (RFC 5758), not NULL. */
+const ECDSA_WITH_SHA256_DER = Buffer.from('300a06082a8648ce3d040302', 'hex');
 const PKI_FILES = ['ca.crt', 'ca.key', 'server.crt', 'server.key', 'agent.crt', 'agent.key', 'client.crt', 'client.key'];
 
 setLogLevel('error');
@@ -27,7 +31,7 @@ let root: string;
 let sharedStateDir: string;
 let shared: LocalPkiPaths;
 
-/** One PKI shared by the read-only tests: RSA key generation is the slow part. */
+/** One PKI shared by the read-only tests, so most tests need not create their own. */
 test.before(async () => {
   root = mkdtempSync(join(tmpdir(), 'tunnel-pki-test-'));
   sharedStateDir = join(root, 'shared');
@@ -55,6 +59,61 @@ function assertIssuedBy(t: ExecutionContext, caPem: string, certPem: string): vo
   const cert = new X509Certificate(certPem);
   t.true(cert.checkIssued(ca), 'issuer name matches the CA subject');
   t.true(cert.verify(ca.publicKey), 'signature verifies with the CA key');
+}
+
+/** Checks that certPem holds an ECDSA P-256 key, signed ecdsa-with-SHA256, and keyPem is its key. */
+function assertP256(t: ExecutionContext, pair: CertificateAndKey): void {
+  const cert = new X509Certificate(pair.certPem);
+  t.is(cert.publicKey.asymmetricKeyType, 'ec');
+  t.is(cert.publicKey.asymmetricKeyDetails?.namedCurve, 'prime256v1');
+  t.true(cert.checkPrivateKey(createPrivateKey(pair.keyPem)), 'key matches the certificate');
+  t.true(pair.keyPem.startsWith('-----BEGIN PRIVATE KEY-----'), 'key is PKCS#8 PEM');
+}
+
+/** How often needle occurs in haystack. */
+function countOf(haystack: Buffer, needle: Buffer): number {
+  let count = 0;
+  for (let at = haystack.indexOf(needle); at >= 0; at = haystack.indexOf(needle, at + 1)) count++;
+  return count;
+}
+
+function openssl(args: string[]): { code: number | null; output: string } {
+  const run = spawnSync(OPENSSL, args, { encoding: 'utf8' });
+  return { code: run.status, output: `${run.stdout}${run.stderr}` };
+}
+
+/** The hex key identifier openssl prints for the given extension of a certificate file. */
+function keyIdentifier(certPath: string, extension: 'subjectKeyIdentifier' | 'authorityKeyIdentifier'): string {
+  const { output } = openssl(['x509', '-in', certPath, '-noout', '-ext', extension]);
+  return /([0-9A-F]{2}(?::[0-9A-F]{2}){19})/.exec(output)?.[1] ?? `no ${extension} in ${output}`;
+}
+
+/** RFC 5280 4.2.1.2 method 1 for an EC key: SHA-1 of the uncompressed point 04 || x || y. */
+function expectedKeyIdentifier(certPem: string): string {
+  const jwk = new X509Certificate(certPem).publicKey.export({ format: 'jwk' });
+  const point = Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x!, 'base64url'), Buffer.from(jwk.y!, 'base64url')]);
+  return createHash('sha1').update(point).digest('hex').toUpperCase().match(/../g)!.join(':');
+}
+
+/** An RSA-2048 CA exactly as earlier versions created it (node-forge, sha256WithRSAEncryption). */
+function createRsaCa(commonName: string): CertificateAndKey {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const keyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+  const key = forge.pki.privateKeyFromPem(keyPem);
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
+  cert.serialNumber = '4a01';
+  cert.validity.notBefore = new Date(Date.now() - 60_000);
+  cert.validity.notAfter = new Date(Date.now() + 30 * DAY_MS);
+  cert.setSubject([{ name: 'commonName', value: commonName }]);
+  cert.setIssuer([{ name: 'commonName', value: commonName }]);
+  cert.setExtensions([
+    { name: 'basicConstraints', cA: true, critical: true },
+    { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
+    { name: 'subjectKeyIdentifier' },
+  ]);
+  cert.sign(key, forge.md.sha256.create());
+  return { certPem: forge.pki.certificateToPem(cert), keyPem };
 }
 
 /** Replaces path atomically, the way a certificate rotation tool should. */
@@ -105,6 +164,138 @@ test('the local CA verifies every local certificate, with the right SANs and key
     t.deepEqual(cert.keyUsage, [CLIENT_AUTH]);
     t.deepEqual(certificateSans(read(path)), { dnsNames: [], ips: [] });
   }
+});
+
+test('the local PKI is ECDSA P-256, and openssl verifies each leaf for its purpose', (t) => {
+  const pairs = {
+    ca: { certPem: read(shared.caCert), keyPem: read(shared.caKey) },
+    server: { certPem: read(shared.serverCert), keyPem: read(shared.serverKey) },
+    agent: { certPem: read(shared.agentCert), keyPem: read(shared.agentKey) },
+    client: { certPem: read(shared.clientCert), keyPem: read(shared.clientKey) },
+  };
+  for (const pair of Object.values(pairs)) {
+    assertP256(t, pair);
+    const der = new X509Certificate(pair.certPem).raw;
+    t.is(countOf(der, ECDSA_WITH_SHA256_DER), 2, 'ecdsa-with-SHA256 without parameters in tbs.signature and signatureAlgorithm');
+  }
+  const ca = new X509Certificate(pairs.ca.certPem);
+  for (const leaf of [pairs.server, pairs.agent, pairs.client]) {
+    const cert = new X509Certificate(leaf.certPem);
+    t.true(cert.checkIssued(ca));
+    t.true(cert.verify(ca.publicKey));
+  }
+
+  const caSki = keyIdentifier(shared.caCert, 'subjectKeyIdentifier');
+  t.is(caSki, expectedKeyIdentifier(pairs.ca.certPem));
+  for (const path of [shared.serverCert, shared.clientCert]) {
+    t.is(keyIdentifier(path, 'subjectKeyIdentifier'), expectedKeyIdentifier(read(path)));
+    t.is(keyIdentifier(path, 'authorityKeyIdentifier'), caSki, 'authorityKeyIdentifier is the CA subjectKeyIdentifier');
+  }
+  const { output: text } = openssl(['x509', '-in', shared.serverCert, '-noout', '-text']);
+  t.regex(text, /Key Usage: critical\n\s+Digital Signature\n/);
+
+  const verify = (purpose: string, path: string) => openssl(['verify', '-CAfile', shared.caCert, '-purpose', purpose, path]);
+  for (const [purpose, path] of [['sslserver', shared.serverCert], ['sslclient', shared.serverCert], ['sslclient', shared.agentCert], ['sslclient', shared.clientCert]]) {
+    const run = verify(purpose!, path!);
+    t.is(run.code, 0, `${purpose} ${path}: ${run.output}`);
+    t.true(run.output.includes(`${path}: OK`), run.output);
+  }
+  t.not(verify('sslserver', shared.clientCert).code, 0, 'a client certificate is no server certificate');
+});
+
+test('mutual TLS on 127.0.0.1 with a fresh ECDSA P-256 CA, server and client certificate', async (t) => {
+  const ca = createCa('mtls test CA');
+  const serverPair = issueCertificate(ca, { commonName: 'mtls-server', usage: 'server', ips: ['127.0.0.1'] });
+  const clientPair = issueCertificate(ca, { commonName: 'mtls-client', usage: 'client' });
+  for (const pair of [ca, serverPair, clientPair]) assertP256(t, pair);
+
+  const dir = freshDir('mtls');
+  for (const [name, pem] of [['ca.pem', ca.certPem], ['server.pem', serverPair.certPem], ['client.pem', clientPair.certPem]]) {
+    writeFileSync(join(dir, name!), pem!);
+  }
+  for (const [purpose, name] of [['sslserver', 'server.pem'], ['sslclient', 'client.pem']]) {
+    const run = openssl(['verify', '-CAfile', join(dir, 'ca.pem'), '-purpose', purpose!, join(dir, name!)]);
+    t.is(run.code, 0, run.output);
+  }
+
+  let serverSide: { authorized: boolean; peer: string | undefined; curve: string | undefined } | undefined;
+  const server = tls.createServer({
+    key: serverPair.keyPem, cert: serverPair.certPem, ca: ca.certPem, requestCert: true, rejectUnauthorized: true,
+  }, (socket) => {
+    const peer = socket.getPeerX509Certificate();
+    serverSide = { authorized: socket.authorized, peer: peer?.subject, curve: peer?.publicKey.asymmetricKeyDetails?.namedCurve };
+    socket.setEncoding('utf8');
+    socket.on('data', (message: string) => socket.end(`echo ${message}`));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  try {
+    const socket = tls.connect({ host: '127.0.0.1', port, key: clientPair.keyPem, cert: clientPair.certPem, ca: ca.certPem });
+    await once(socket, 'secureConnect');
+    t.true(socket.authorized, String(socket.authorizationError));
+    t.is(socket.getPeerX509Certificate()?.subject, 'CN=mtls-server');
+    socket.setEncoding('utf8');
+    let reply = '';
+    socket.on('data', (chunk: string) => { reply += chunk; });
+    socket.write('ping');
+    await once(socket, 'end');
+    socket.destroy();
+    t.is(reply, 'echo ping');
+    t.deepEqual(serverSide, { authorized: true, peer: 'CN=mtls-client', curve: 'prime256v1' });
+  } finally {
+    server.close();
+  }
+});
+
+test('an RSA CA from an earlier version still issues ECDSA leaves that verify', async (t) => {
+  const rsaCa = createRsaCa('legacy RSA CA');
+  const stateDir = freshDir('rsa-ca');
+  mkdirSync(join(stateDir, 'pki'), { recursive: true, mode: 0o700 });
+  writeFileSync(join(stateDir, 'pki', 'ca.crt'), rsaCa.certPem);
+  writeFileSync(join(stateDir, 'pki', 'ca.key'), rsaCa.keyPem, { mode: 0o600 });
+
+  const paths = await ensureLocalPki({ stateDir });
+  t.is(read(paths.caCert), rsaCa.certPem, 'the RSA CA is kept');
+  const ca = new X509Certificate(rsaCa.certPem);
+  t.is(ca.publicKey.asymmetricKeyType, 'rsa');
+  for (const [certPath, keyPath, purpose] of [
+    [paths.serverCert, paths.serverKey, 'sslserver'],
+    [paths.agentCert, paths.agentKey, 'sslclient'],
+    [paths.clientCert, paths.clientKey, 'sslclient'],
+  ] as const) {
+    assertP256(t, { certPem: read(certPath), keyPem: read(keyPath) });
+    assertIssuedBy(t, rsaCa.certPem, read(certPath));
+    const run = openssl(['verify', '-CAfile', paths.caCert, '-purpose', purpose, certPath]);
+    t.is(run.code, 0, run.output);
+    t.regex(openssl(['x509', '-in', certPath, '-noout', '-text']).output, /Signature Algorithm: sha256WithRSAEncryption/);
+    t.is(keyIdentifier(certPath, 'authorityKeyIdentifier'), keyIdentifier(paths.caCert, 'subjectKeyIdentifier'));
+  }
+
+  const leaf = issueCertificate(rsaCa, { commonName: 'direct', usage: 'client' });
+  assertIssuedBy(t, rsaCa.certPem, leaf.certPem);
+});
+
+test('a leaf with an RSA key from an earlier version is reissued as ECDSA P-256', async (t) => {
+  const stateDir = freshDir('rsa-leaf');
+  const paths = await ensureLocalPki({ stateDir });
+  const dir = freshDir('rsa-leaf-csr');
+  const csr = join(dir, 'agent.csr');
+  let run = openssl(['req', '-new', '-newkey', 'rsa:2048', '-nodes', '-keyout', paths.agentKey, '-out', csr, '-subj', '/CN=tunnel-agent']);
+  t.is(run.code, 0, run.output);
+  run = openssl(['x509', '-req', '-in', csr, '-CA', paths.caCert, '-CAkey', join(stateDir, 'pki', 'ca.key'), '-out', paths.agentCert, '-days', '100', '-set_serial', '77']);
+  t.is(run.code, 0, run.output);
+  t.is(new X509Certificate(read(paths.agentCert)).publicKey.asymmetricKeyType, 'rsa');
+
+  await ensureLocalPki({ stateDir });
+  assertP256(t, { certPem: read(paths.agentCert), keyPem: read(paths.agentKey) });
+});
+
+test('issueCertificate refuses a CA key that does not belong to the CA certificate', (t) => {
+  const other = createCa('other CA');
+  t.throws(() => issueCertificate({ certPem: read(shared.caCert), keyPem: other.keyPem }, { commonName: 'x', usage: 'client' }), {
+    message: /CA private key does not belong to the CA certificate/,
+  });
 });
 
 test('issueCertificate sets organization, IPv4/IPv6 SANs, a positive serial and backdated validity', (t) => {

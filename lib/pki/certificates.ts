@@ -1,15 +1,30 @@
 /**
  * Pure certificate functions for the local PKI: create a CA, issue leaf certificates from it,
- * and read back what a certificate says. node:crypto generates the RSA keys (native, fast);
- * node-forge builds and signs the X.509 structures, which node:crypto cannot do. Reading goes
- * through node:crypto's X509Certificate so it also works for non-RSA certificates that come
- * from elsewhere (e.g. the Kubernetes CSR API).
+ * and read back what a certificate says.
+ *
+ * Keys are ECDSA P-256 (prime256v1), signatures ecdsa-with-SHA256: a TLS handshake then costs
+ * each side a ~0.02 ms signature instead of ~0.66 ms with RSA-2048, and the certificates match
+ * what OpenYurt's yurt-tunnel issues. node:crypto generates the keys and signs; node-forge only
+ * knows RSA keys, so it is used for what it does well, encoding names and extensions, and the
+ * TBSCertificate around them is assembled here (RFC 5280 4.1). A CA from an earlier version
+ * may still have an RSA key: issuing from it keeps working, signed sha256WithRSAEncryption.
+ * Reading goes through node:crypto's X509Certificate, which understands any key type.
  */
-import { generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
+import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, sign, X509Certificate, type KeyObject } from 'node:crypto';
 import { isIP, SocketAddress } from 'node:net';
 import forge from 'node-forge';
 
-const RSA_MODULUS_BITS = 2048;
+const { asn1 } = forge;
+type Asn1 = forge.asn1.Asn1;
+
+const EC_CURVE = 'prime256v1';
+const OID_ECDSA_WITH_SHA256 = '1.2.840.10045.4.3.2';
+const OID_SHA256_WITH_RSA = '1.2.840.113549.1.1.11';
+const OID_SUBJECT_KEY_IDENTIFIER = '2.5.29.14';
+/** The version field of an X.509 v3 certificate (the one with extensions) holds 2. */
+const X509_V3 = 2;
+/** RFC 5280 4.1.2.5: validity dates through 2049 are UTCTime, later ones GeneralizedTime. */
+const FIRST_GENERALIZED_TIME_YEAR = 2050;
 export const DEFAULT_CA_DAYS = 3650;
 export const DEFAULT_LEAF_DAYS = 365;
 /** Backdating notBefore tolerates clock skew between the hub and managed clusters. */
@@ -55,48 +70,54 @@ export interface CertificateSummary extends CertificateSans {
 /** Creates a self-signed CA that may only sign certificates (and CRLs). */
 export function createCa(commonName: string, days: number = DEFAULT_CA_DAYS): CertificateAndKey {
   requireCommonName(commonName);
-  const { keyPem, privateKey } = generateRsaKey();
-  const cert = newCertificate(privateKey, days);
-  const subject = [{ name: 'commonName', value: commonName }];
-  cert.setSubject(subject);
-  cert.setIssuer(subject);
-  cert.setExtensions([
-    { name: 'basicConstraints', cA: true, critical: true },
-    { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
-    { name: 'subjectKeyIdentifier' },
-  ]);
-  cert.sign(privateKey, forge.md.sha256.create());
-  return { certPem: forge.pki.certificateToPem(cert), keyPem };
+  requireDays(days);
+  const key = generateEcKey();
+  const subject = encodeName([{ name: 'commonName', value: commonName }]);
+  const self: Issuer = { name: subject, keyIdentifier: key.keyIdentifier, privateKey: key.privateKey };
+  const certPem = buildCertificate(self, {
+    subject,
+    publicKeyInfo: key.publicKeyInfo,
+    days,
+    extensions: [
+      { name: 'basicConstraints', cA: true, critical: true },
+      { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
+      subjectKeyIdentifier(key.keyIdentifier),
+    ],
+  });
+  return { certPem, keyPem: key.keyPem };
 }
 
-/** Issues a leaf certificate with a fresh key, signed by ca. */
+/** Issues a leaf certificate with a fresh key, signed by ca (whose key may be EC or, from an earlier version, RSA). */
 export function issueCertificate(ca: CertificateAndKey, request: LeafRequest): CertificateAndKey {
   requireCommonName(request.commonName);
+  const days = request.days ?? DEFAULT_LEAF_DAYS;
+  requireDays(days);
   const dnsNames = (request.dnsNames ?? []).map(checkDnsName);
   const ips = (request.ips ?? []).map(normalizeIp);
-  const caCert = forge.pki.certificateFromPem(ca.certPem);
-  const caKey = forge.pki.privateKeyFromPem(ca.keyPem);
-  const { keyPem, privateKey } = generateRsaKey();
-  const cert = newCertificate(privateKey, request.days ?? DEFAULT_LEAF_DAYS);
-  cert.setSubject([
-    ...(request.organization ?? []).map((value) => ({ name: 'organizationName', value })),
-    { name: 'commonName', value: request.commonName },
-  ]);
-  cert.setIssuer(caCert.subject.attributes);
+  const issuer = readIssuer(ca);
+  const key = generateEcKey();
   const altNames = [
     ...dnsNames.map((value) => ({ type: SAN_TYPE_DNS, value })),
     ...ips.map((ip) => ({ type: SAN_TYPE_IP, ip })),
   ];
-  cert.setExtensions([
-    { name: 'basicConstraints', cA: false, critical: true },
-    { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
-    { name: 'extKeyUsage', serverAuth: request.usage !== 'client', clientAuth: request.usage !== 'server' },
-    ...(altNames.length > 0 ? [{ name: 'subjectAltName', altNames }] : []),
-    { name: 'subjectKeyIdentifier' },
-    { name: 'authorityKeyIdentifier', keyIdentifier: keyIdentifierOf(caCert) },
-  ]);
-  cert.sign(caKey, forge.md.sha256.create());
-  return { certPem: forge.pki.certificateToPem(cert), keyPem };
+  const certPem = buildCertificate(issuer, {
+    subject: encodeName([
+      ...(request.organization ?? []).map((value) => ({ name: 'organizationName', value })),
+      { name: 'commonName', value: request.commonName },
+    ]),
+    publicKeyInfo: key.publicKeyInfo,
+    days,
+    extensions: [
+      { name: 'basicConstraints', cA: false, critical: true },
+      // An ECDSA key only signs; keyEncipherment is for RSA key transport.
+      { name: 'keyUsage', digitalSignature: true, critical: true },
+      { name: 'extKeyUsage', serverAuth: request.usage !== 'client', clientAuth: request.usage !== 'server' },
+      ...(altNames.length > 0 ? [{ name: 'subjectAltName', altNames }] : []),
+      subjectKeyIdentifier(key.keyIdentifier),
+      { name: 'authorityKeyIdentifier', keyIdentifier: issuer.keyIdentifier },
+    ],
+  });
+  return { certPem, keyPem: key.keyPem };
 }
 
 /** The DNS and IP subject alternative names; IPs in canonical form (e.g. ::1, not 0:0:...:1). */
@@ -150,40 +171,216 @@ function checkDnsName(name: string): string {
   return name;
 }
 
-function generateRsaKey(): { keyPem: string; privateKey: forge.pki.rsa.PrivateKey } {
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: RSA_MODULUS_BITS });
-  const keyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
-  return { keyPem, privateKey: forge.pki.privateKeyFromPem(keyPem) };
+function requireDays(days: number): void {
+  if (!Number.isInteger(days) || days <= 0) throw new Error(`certificate validity must be a whole number of days > 0, got ${days}`);
 }
 
-/** A certificate for privateKey with a random serial and a validity of days from now (backdated). */
-function newCertificate(privateKey: forge.pki.rsa.PrivateKey, days: number): forge.pki.Certificate {
-  if (!Number.isInteger(days) || days <= 0) throw new Error(`certificate validity must be a whole number of days > 0, got ${days}`);
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.setRsaPublicKey(privateKey.n, privateKey.e);
-  cert.serialNumber = randomSerial();
-  const now = Date.now();
-  cert.validity.notBefore = new Date(now - BACKDATE_MS);
-  cert.validity.notAfter = new Date(now + days * DAY_MS);
-  return cert;
+/** A fresh key pair and what a certificate for it needs. Byte strings are forge's (binary strings). */
+interface NewKey {
+  keyPem: string;
+  privateKey: KeyObject;
+  /** SubjectPublicKeyInfo exactly as node:crypto exports it. */
+  publicKeyInfo: Asn1;
+  keyIdentifier: string;
+}
+
+/** The CA side of a certificate. */
+interface Issuer {
+  /** The CA's subject Name, which becomes the certificate's issuer. */
+  name: Asn1;
+  /** The CA's subjectKeyIdentifier, which becomes the authorityKeyIdentifier. */
+  keyIdentifier: string;
+  privateKey: KeyObject;
+}
+
+interface CertificateContent {
+  subject: Asn1;
+  publicKeyInfo: Asn1;
+  days: number;
+  /** Extensions as forge describes them (see forge.pki.Certificate.setExtensions). */
+  extensions: object[];
+}
+
+function generateEcKey(): NewKey {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: EC_CURVE });
+  const publicKeyInfo = parseDer(publicKey.export({ type: 'spki', format: 'der' }).toString('binary'));
+  return {
+    keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string,
+    privateKey,
+    publicKeyInfo,
+    keyIdentifier: keyIdentifierOf(publicKeyInfo),
+  };
 }
 
 /**
- * A random positive serial in hex. The first byte is kept in 0x40..0x7f so the DER INTEGER
- * is positive and minimally encoded (no leading zero byte), which strict parsers require.
+ * The CA as issuer: its subject Name copied verbatim from its certificate (so the leaf's issuer
+ * matches it byte for byte), its key identifier, and its private key, of whatever type.
+ */
+function readIssuer(ca: CertificateAndKey): Issuer {
+  const caCert = new X509Certificate(ca.certPem);
+  const privateKey = createPrivateKey(ca.keyPem);
+  if (!caCert.checkPrivateKey(privateKey)) {
+    throw new Error('the CA private key does not belong to the CA certificate: restore the key that was created with it');
+  }
+  const tbs = readTbs(parseDer(caCert.raw.toString('binary')));
+  return {
+    name: tbs.subject,
+    keyIdentifier: subjectKeyIdentifierIn(tbs.extensions) ?? keyIdentifierOf(tbs.publicKeyInfo),
+    privateKey,
+  };
+}
+
+/**
+ * Assembles the TBSCertificate (RFC 5280 4.1), signs its DER with the issuer's key through
+ * node:crypto (which gives ECDSA signatures DER-encoded, as X.509 wants them) and returns the PEM.
+ */
+function buildCertificate(issuer: Issuer, content: CertificateContent): string {
+  const algorithm = signatureAlgorithm(issuer.privateKey);
+  const now = Date.now();
+  const tbs = sequence([
+    explicit(0, primitive(asn1.Type.INTEGER, asn1.integerToDer(X509_V3).getBytes())),
+    primitive(asn1.Type.INTEGER, randomSerial()),
+    algorithm,
+    issuer.name,
+    sequence([time(new Date(now - BACKDATE_MS)), time(new Date(now + content.days * DAY_MS))]),
+    content.subject,
+    content.publicKeyInfo,
+    encodeExtensions(content.extensions),
+  ]);
+  const signature = sign('sha256', Buffer.from(asn1.toDer(tbs).getBytes(), 'binary'), issuer.privateKey);
+  const certificate = sequence([tbs, algorithm, primitive(asn1.Type.BITSTRING, `\x00${signature.toString('binary')}`)]);
+  return new X509Certificate(Buffer.from(asn1.toDer(certificate).getBytes(), 'binary')).toString();
+}
+
+/**
+ * The AlgorithmIdentifier of a SHA-256 signature by key: ecdsa-with-SHA256 with parameters
+ * absent (RFC 5758 3.2), or sha256WithRSAEncryption with NULL parameters (RFC 4055 5) for an
+ * RSA CA key from an earlier version.
+ */
+function signatureAlgorithm(key: KeyObject): Asn1 {
+  switch (key.asymmetricKeyType) {
+    case 'ec':
+      return sequence([oid(OID_ECDSA_WITH_SHA256)]);
+    case 'rsa':
+      return sequence([oid(OID_SHA256_WITH_RSA), primitive(asn1.Type.NULL, '')]);
+    default:
+      throw new Error(`the CA key is a ${key.asymmetricKeyType} key, which cannot sign certificates here: create a new local CA (EC P-256)`);
+  }
+}
+
+/** forge encodes the Name: attribute OIDs and string types as it always has. */
+function encodeName(attributes: forge.pki.CertificateField[]): Asn1 {
+  const draft = forge.pki.createCertificate();
+  draft.setSubject(attributes);
+  return forge.pki.distinguishedNameToAsn1(draft.subject);
+}
+
+/** forge encodes the extensions, as the [3] EXPLICIT Extensions field of a TBSCertificate. */
+function encodeExtensions(extensions: object[]): Asn1 {
+  const draft = forge.pki.createCertificate();
+  draft.setExtensions(extensions);
+  return (forge.pki as typeof forge.pki & ForgePkiExtras).certificateExtensionsToAsn1(draft.extensions);
+}
+
+/** Part of forge.pki that @types/node-forge does not declare. */
+interface ForgePkiExtras {
+  certificateExtensionsToAsn1(extensions: object[]): Asn1;
+}
+
+/**
+ * The subjectKeyIdentifier extension with its value given: without one, forge would hash the
+ * (RSA) public key of its draft certificate, which does not exist here.
+ */
+function subjectKeyIdentifier(keyIdentifier: string): object {
+  return { name: 'subjectKeyIdentifier', value: primitive(asn1.Type.OCTETSTRING, keyIdentifier) };
+}
+
+/** RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING, without its unused-bits byte. */
+function keyIdentifierOf(publicKeyInfo: Asn1): string {
+  const subjectPublicKey = bytesOf(child(publicKeyInfo, 1));
+  return createHash('sha1').update(Buffer.from(subjectPublicKey.slice(1), 'binary')).digest('binary');
+}
+
+/** The fields of a parsed certificate's TBSCertificate that an issuer needs. */
+function readTbs(certificate: Asn1): { subject: Asn1; publicKeyInfo: Asn1; extensions: Asn1[] } {
+  const fields = childrenOf(child(certificate, 0));
+  const isTagged = (node: Asn1 | undefined, tag: number) => node?.tagClass === asn1.Class.CONTEXT_SPECIFIC && node.type === tag;
+  // version [0] is absent in v1 certificates; then come serial, signature, issuer, validity.
+  const subjectIndex = isTagged(fields[0], 0) ? 5 : 4;
+  const extensions = fields.find((field) => isTagged(field, 3));
+  return {
+    subject: child(fields, subjectIndex),
+    publicKeyInfo: child(fields, subjectIndex + 1),
+    extensions: extensions ? childrenOf(child(extensions, 0)) : [],
+  };
+}
+
+/** The key identifier of a subjectKeyIdentifier extension among extensions, if there is one. */
+function subjectKeyIdentifierIn(extensions: Asn1[]): string | undefined {
+  for (const extension of extensions) {
+    const parts = childrenOf(extension);
+    if (asn1.derToOid(bytesOf(child(parts, 0))) !== OID_SUBJECT_KEY_IDENTIFIER) continue;
+    // extnValue is the last part (critical may come between); it holds a DER OCTET STRING.
+    return bytesOf(parseDer(bytesOf(child(parts, parts.length - 1))));
+  }
+  return undefined;
+}
+
+/**
+ * Parses DER with forge, keeping BIT STRING contents as plain bytes: by default forge tries to
+ * read them as nested ASN.1, which a public key or signature may happen to look like.
+ */
+function parseDer(der: string): Asn1 {
+  const fromDer = asn1.fromDer as typeof asn1.fromDer & ((bytes: string, options: { decodeBitStrings: boolean }) => Asn1);
+  return fromDer(der, { decodeBitStrings: false });
+}
+
+function childrenOf(node: Asn1): Asn1[] {
+  if (!Array.isArray(node.value)) throw new Error('malformed certificate: expected a constructed ASN.1 value');
+  return node.value;
+}
+
+function child(parent: Asn1 | Asn1[], index: number): Asn1 {
+  const node = (Array.isArray(parent) ? parent : childrenOf(parent))[index];
+  if (!node) throw new Error(`malformed certificate: ASN.1 value ${index} is missing`);
+  return node;
+}
+
+function bytesOf(node: Asn1): string {
+  if (typeof node.value !== 'string') throw new Error('malformed certificate: expected a primitive ASN.1 value');
+  return node.value;
+}
+
+function sequence(items: Asn1[]): Asn1 {
+  return asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, items);
+}
+
+function primitive(type: forge.asn1.Type, bytes: string): Asn1 {
+  return asn1.create(asn1.Class.UNIVERSAL, type, false, bytes);
+}
+
+function oid(id: string): Asn1 {
+  return primitive(asn1.Type.OID, asn1.oidToDer(id).getBytes());
+}
+
+function explicit(tag: number, inner: Asn1): Asn1 {
+  return asn1.create(asn1.Class.CONTEXT_SPECIFIC, tag as forge.asn1.Type, true, [inner]);
+}
+
+function time(date: Date): Asn1 {
+  return date.getUTCFullYear() < FIRST_GENERALIZED_TIME_YEAR
+    ? primitive(asn1.Type.UTCTIME, asn1.dateToUtcTime(date))
+    : primitive(asn1.Type.GENERALIZEDTIME, asn1.dateToGeneralizedTime(date));
+}
+
+/**
+ * A random positive serial (forge bytes). The first byte is kept in 0x40..0x7f so the DER
+ * INTEGER is positive and minimally encoded (no leading zero byte), which strict parsers require.
  */
 function randomSerial(): string {
   const bytes = randomBytes(SERIAL_BYTES);
   bytes[0] = (bytes[0]! & 0x3f) | 0x40;
-  return bytes.toString('hex');
-}
-
-/** The CA's own subjectKeyIdentifier, so authorityKeyIdentifier matches it exactly. */
-function keyIdentifierOf(caCert: forge.pki.Certificate): string {
-  const ext = caCert.getExtension('subjectKeyIdentifier') as { subjectKeyIdentifier?: string } | undefined;
-  return ext?.subjectKeyIdentifier
-    ? forge.util.hexToBytes(ext.subjectKeyIdentifier)
-    : caCert.generateSubjectKeyIdentifier().getBytes();
+  return bytes.toString('binary');
 }
 
 /**

@@ -224,6 +224,7 @@ function reissueReason(ca: CertificateAndKey, leaf: CertificateAndKey, wantedSan
   const caCert = new X509Certificate(ca.certPem);
   if (!cert.checkIssued(caCert) || !cert.verify(caCert.publicKey)) return 'not issued by the current local CA';
   if (certificateExpiry(leaf.certPem).getTime() - Date.now() < RENEW_BEFORE_MS) return 'expires soon';
+  if (cert.publicKey.asymmetricKeyType === 'rsa') return 'RSA key (local leaves are ECDSA P-256 now: cheaper handshakes)';
   if (!wantedSans) return undefined;
   const have = certificateSans(leaf.certPem);
   const missing = [
