@@ -7,6 +7,7 @@ import { startTarget } from '../lib/helpers.js';
 import { httpConnectDialer, type Conn } from '../lib/dialers.js';
 import { now, ping, pool, sleep, waitUntil, KiB, MiB } from '../lib/measure.js';
 import { rssOf, type Rss } from '../lib/rss.js';
+import { metric } from '../../test/helpers/system.js';
 import { agentMetric, serverMetric, startTunnel, type Tunnel } from '../lib/tunnel.js';
 import type { Context, Scenario } from '../lib/scenario.js';
 
@@ -15,6 +16,16 @@ const WARMUP_CONNECTIONS = 200;
 /** File descriptors each process needs beyond the connections (listeners, libs, stdio). */
 const FD_HEADROOM = 512;
 const SETTLE_MS = 3_000;
+
+/** Where a process's memory is: V8 heap and external (buffers, C++ objects), in MiB. */
+async function heapOf(healthPort: number): Promise<string> {
+  try {
+    const read = (name: string) => metric(healthPort, name).then((v) => (v / MiB).toFixed(1));
+    return `heap ${await read('nodejs_heap_size_used_bytes')}/${await read('nodejs_heap_size_total_bytes')} MiB, external ${await read('nodejs_external_memory_bytes')} MiB`;
+  } catch {
+    return 'no heap metrics';
+  }
+}
 
 interface Snapshot {
   server: Rss;
@@ -85,6 +96,7 @@ export const memory: Scenario = {
     await sleep(SETTLE_MS);
     const before = await snapshot(tunnel);
     ctx.info(`before: server ${(before.server.bytes / MiB).toFixed(1)} MiB, agent ${(before.agent.bytes / MiB).toFixed(1)} MiB`);
+    ctx.info(`before: server ${await heapOf(tunnel.server.healthPort)}; agent ${await heapOf(tunnel.agent.healthPort)}`);
 
     ctx.step(`open ${count} idle connections`);
     const openStart = now();
@@ -109,6 +121,7 @@ export const memory: Scenario = {
     const seen = await gauges(tunnel);
     const during = await snapshot(tunnel);
     ctx.info(`open: server ${(during.server.bytes / MiB).toFixed(1)} MiB (sees ${seen.server}), agent ${(during.agent.bytes / MiB).toFixed(1)} MiB (sees ${seen.agent})`);
+    ctx.info(`open: server ${await heapOf(tunnel.server.healthPort)}; agent ${await heapOf(tunnel.agent.healthPort)}`);
     if (seen.server !== opened || seen.agent !== opened) notes.push(`with ${opened} open the server counted ${seen.server} and the agent ${seen.agent}`);
 
     ctx.step('close them and wait for the tunnel to settle');
@@ -122,6 +135,7 @@ export const memory: Scenario = {
     await sleep(SETTLE_MS);
     const after = await snapshot(tunnel);
     ctx.info(`closed in ${closeSeconds.toFixed(1)} s; after: server ${(after.server.bytes / MiB).toFixed(1)} MiB, agent ${(after.agent.bytes / MiB).toFixed(1)} MiB`);
+    ctx.info(`after: server ${await heapOf(tunnel.server.healthPort)}; agent ${await heapOf(tunnel.agent.healthPort)}`);
 
     const perConn = (a: number, b: number) => (opened > 0 ? (a - b) / opened / KiB : null);
     const source = before.server.source === 'proc'

@@ -61,14 +61,17 @@ export class MetricsRegistry {
     return counter;
   }
 
-  /** Process resident memory, as Prometheus client libraries export it. */
+  /**
+   * Process resident memory and the V8 heap, under the names Prometheus client libraries use,
+   * so a resident size that stays high can be told apart from live JS objects.
+   */
   processMetrics(): void {
-    this.series.push({
-      name: 'process_resident_memory_bytes',
-      help: 'Resident memory size in bytes.',
-      type: 'gauge',
-      collect: () => [[{}, process.memoryUsage.rss()]],
-    });
+    const memory = (name: string, help: string, read: () => number) =>
+      this.series.push({ name, help, type: 'gauge', collect: () => [[{}, read()]] });
+    memory('process_resident_memory_bytes', 'Resident memory size in bytes.', () => process.memoryUsage.rss());
+    memory('nodejs_heap_size_total_bytes', 'V8 heap size in bytes.', () => process.memoryUsage().heapTotal);
+    memory('nodejs_heap_size_used_bytes', 'V8 heap used in bytes.', () => process.memoryUsage().heapUsed);
+    memory('nodejs_external_memory_bytes', 'Memory of C++ objects bound to JS objects, buffers included, in bytes.', () => process.memoryUsage().external);
   }
 
   /** The Prometheus text exposition format. */
