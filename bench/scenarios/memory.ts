@@ -16,6 +16,8 @@ const WARMUP_CONNECTIONS = 200;
 /** File descriptors each process needs beyond the connections (listeners, libs, stdio). */
 const FD_HEADROOM = 512;
 const SETTLE_MS = 3_000;
+/** After closing: the binaries collect their heap once the count stayed down for 6 s. */
+const SETTLE_AFTER_CLOSE_MS = 10_000;
 
 /** Where a process's memory is: V8 heap and external (buffers, C++ objects), in MiB. */
 async function heapOf(healthPort: number): Promise<string> {
@@ -132,7 +134,7 @@ export const memory: Scenario = {
       const g = await gauges(tunnel).catch(() => ({ server: NaN, agent: NaN }));
       notes.push(`60 s after closing, the server still counted ${g.server} connections and the agent ${g.agent}`);
     }
-    await sleep(SETTLE_MS);
+    await sleep(SETTLE_AFTER_CLOSE_MS);
     const after = await snapshot(tunnel);
     ctx.info(`closed in ${closeSeconds.toFixed(1)} s; after: server ${(after.server.bytes / MiB).toFixed(1)} MiB, agent ${(after.agent.bytes / MiB).toFixed(1)} MiB`);
     ctx.info(`after: server ${await heapOf(tunnel.server.healthPort)}; agent ${await heapOf(tunnel.agent.healthPort)}`);

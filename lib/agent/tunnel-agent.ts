@@ -13,6 +13,7 @@ import { DOWNLINK_WINDOW } from '../transport/http2-windows.js';
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
 import { HealthServer } from '../observe/health-server.js';
+import { MemoryReclaimer } from '../observe/memory-reclaim.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
 import { ServerConnection } from './server-connection.js';
 import { dialTarget, type TargetDialerOptions } from './target-dialer.js';
@@ -44,6 +45,7 @@ export class TunnelAgent {
   readonly metrics = new MetricsRegistry('konnectivity_network_proxy_agent');
 
   private readonly log = logger('agent');
+  private reclaimer?: MemoryReclaimer;
   private readonly connections = new Map<string, ServerConnection>();
   private readonly backoff: Backoff;
   private readonly dialFailures;
@@ -89,6 +91,7 @@ export class TunnelAgent {
       this.log.info('listening', { service: 'health', address: healthAddress, transport: 'HTTP' });
     }
     this.running = true;
+    this.reclaimer = new MemoryReclaimer(() => this.openEndpointConnections, this.log);
     this.loop = this.syncLoop();
     this.log.info('tunnel agent started', { agentID: this.agentID, identifiers: this.options.agentIdentifiers, server: this.options.serverAddress });
     return healthAddress;
@@ -96,6 +99,7 @@ export class TunnelAgent {
 
   /** Sends DRAIN on every stream, then closes them. */
   async stop(): Promise<void> {
+    this.reclaimer?.stop();
     this.running = false;
     this.wake?.();
     for (const connection of this.connections.values()) connection.drain();

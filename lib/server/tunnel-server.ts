@@ -18,6 +18,7 @@ import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
 import { HealthServer } from '../observe/health-server.js';
+import { MemoryReclaimer } from '../observe/memory-reclaim.js';
 import { AgentRegistry } from './agent-registry.js';
 import { agentConnectHandler } from './agent-listener.js';
 import { dialRouter } from './dial-router.js';
@@ -84,6 +85,7 @@ export class TunnelServer {
   readonly metrics = new MetricsRegistry('konnectivity_network_proxy_server');
 
   private readonly log = logger('server');
+  private reclaimer?: MemoryReclaimer;
   private readonly grpcServers: grpc.Server[] = [];
   private readonly httpServers: http.Server[] = [];
   private readonly frontendStreams = new Set<AcceptingMux>();
@@ -107,6 +109,7 @@ export class TunnelServer {
     const window = o.connectionWindow === 0 ? undefined : (o.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
     const dial = dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS);
     const outcomes = this.registerMetrics();
+    this.reclaimer = new MemoryReclaimer(() => this.establishedConnections, this.log);
 
     const agentServer = createServer(AGENT_LISTENER_WINDOW);
     agentServer.addService(agentServiceDefinition, {
@@ -177,6 +180,7 @@ export class TunnelServer {
   }
 
   async stop(): Promise<void> {
+    this.reclaimer?.stop();
     for (const mux of this.frontendStreams) mux.close();
     for (const backend of this.registry.all()) backend.mux.close(new Error('the tunnel server is shutting down'));
     for (const server of this.grpcServers) server.forceShutdown();

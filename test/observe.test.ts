@@ -1,0 +1,66 @@
+import test from 'ava';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fullCollection, MemoryReclaimer } from '../lib/observe/memory-reclaim.js';
+import { logger } from '../lib/observe/log.js';
+
+const log = logger('test');
+
+function reclaimer(open: { n: number }, minIntervalMs = 0) {
+  let collections = 0;
+  const r = new MemoryReclaimer(() => open.n, log, { intervalMs: 10, quietPolls: 2, minDrop: 1_000, minIntervalMs, collect: () => { collections++; } });
+  return { r, collections: () => collections };
+}
+
+test('the heap is collected once after most connections closed and the count settled', async (t) => {
+  const open = { n: 0 };
+  const { r, collections } = reclaimer(open);
+  open.n = 5_000;
+  await sleep(60);
+  t.is(collections(), 0, 'nothing closed yet');
+  open.n = 3_000; // 2,000 closed, but more than half still open
+  await sleep(60);
+  t.is(collections(), 0, 'most connections are still open');
+  open.n = 10;
+  await sleep(80);
+  t.is(collections(), 2, 'one collection, of two passes');
+  await sleep(80);
+  t.is(collections(), 2, 'once, not on every poll');
+  r.stop();
+});
+
+test('a few closed connections are not worth a collection', async (t) => {
+  const open = { n: 900 };
+  const { r, collections } = reclaimer(open);
+  await sleep(40);
+  open.n = 0;
+  await sleep(80);
+  t.is(collections(), 0);
+  r.stop();
+});
+
+test('collections are at least minIntervalMs apart', async (t) => {
+  const open = { n: 2_000 };
+  const { r, collections } = reclaimer(open, 60_000);
+  await sleep(40);
+  open.n = 0;
+  await sleep(80);
+  t.is(collections(), 2);
+  open.n = 2_000;
+  await sleep(40);
+  open.n = 0;
+  await sleep(80);
+  t.is(collections(), 2, 'the second drop comes too soon after the first');
+  r.stop();
+});
+
+test('the default collection is a full gc, available without --expose-gc', (t) => {
+  const collect = fullCollection();
+  collect();
+  const base = process.memoryUsage().heapUsed;
+  let garbage: unknown[] | undefined = Array.from({ length: 200_000 }, (_, i) => ({ i, s: `x${i}` }));
+  t.true(process.memoryUsage().heapUsed > base + 5 * 1024 * 1024, 'the garbage is on the heap');
+  garbage = undefined;
+  collect();
+  t.true(process.memoryUsage().heapUsed < base + 2 * 1024 * 1024, 'and gone after the collection');
+  t.is(garbage, undefined);
+});
