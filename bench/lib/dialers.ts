@@ -3,6 +3,8 @@
  * so a measurement does not care whether it runs direct, through a relay or through the tunnel.
  */
 import net from 'node:net';
+import tls from 'node:tls';
+import type { TlsSource } from '../../lib/pki/tls-source.js';
 import type { Duplex } from 'node:stream';
 import { dialHttpConnect } from '../../lib/client/http-connect-dialer.js';
 import { dialGrpc } from '../../lib/client/grpc-dialer.js';
@@ -32,6 +34,27 @@ export function tcpDialer(label: string, target: Helper, via?: Helper): Dialer {
       const socket = net.connect({ host: '127.0.0.1', port });
       const timer = setTimeout(() => { socket.destroy(); reject(new Error(`connecting to 127.0.0.1:${port} timed out`)); }, DIAL_TIMEOUT_MS);
       socket.once('connect', () => {
+        clearTimeout(timer);
+        socket.off('error', reject);
+        socket.setNoDelay(true);
+        resolve(socket);
+      });
+      socket.once('error', (err) => { clearTimeout(timer); reject(err); });
+    }),
+  };
+}
+
+/** Mutual TLS to a TLS-terminating relay (a full handshake per dial), with the client's certificate. */
+export function tlsDialer(label: string, target: Helper, relay: Helper, clientTls: TlsSource): Dialer {
+  const { key, cert, ca } = clientTls.current();
+  const secureContext = tls.createSecureContext({ key, cert, ca });
+  return {
+    label,
+    pids: { client: process.pid, [relay.name]: relay.pid, target: target.pid },
+    dial: () => new Promise((resolve, reject) => {
+      const socket = tls.connect({ host: '127.0.0.1', port: relay.port, secureContext, servername: 'localhost' });
+      const timer = setTimeout(() => { socket.destroy(); reject(new Error(`TLS to 127.0.0.1:${relay.port} timed out`)); }, DIAL_TIMEOUT_MS);
+      socket.once('secureConnect', () => {
         clearTimeout(timer);
         socket.off('error', reject);
         socket.setNoDelay(true);

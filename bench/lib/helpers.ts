@@ -5,6 +5,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { stopChild, track, type Scope } from './scope.js';
+import type { LocalPkiPaths } from '../../lib/pki/local-pki.js';
 
 export interface Helper {
   name: string;
@@ -16,6 +17,7 @@ export interface Helper {
 const SCRIPTS = {
   target: 'target-process.js',
   relay: 'relay-process.js',
+  'tls-relay': 'tls-relay-process.js',
   'delay-relay': 'delay-relay-process.js',
 } as const;
 
@@ -43,6 +45,10 @@ export const startTarget = (scope: Scope, name = 'target') => startHelper(scope,
 
 export const startRelay = (scope: Scope, targetPort: number, name = 'relay') =>
   startHelper(scope, 'relay', [`--target-port=${targetPort}`], name);
+
+/** A relay terminating mTLS with the workspace's server certificate (see tls-relay-process.ts). */
+export const startTlsRelay = (scope: Scope, targetPort: number, pki: LocalPkiPaths, name = 'mTLS relay') =>
+  startHelper(scope, 'tls-relay', [`--target-port=${targetPort}`, `--cert=${pki.serverCert}`, `--key=${pki.serverKey}`, `--ca=${pki.caCert}`], name);
 
 export const startDelayRelay = (scope: Scope, targetPort: number, delayMs: number, name = 'delay-relay') =>
   startHelper(scope, 'delay-relay', [`--target-port=${targetPort}`, `--delay-ms=${delayMs}`], name);

@@ -1,10 +1,11 @@
 /**
  * 3. churn: cycles of dial, 1 KiB request, 1 KiB response, close; one at a time and 32 at a
  * time for a fixed duration. Through HTTP-CONNECT every cycle pays a full mTLS handshake.
- * Baselines: the same cycles in plain TCP, directly and through the relay.
+ * Baselines: the same cycles in plain TCP, directly and through the relay, and through a relay
+ * that terminates mTLS with the same certificates (the handshake's own cost, with no tunnel).
  */
-import { startRelay, startTarget } from '../lib/helpers.js';
-import { tcpDialer, httpConnectDialer, type Conn, type Dialer } from '../lib/dialers.js';
+import { startRelay, startTarget, startTlsRelay } from '../lib/helpers.js';
+import { tcpDialer, tlsDialer, httpConnectDialer, type Conn, type Dialer } from '../lib/dialers.js';
 import { now, percentile, requestResponse, KiB } from '../lib/measure.js';
 import { startTunnel } from '../lib/tunnel.js';
 import { cpuMeter, formatCpu, formatCpuPer, type CpuUse } from '../lib/cpu.js';
@@ -13,6 +14,8 @@ import type { Context, Scenario } from '../lib/scenario.js';
 const SIZE = KiB;
 const CYCLE_LIMIT_MS = 10_000;
 const TARGETS: Record<number, number> = { 1: 250, 32: 500 };
+/** What each path is compared with: one more hop, then the same hop with mTLS, then the tunnel. */
+const BASELINE_OF: Record<string, string | undefined> = { relay: 'direct', 'mTLS relay': 'relay', 'HTTP-CONNECT': 'mTLS relay' };
 
 interface ChurnResult {
   cycles: number;
@@ -55,16 +58,22 @@ async function churn(dialer: Dialer, concurrency: number, seconds: number): Prom
 export const churnScenario: Scenario = {
   name: 'churn',
   title: 'connection churn',
-  plan: (config) => ['start target, relay and tunnel', 'warm up',
-    ...[1, config.churnConcurrency].flatMap((c) => ['direct', 'relay', 'HTTP-CONNECT'].map((p) => `${p}, ${c} at a time`))],
+  plan: (config) => ['start target, relays and tunnel', 'warm up',
+    ...[1, config.churnConcurrency].flatMap((c) => ['direct', 'relay', 'mTLS relay', 'HTTP-CONNECT'].map((p) => `${p}, ${c} at a time`))],
 
   async run(ctx: Context) {
     const { config, scope } = ctx;
-    ctx.step('start target, relay and tunnel');
+    ctx.step('start target, relays and tunnel');
     const target = await startTarget(scope);
     const relay = await startRelay(scope, target.port);
     const tunnel = await startTunnel(scope);
-    const dialers = [tcpDialer('direct', target), tcpDialer('relay', target, relay), httpConnectDialer(tunnel, target)];
+    const tlsRelay = await startTlsRelay(scope, target.port, tunnel.ws.pki);
+    const dialers = [
+      tcpDialer('direct', target),
+      tcpDialer('relay', target, relay),
+      tlsDialer('mTLS relay', target, tlsRelay, tunnel.clientTls),
+      httpConnectDialer(tunnel, target),
+    ];
 
     ctx.step('warm up');
     for (const dialer of dialers) await churn(dialer, 4, 0.5);
@@ -81,7 +90,7 @@ export const churnScenario: Scenario = {
         const failed = r.errors > 0 ? `${r.errors} failed cycles (first: ${r.firstError})` : '';
         const cpu = r.cycles > 0 ? `CPU: ${formatCpu(r.cpu)}; per cycle: ${formatCpuPer(r.cpu, r.cycles)}` : '';
         ctx.info(`${rate?.toFixed(0) ?? 'n/a'} cycles/s, p50 ${p50?.toFixed(2) ?? 'n/a'} ms, p99 ${p99?.toFixed(2) ?? 'n/a'} ms (${r.cycles} cycles${failed ? `; ${failed}` : ''}); ${cpu}`);
-        const baselineLabel = dialer.label === 'relay' ? 'direct' : dialer.label === 'HTTP-CONNECT' ? 'relay' : undefined;
+        const baselineLabel = BASELINE_OF[dialer.label];
         const base = baselineLabel ? by.get(baselineLabel) : undefined;
         const isTunnel = dialer.label === 'HTTP-CONNECT';
         const target = TARGETS[concurrency] ?? TARGETS[32]!;
