@@ -103,6 +103,12 @@ function sendUntilClosed(socket: Duplex, bytes: string | Buffer, timeoutMs = 5_0
       socket.destroy();
       reject(new Error(`the connection stayed open for ${timeoutMs} ms; got ${JSON.stringify(Buffer.concat(chunks).toString())}`));
     }, timeoutMs);
+    // The socket may have closed already, e.g. while the test waited for a process to exit.
+    if (socket.closed) {
+      clearTimeout(timer);
+      resolve('');
+      return;
+    }
     socket.on('data', (chunk: Buffer) => chunks.push(chunk));
     socket.once('close', () => {
       clearTimeout(timer);
@@ -402,6 +408,7 @@ test.serial('when an agent dies, its open connections close and its pending dial
   t.like(await rogue.next(), { type: PacketType.DIAL_REQ, address: 'rogue:80' });
   t.is((await httpGet(server2.healthPort, '/readyz')).status, 200, 'ready with agents');
 
+  t.false(open.socket.closed, 'the connection is open before its agent dies');
   let since = Date.now();
   await within(agent2.proc.stop('SIGKILL'), 5_000, 'agent c2 exit');
   const closedInTime = await closed(open.socket, 5_000).then(() => true, () => false);
