@@ -24,23 +24,28 @@ export interface Dialer {
 
 const DIAL_TIMEOUT_MS = 30_000;
 
+/** The socket once `event` says it is ready (without Nagle), or the error or a timeout. */
+function opened(socket: net.Socket, event: 'connect' | 'secureConnect', what: string): Promise<Conn> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { socket.destroy(); reject(new Error(`${what} timed out`)); }, DIAL_TIMEOUT_MS);
+    const onError = (err: Error) => { clearTimeout(timer); reject(err); };
+    socket.once('error', onError);
+    socket.once(event, () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      socket.setNoDelay(true);
+      resolve(socket);
+    });
+  });
+}
+
 /** Plain TCP to 127.0.0.1:port: the target itself, or a relay in front of it (`via`). */
 export function tcpDialer(label: string, target: Helper, via?: Helper): Dialer {
   const port = via?.port ?? target.port;
   return {
     label,
     pids: { client: process.pid, ...(via ? { [via.name]: via.pid } : {}), target: target.pid },
-    dial: () => new Promise((resolve, reject) => {
-      const socket = net.connect({ host: '127.0.0.1', port });
-      const timer = setTimeout(() => { socket.destroy(); reject(new Error(`connecting to 127.0.0.1:${port} timed out`)); }, DIAL_TIMEOUT_MS);
-      socket.once('connect', () => {
-        clearTimeout(timer);
-        socket.off('error', reject);
-        socket.setNoDelay(true);
-        resolve(socket);
-      });
-      socket.once('error', (err) => { clearTimeout(timer); reject(err); });
-    }),
+    dial: () => opened(net.connect({ host: '127.0.0.1', port }), 'connect', `connecting to 127.0.0.1:${port}`),
   };
 }
 
@@ -51,17 +56,11 @@ export function tlsDialer(label: string, target: Helper, relay: Helper, clientTl
   return {
     label,
     pids: { client: process.pid, [relay.name]: relay.pid, target: target.pid },
-    dial: () => new Promise((resolve, reject) => {
-      const socket = tls.connect({ host: '127.0.0.1', port: relay.port, secureContext, servername: 'localhost' });
-      const timer = setTimeout(() => { socket.destroy(); reject(new Error(`TLS to 127.0.0.1:${relay.port} timed out`)); }, DIAL_TIMEOUT_MS);
-      socket.once('secureConnect', () => {
-        clearTimeout(timer);
-        socket.off('error', reject);
-        socket.setNoDelay(true);
-        resolve(socket);
-      });
-      socket.once('error', (err) => { clearTimeout(timer); reject(err); });
-    }),
+    dial: () => opened(
+      tls.connect({ host: '127.0.0.1', port: relay.port, secureContext, servername: 'localhost' }),
+      'secureConnect',
+      `TLS to 127.0.0.1:${relay.port}`,
+    ),
   };
 }
 

@@ -35,15 +35,24 @@ export async function serve(server: net.Server): Promise<void> {
  */
 export function relayServer(targetPort: number, join: (client: net.Socket, upstream: net.Socket) => void, allowHalfOpen = false): net.Server {
   return net.createServer({ allowHalfOpen }, (client) => {
-    const upstream = net.connect({ host: '127.0.0.1', port: targetPort, allowHalfOpen });
-    client.setNoDelay(true);
-    upstream.setNoDelay(true);
-    const teardown = () => {
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('error', teardown).on('close', teardown);
-    upstream.on('error', teardown).on('close', teardown);
+    const upstream = connectUpstream(client, targetPort, allowHalfOpen);
     join(client, upstream);
   });
+}
+
+/**
+ * Connects to 127.0.0.1:targetPort for an accepted client, both without Nagle, torn down
+ * together when either fails or closes.
+ */
+export function connectUpstream(client: net.Socket, targetPort: number, allowHalfOpen = false): net.Socket {
+  const upstream = net.connect({ host: '127.0.0.1', port: targetPort, allowHalfOpen });
+  client.setNoDelay(true);
+  upstream.setNoDelay(true);
+  const teardown = () => {
+    client.destroy();
+    upstream.destroy();
+  };
+  client.on('error', teardown).on('close', teardown);
+  upstream.on('error', teardown).on('close', teardown);
+  return upstream;
 }

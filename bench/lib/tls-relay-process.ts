@@ -3,10 +3,9 @@
  * with the same certificates: the baseline that tells a handshake's own cost apart from the
  * tunnel's. Each authorised client is piped to --target-port on 127.0.0.1 and back.
  */
-import net from 'node:net';
 import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
-import { flag, numberFlag, serve } from './helper-main.js';
+import { connectUpstream, flag, numberFlag, serve } from './helper-main.js';
 
 const targetPort = numberFlag('target-port');
 
@@ -17,15 +16,7 @@ const server = tls.createServer({
   requestCert: true,
   rejectUnauthorized: true,
 }, (client) => {
-  const upstream = net.connect({ host: '127.0.0.1', port: targetPort });
-  client.setNoDelay(true);
-  upstream.setNoDelay(true);
-  const teardown = () => {
-    client.destroy();
-    upstream.destroy();
-  };
-  client.on('error', teardown).on('close', teardown);
-  upstream.on('error', teardown).on('close', teardown);
+  const upstream = connectUpstream(client, targetPort);
   client.pipe(upstream);
   upstream.pipe(client);
 });

@@ -18,6 +18,7 @@ const TAG_DATA = 0x22; // field 4, length-delimited
 const TAG_CONNECT_ID = 0x08; // field 1, varint
 const TAG_ERROR = 0x12; // field 2, length-delimited
 const TAG_BYTES = 0x1a; // field 3, length-delimited
+const MAX_SAFE_ID = BigInt(Number.MAX_SAFE_INTEGER);
 
 function varintSize(n: number): number {
   let size = 1;
@@ -52,7 +53,7 @@ function idVarint(id: bigint): number[] {
 export function encodeDataPacket(packet: DataPacket): Buffer {
   const { connectID, data } = packet;
   const error = packet.error ? Buffer.from(packet.error, 'utf8') : undefined;
-  const small = connectID >= 0n && connectID <= BigInt(Number.MAX_SAFE_INTEGER);
+  const small = connectID >= 0n && connectID <= MAX_SAFE_ID;
   const id = small ? Number(connectID) : 0;
   const idBytes = small ? undefined : idVarint(connectID);
   let inner = 0;
