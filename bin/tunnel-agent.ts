@@ -3,7 +3,6 @@
 import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseOptionalPort, runMain, UsageError } from '../lib/cli/flags.js';
 import { applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
-import { mtlsChannelCredentials } from '../lib/transport/credentials.js';
 import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
 import { parseHostAliases } from '../lib/agent/target-dialer.js';
 import { validateAgentIdentifiers } from '../lib/server/agent-identifiers.js';
@@ -54,7 +53,7 @@ runMain(NAME, async () => {
   );
   const agent = new TunnelAgent({
     serverAddress: flags['tunnelserver-addr'],
-    credentials: mtlsChannelCredentials(tls),
+    tls,
     serverName: flags['server-name'],
     agentID: flags['agent-id'] ?? process.env.PROXY_AGENT_ID,
     agentIdentifiers: identifiers,

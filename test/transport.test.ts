@@ -4,29 +4,84 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import os from 'node:os';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { createServer, channelOptions } from '../lib/transport/options.js';
-import { bindServer } from '../lib/transport/credentials.js';
 import { AGENT_LISTENER_WINDOW } from '../lib/transport/http2-windows.js';
-import { proxyServiceDefinition } from '../lib/transport/services.js';
+import { agentServiceDefinition } from '../lib/transport/services.js';
 import { announceFlowControl, negotiateFlowControl, peerWindow } from '../lib/transport/flow-control-metadata.js';
+import { GrpcFramingError, GrpcMessageReader, framePacket } from '../lib/transport/grpc-stream.js';
+import { GrpcServer, type ServerCall } from '../lib/transport/grpc-server.js';
+import { GrpcCallError, connect, openCall } from '../lib/transport/grpc-client.js';
+import { GrpcStatus, Metadata, decodeGrpcMessage, encodeGrpcMessage } from '../lib/transport/grpc-metadata.js';
+import { logger } from '../lib/observe/log.js';
+import { PacketType, closeRequest, dataPacket, dialRequest, windowUpdate, type KnownPacket, type Packet } from '../lib/wire/packet.js';
+import { AGENT_CONNECT_PATH, PROXY_PATH } from '../lib/wire/protocol.js';
+import type { PacketStream } from '../lib/mux/packet-stream.js';
+import { workspace, type Workspace } from './helpers/system.js';
+import { localPkiTlsSource } from '../lib/pki/tls-source.js';
+import { encodePacket, decodePacket } from '../lib/wire/codec.js';
 
-const echoDefinition = {
-  Echo: {
-    path: '/test.Echo/Echo', requestStream: true, responseStream: true,
-    requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b,
-    responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b,
-  },
-} satisfies grpc.ServiceDefinition;
+const framePacketBody = (p: KnownPacket) => Buffer.from(encodePacket(p));
+const decodeBody = (b: Buffer) => decodePacket(b);
 
-test('a server created with a receive window advertises it and raises the connection window', async (t) => {
+const log = logger('test');
+
+/** Consecutive DATA packets of one connection joined: the byte streams the peer sees. */
+function joinData(packets: Packet[]): unknown[] {
+  const out: unknown[] = [];
+  for (const p of packets) {
+    const last = out[out.length - 1] as { type: number; connectID: bigint; data: Buffer; error?: string } | undefined;
+    if (p.type === PacketType.DATA && last?.type === PacketType.DATA && last.connectID === (p as { connectID: bigint }).connectID && !last.error) {
+      last.data = Buffer.concat([last.data, Buffer.from((p as { data: Uint8Array }).data)]);
+    } else {
+      out.push(p.type === PacketType.DATA ? { ...p, data: Buffer.from((p as { data: Uint8Array }).data) } : p);
+    }
+  }
+  return out;
+}
+
+const SAMPLE: KnownPacket[] = [
+  dialRequest('c1:443', 2n ** 62n + 12345n),
+  dataPacket(1n, Buffer.alloc(70_000, 0x61)),
+  dataPacket(2n, Buffer.from('small')),
+  dataPacket(2n ** 63n - 1n, Buffer.alloc(40_000, 0x62)),
+  { type: PacketType.DATA, connectID: 3n, data: Buffer.alloc(5_000, 0x63), error: 'an error string' },
+  dataPacket(4n, Buffer.alloc(0)),
+  windowUpdate(1n, 65_536),
+  closeRequest(1n),
+];
+
+test('gRPC framing: packets read back as the same byte streams however the chunks fall', (t) => {
+  const wire = Buffer.concat(SAMPLE.flatMap(framePacket));
+  const expected = joinData(SAMPLE);
+  for (const size of [1, 3, 5, 7, 100, 16_384, 65_536, wire.length]) {
+    const reader = new GrpcMessageReader(4 << 20);
+    const got: Packet[] = [];
+    for (let pos = 0; pos < wire.length; pos += size) reader.push(wire.subarray(pos, pos + size), (p) => got.push(p));
+    t.true(reader.idle, `chunks of ${size}: between messages at the end`);
+    t.deepEqual(joinData(got), expected, `chunks of ${size}`);
+    if (size === 16_384) t.true(got.length > SAMPLE.length, 'a payload spanning chunks comes out in pieces, without assembling it');
+  }
+  const [head, payload] = framePacket(SAMPLE[1]!);
+  t.is(payload, (SAMPLE[1] as unknown as { data: Buffer }).data, 'a large DATA payload is written from where it lies, not copied');
+  t.true(head!.length < 32);
+});
+
+test('gRPC framing: an oversized or compressed message is refused with the status to send', (t) => {
+  const big = Buffer.from([0, 0, 0x10, 0, 0]); // 1 MiB announced
+  const err = t.throws(() => new GrpcMessageReader(1024).push(big, () => undefined), { instanceOf: GrpcFramingError });
+  t.is(err?.code, GrpcStatus.RESOURCE_EXHAUSTED);
+  t.regex(err?.message ?? '', /1048576 bytes, over the limit of 1024/);
+  const compressed = t.throws(() => new GrpcMessageReader(1024).push(Buffer.from([1, 0, 0, 0, 1, 0]), () => undefined), { instanceOf: GrpcFramingError });
+  t.is(compressed?.code, GrpcStatus.UNIMPLEMENTED);
+  t.is(decodeGrpcMessage(encodeGrpcMessage('100% fine, naïve\n')), '100% fine, naïve\n');
+});
+
+test('the agent listener advertises its receive window and raises the connection window', async (t) => {
   const dir = mkdtempSync(join(os.tmpdir(), 'tunnel-h2-'));
-  const socket = join(dir, 'grpc.sock');
-  const server = createServer(AGENT_LISTENER_WINDOW);
-  server.addService(proxyServiceDefinition, { Proxy: (call: grpc.ServerDuplexStream<unknown, unknown>) => call.end() });
-  await bindServer(server, `unix://${socket}`, grpc.ServerCredentials.createInsecure(), AGENT_LISTENER_WINDOW);
-  const session = http2.connect('http://localhost', { createConnection: () => net.connect(socket) });
+  const server = new GrpcServer({ receiveWindow: AGENT_LISTENER_WINDOW, log });
+  await server.listen({ path: join(dir, 'grpc.sock') });
+  const session = http2.connect('http://localhost', { createConnection: () => net.connect(join(dir, 'grpc.sock')) });
   try {
     const [settings] = await once(session, 'remoteSettings') as [http2.Settings];
     t.is(settings.initialWindowSize, AGENT_LISTENER_WINDOW);
@@ -36,51 +91,103 @@ test('a server created with a receive window advertises it and raises the connec
     t.is(session.state.remoteWindowSize, AGENT_LISTENER_WINDOW);
   } finally {
     session.destroy();
-    server.forceShutdown();
+    server.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });
 
-test('bulk in both directions at once over a raised listener does not deadlock', async (t) => {
-  // With large windows both ways, Node HTTP/2 sessions that both block in a write stop
-  // reading and never recover; the channel keeps its receive window small to prevent it.
-  const server = createServer(AGENT_LISTENER_WINDOW);
-  server.addService(echoDefinition, {
-    Echo: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => {
-      call.on('data', (b: Buffer) => call.write(b));
+/** Packets read from a stream until `done` says they are all there (or 10 s pass). */
+function readUntil(stream: PacketStream, done: (got: Packet[]) => boolean): Promise<Packet[]> {
+  const got: Packet[] = [];
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`only ${got.length} packets arrived`)), 10_000);
+    const onData = (p: Packet) => {
+      got.push(p);
+      if (done(got)) {
+        clearTimeout(timer);
+        stream.off('data', onData);
+        resolve(got);
+      }
+    };
+    stream.on('data', onData);
+    stream.once('error', (err) => { clearTimeout(timer); reject(err); });
+  });
+}
+
+/** Whether `got` holds all of `expected`: its last DATA as long as the expected one. */
+function isComplete(got: unknown[], expected: unknown[]): boolean {
+  if (got.length < expected.length) return false;
+  const last = got[expected.length - 1] as { data?: Buffer };
+  const want = expected[expected.length - 1] as { data?: Buffer };
+  return (last.data?.length ?? 0) >= (want.data?.length ?? 0);
+}
+
+/** The first error a stream fails with. */
+function failure(stream: PacketStream): Promise<Error> {
+  return new Promise((resolve) => stream.once('error', resolve));
+}
+
+let ws: Workspace;
+test.before(async () => {
+  ws = await workspace();
+});
+test.after.always(() => ws?.cleanup());
+
+function agentTls() {
+  return { ca: readFileSync(ws.pki.caCert), cert: readFileSync(ws.pki.agentCert), key: readFileSync(ws.pki.agentKey) };
+}
+
+test('our gRPC client and a grpc-js server (a reference-style one): metadata, packets both ways, statuses', async (t) => {
+  const server = new grpc.Server();
+  server.addService(agentServiceDefinition, {
+    Connect: (call: grpc.ServerDuplexStream<KnownPacket, KnownPacket>) => {
+      const id = String(call.metadata.get('agentid')[0]);
+      if (id === 'refuse-me') {
+        call.emit('error', { code: grpc.status.PERMISSION_DENIED, details: 'not you, 100%' });
+        return;
+      }
+      const headers = new grpc.Metadata();
+      headers.set('serverid', 'ref-1');
+      call.sendMetadata(headers);
+      call.on('data', (p: KnownPacket) => {
+        if (p.type === PacketType.CLOSE_REQ) call.emit('error', { code: grpc.status.ABORTED, details: 'told to fail' });
+        else call.write(p);
+      });
       call.on('end', () => call.end());
     },
   });
-  const port = await bindServer(server, '127.0.0.1:0', grpc.ServerCredentials.createInsecure(), AGENT_LISTENER_WINDOW);
-  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions());
+  const { ca, cert, key } = { ca: readFileSync(ws.pki.caCert), cert: readFileSync(ws.pki.serverCert), key: readFileSync(ws.pki.serverKey) };
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0',
+    grpc.ServerCredentials.createSsl(ca, [{ private_key: key, cert_chain: cert }], true), (err, p) => (err ? reject(err) : resolve(p))));
+  const session = await connect({ target: `127.0.0.1:${port}`, tls: agentTls(), timeoutMs: 5_000 });
   try {
-    const call = client.makeBidiStreamRequest('/test.Echo/Echo', (b: Buffer) => b, (b: Buffer) => b, new grpc.Metadata());
-    const total = 48 * 1024 * 1024;
-    const chunk = Buffer.alloc(32 * 1024, 7);
-    let received = 0;
-    const done = new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => resolve(false), 30_000);
-      call.on('data', (b: Buffer) => {
-        received += b.length;
-        if (received >= total) { clearTimeout(timer); resolve(true); }
-      });
-    });
-    let sent = 0;
-    const pump = () => {
-      while (sent < total) {
-        sent += chunk.length;
-        if (!call.write(chunk)) { call.once('drain', pump); return; }
-      }
-      call.end();
-    };
-    pump();
-    t.true(await done, `echoed ${received} of ${total} bytes`);
+    const md = new Metadata();
+    md.set('agentid', 'agent-1');
+    const { stream, headers } = await openCall(session, AGENT_CONNECT_PATH, md, 5_000);
+    t.deepEqual(headers.get('serverid'), ['ref-1']);
+    const sent = SAMPLE.filter((p) => p.type !== PacketType.CLOSE_REQ);
+    const expected = joinData(sent);
+    const failed = failure(stream);
+    for (const p of sent) stream.write(p);
+    const echoed = await readUntil(stream, (got) => isComplete(joinData(got), expected));
+    t.deepEqual(joinData(echoed), expected, 'every packet came back, DATA byte for byte');
+
+    stream.write(closeRequest(9n));
+    const err = await failed;
+    t.true(err instanceof GrpcCallError);
+    t.is((err as GrpcCallError).code, grpc.status.ABORTED, 'a status after the headers fails the stream with it');
+    t.is((err as GrpcCallError).details, 'told to fail');
+
+    const refused = new Metadata();
+    refused.set('agentid', 'refuse-me');
+    const refusal = await t.throwsAsync(openCall(session, AGENT_CONNECT_PATH, refused, 5_000), { instanceOf: GrpcCallError });
+    t.is(refusal?.code, grpc.status.PERMISSION_DENIED);
+    t.is(refusal?.details, 'not you, 100%', 'the refusal\'s message, percent-decoded');
   } finally {
-    client.close();
+    session.destroy();
     server.forceShutdown();
   }
 });
-
 test('flow control is on only when both ends announce a window', (t) => {
   const announced = new grpc.Metadata();
   announceFlowControl(announced, 4 << 20);
@@ -91,4 +198,99 @@ test('flow control is on only when both ends announce a window', (t) => {
   const silly = new grpc.Metadata();
   silly.set('tke-flow-control', 'window=12');
   t.is(peerWindow(silly), undefined, 'a window too small to be useful is refused');
+});
+
+/** An echo of packets on our gRPC server, as the agent listener and the frontend use it. */
+function echoServer(options: ConstructorParameters<typeof GrpcServer>[0]): GrpcServer {
+  const server = new GrpcServer(options);
+  server.handle(PROXY_PATH, (call: ServerCall) => {
+    if (call.metadata.get('fail').length > 0) {
+      call.sendStatus(GrpcStatus.INVALID_ARGUMENT, `refused: ${call.metadata.get('fail').join('+')}`);
+      return;
+    }
+    const headers = new Metadata();
+    headers.set('echo-of', call.metadata.get('who').join(','));
+    call.sendMetadata(headers);
+    const packets = call.packets;
+    packets.on('data', (p: KnownPacket) => {
+      if (!packets.write(p)) packets.pause();
+    });
+    packets.on('drain', () => packets.resume());
+    packets.on('end', () => packets.end());
+    packets.on('error', () => undefined);
+  });
+  return server;
+}
+
+test('a grpc-js client and our gRPC server: metadata, packets both ways, statuses, unknown methods', async (t) => {
+  const server = echoServer({ log });
+  const port = await server.listen({ host: '127.0.0.1', port: 0 });
+  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  try {
+    const md = new grpc.Metadata();
+    md.add('who', 'a');
+    md.add('who', 'b');
+    const call = client.makeBidiStreamRequest(PROXY_PATH, framePacketBody, decodeBody, md);
+    const headers = await new Promise<grpc.Metadata>((resolve) => call.once('metadata', resolve));
+    t.deepEqual(headers.get('echo-of'), ['a,b'], 'a repeated request key reaches the handler as two values');
+    const echoed: Packet[] = [];
+    call.on('error', () => undefined); // the status says how it ended
+    const ended = new Promise<grpc.StatusObject>((resolve) => call.once('status', resolve));
+    call.on('data', (p: Packet) => echoed.push(p));
+    for (const p of SAMPLE) call.write(p);
+    call.end();
+    const status = await ended;
+    t.is(status.code, grpc.status.OK);
+    t.deepEqual(joinData(echoed), joinData(SAMPLE), 'every packet came back');
+
+    const failing = new grpc.Metadata();
+    failing.set('fail', 'yes');
+    const refused = client.makeBidiStreamRequest(PROXY_PATH, framePacketBody, decodeBody, failing);
+    refused.on('error', () => undefined);
+    const refusal = await new Promise<grpc.StatusObject>((resolve) => refused.once('status', resolve));
+    t.is(refusal.code, grpc.status.INVALID_ARGUMENT);
+    t.is(refusal.details, 'refused: yes');
+
+    const unknown = client.makeBidiStreamRequest('/NoSuch/Method', framePacketBody, decodeBody, new grpc.Metadata());
+    unknown.on('error', () => undefined);
+    const none = await new Promise<grpc.StatusObject>((resolve) => unknown.once('status', resolve));
+    t.is(none.code, grpc.status.UNIMPLEMENTED);
+    t.regex(none.details, /unknown method \/NoSuch\/Method/);
+  } finally {
+    client.close();
+    server.close();
+  }
+});
+
+test('bulk in both directions at once over a raised listener does not deadlock', async (t) => {
+  // With large windows both ways, Node HTTP/2 sessions that both block in a write stop
+  // reading and never recover; the client keeps its receive window small to prevent it.
+  const server = echoServer({ tls: await localPkiTlsSource(ws.pki, 'server'), receiveWindow: AGENT_LISTENER_WINDOW, log });
+  const port = await server.listen({ host: '127.0.0.1', port: 0 });
+  const session = await connect({ target: `127.0.0.1:${port}`, tls: agentTls(), timeoutMs: 5_000 });
+  try {
+    const { stream } = await openCall(session, PROXY_PATH, new Metadata(), 5_000);
+    const total = 48 * 1024 * 1024;
+    const chunk = Buffer.alloc(32 * 1024, 7);
+    let received = 0;
+    const done = new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), 30_000);
+      stream.on('data', (p: Packet) => {
+        received += (p as { data: Uint8Array }).data.length;
+        if (received >= total) { clearTimeout(timer); resolve(true); }
+      });
+    });
+    let sent = 0;
+    const pump = () => {
+      while (sent < total) {
+        sent += chunk.length;
+        if (!stream.write(dataPacket(1n, chunk))) { stream.once('drain', pump); return; }
+      }
+    };
+    pump();
+    t.true(await done, `echoed ${received} of ${total} bytes`);
+  } finally {
+    session.destroy();
+    server.close();
+  }
 });

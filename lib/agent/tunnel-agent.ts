@@ -3,19 +3,17 @@
  * says, each to a distinct server id, for HA behind a load balancer), reconnects with
  * jittered backoff, and dials targets for the server.
  */
-import type * as grpc from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DialHandler } from '../mux/accepting-mux.js';
-import { channelOptions } from '../transport/options.js';
 import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js';
-import { DOWNLINK_WINDOW } from '../transport/http2-windows.js';
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
 import { HealthServer } from '../observe/health-server.js';
 import { MemoryReclaimer } from '../observe/memory-reclaim.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
 import { ServerConnection } from './server-connection.js';
+import type { TlsSource } from '../pki/tls-source.js';
 import { dialTarget, type TargetDialerOptions } from './target-dialer.js';
 
 /** How often the agent checks whether it holds streams to every server. */
@@ -24,7 +22,8 @@ const SYNC_INTERVAL_MS = 1_000;
 export interface TunnelAgentOptions {
   /** host:port of the tunnel server (or of a load balancer in front of several). */
   serverAddress: string;
-  credentials: grpc.ChannelCredentials;
+  /** The agent's client certificate and key, and the CA the server certificate chains to. */
+  tls: TlsSource;
   /** Overrides the TLS server name checked against the server certificate. */
   serverName?: string;
   agentID?: string;
@@ -131,18 +130,16 @@ export class TunnelAgent {
   }
 
   private async connectOnce(): Promise<void> {
-    // Each channel gets its own connection: to reach every server behind a load balancer,
+    // Each attempt opens its own connections: to reach every server behind a load balancer,
     // and to give the downlink a connection of its own.
-    const extra: grpc.ChannelOptions = { 'grpc.use_local_subchannel_pool': 1 };
-    if (this.options.serverName) extra['grpc.ssl_target_name_override'] = this.options.serverName;
     const split = !this.options.singleStream && !this.skipSplitOnce;
     this.skipSplitOnce = false;
     const window = this.options.connectionWindow === 0 ? undefined : (this.options.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
     const connection = await ServerConnection.open({
       target: this.options.serverAddress,
-      credentials: this.options.credentials,
-      channelOptions: channelOptions(extra),
-      downlinkChannelOptions: split ? channelOptions({ ...extra, 'grpc-node.flow_control_window': DOWNLINK_WINDOW }) : undefined,
+      tls: this.options.tls.current(),
+      serverName: this.options.serverName,
+      split,
       agentID: this.agentID,
       agentIdentifiers: this.options.agentIdentifiers,
       connectionWindow: window,

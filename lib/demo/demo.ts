@@ -10,7 +10,6 @@ import { ensureLocalPki } from '../pki/local-pki.js';
 import { localPkiTlsSource } from '../pki/tls-source.js';
 import { TunnelServer } from '../server/tunnel-server.js';
 import { TunnelAgent } from '../agent/tunnel-agent.js';
-import { mtlsChannelCredentials } from '../transport/credentials.js';
 import { dialHttpConnect } from '../client/http-connect-dialer.js';
 
 export interface DemoOptions {
@@ -62,7 +61,7 @@ export async function runDemo(o: DemoOptions): Promise<RunningDemo> {
 
   const agent = new TunnelAgent({
     serverAddress: addresses.agent,
-    credentials: mtlsChannelCredentials(await localPkiTlsSource(pki, 'agent')),
+    tls: await localPkiTlsSource(pki, 'agent'),
     agentIdentifiers: new URLSearchParams({ host: o.clusterName }).toString(),
     // The sample target stands in for the cluster's service named like the cluster.
     target: { hostAliases: new Map([[o.clusterName, LOOPBACK]]) },

@@ -46,6 +46,28 @@ export function splice(a: Duplex, b: Duplex, done?: (err?: Error) => void): void
   b.once('finish', () => {
     if (a.readableEnded) finish();
   });
+  corkPerTick(a, b);
+  corkPerTick(b, a);
   a.pipe(b);
   b.pipe(a);
+}
+
+/**
+ * Whatever `from` yields within one tick goes to `to` in one write: a tunneled connection
+ * gets a DATA payload in several pieces (one per HTTP/2 frame), all in the same tick, and
+ * a socket would otherwise make a system call (and a TLS write) for each. Registered
+ * before pipe(), so the cork is on before pipe's first write of the tick.
+ */
+function corkPerTick(from: Duplex, to: Duplex): void {
+  let corked = false;
+  const uncork = () => {
+    corked = false;
+    to.uncork();
+  };
+  from.on('data', () => {
+    if (corked) return;
+    corked = true;
+    to.cork();
+    process.nextTick(uncork);
+  });
 }

@@ -5,14 +5,13 @@
  * for routing until it ends. Our own agents may ask for a second stream on a second
  * connection that carries the server -> agent direction (MD_SPLIT_STREAMS).
  */
-import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
 import { joinPacketStreams, type PacketStream } from '../mux/packet-stream.js';
 import type { FlowControl } from '../mux/tunnel-connection.js';
 import { DialingMux } from '../mux/dialing-mux.js';
-import type { KnownPacket } from '../wire/packet.js';
 import { MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_DOWNLINK_FOR, MD_SERVER_COUNT, MD_SERVER_ID, MD_SPLIT_STREAMS } from '../wire/protocol.js';
-import { asPacketStream } from '../transport/services.js';
+import { GrpcStatus, Metadata } from '../transport/grpc-metadata.js';
+import type { BidiHandler, ServerCall } from '../transport/grpc-server.js';
 import { announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
 import type { Logger } from '../observe/log.js';
 import { parseAgentIdentifiers } from './agent-identifiers.js';
@@ -31,9 +30,9 @@ export interface AgentListenerOptions {
   log: Logger;
 }
 
-type AgentCall = grpc.ServerDuplexStream<KnownPacket, KnownPacket>;
+type AgentCall = ServerCall;
 
-function single(metadata: grpc.Metadata, key: string): string | undefined | Error {
+function single(metadata: Metadata, key: string): string | undefined | Error {
   const values = metadata.get(key);
   if (values.length > 1) return new Error(`expected one ${key} in the stream metadata, got ${values.length}`);
   const value = values[0];
@@ -55,11 +54,11 @@ interface WaitingUplink extends AgentIdentity {
   timer: NodeJS.Timeout;
 }
 
-function refuse(call: AgentCall, code: grpc.status, details: string): void {
-  call.emit('error', { code, details });
+function refuse(call: AgentCall, code: number, details: string): void {
+  call.sendStatus(code, details);
 }
 
-export function agentConnectHandler(options: AgentListenerOptions): grpc.handleBidiStreamingCall<KnownPacket, KnownPacket> {
+export function agentConnectHandler(options: AgentListenerOptions): BidiHandler {
   const { registry, log } = options;
   const waiting = new Map<string, WaitingUplink>();
 
@@ -77,7 +76,7 @@ export function agentConnectHandler(options: AgentListenerOptions): grpc.handleB
     for (const call of calls) call.on('cancelled', () => mux.close(new Error(`${name} went away`)));
     mux.once('close', (reason: Error) => {
       registry.remove(backend);
-      for (const call of calls) if (!call.destroyed) call.end();
+      for (const call of calls) call.sendStatus(GrpcStatus.OK);
       log.info('agent disconnected', { agentID, peer, reason: reason.message });
     });
   };
@@ -86,14 +85,14 @@ export function agentConnectHandler(options: AgentListenerOptions): grpc.handleB
   const attachDownlink = (call: AgentCall, token: string) => {
     const uplink = waiting.get(token);
     if (!uplink) {
-      log.warn('refusing a downlink stream for no waiting agent stream', { peer: call.getPeer() });
-      refuse(call, grpc.status.NOT_FOUND, 'no agent stream of this server waits for this downlink (behind a load balancer it may have reached another server); reconnect');
+      log.warn('refusing a downlink stream for no waiting agent stream', { peer: call.peer });
+      refuse(call, GrpcStatus.NOT_FOUND, 'no agent stream of this server waits for this downlink (behind a load balancer it may have reached another server); reconnect');
       return;
     }
     waiting.delete(token);
     clearTimeout(uplink.timer);
     call.sendMetadata(serverHeaders(options));
-    register(uplink, joinPacketStreams(asPacketStream(uplink.call), asPacketStream(call)), [uplink.call, call]);
+    register(uplink, joinPacketStreams(uplink.call.packets, call.packets), [uplink.call, call]);
   };
 
   return (call: AgentCall) => {
@@ -102,7 +101,7 @@ export function agentConnectHandler(options: AgentListenerOptions): grpc.handleB
       attachDownlink(call, token);
       return;
     }
-    const peer = call.getPeer();
+    const peer = call.peer;
     const agentID = single(call.metadata, MD_AGENT_ID);
     const identifiers = single(call.metadata, MD_AGENT_IDENTIFIERS);
     const problem = agentID instanceof Error ? agentID
@@ -110,7 +109,7 @@ export function agentConnectHandler(options: AgentListenerOptions): grpc.handleB
         : !agentID ? new Error(`expected one ${MD_AGENT_ID} in the stream metadata, got none`) : undefined;
     if (problem) {
       log.warn('refusing agent stream', { peer, reason: problem.message });
-      refuse(call, grpc.status.INVALID_ARGUMENT, problem.message);
+      refuse(call, GrpcStatus.INVALID_ARGUMENT, problem.message);
       return;
     }
 
@@ -125,7 +124,7 @@ export function agentConnectHandler(options: AgentListenerOptions): grpc.handleB
       const timer = setTimeout(() => {
         if (waiting.delete(splitToken)) {
           log.warn('agent did not open its downlink stream in time; closing its stream', { agentID, peer });
-          refuse(call, grpc.status.DEADLINE_EXCEEDED, `no downlink stream within ${DOWNLINK_WAIT_MS} ms`);
+          refuse(call, GrpcStatus.DEADLINE_EXCEEDED, `no downlink stream within ${DOWNLINK_WAIT_MS} ms`);
         }
       }, DOWNLINK_WAIT_MS);
       waiting.set(splitToken, { ...identity, call, timer });
@@ -136,12 +135,12 @@ export function agentConnectHandler(options: AgentListenerOptions): grpc.handleB
       return;
     }
     call.sendMetadata(headers);
-    register(identity, asPacketStream(call), [call]);
+    register(identity, call.packets, [call]);
   };
 }
 
-function serverHeaders(options: AgentListenerOptions): grpc.Metadata {
-  const headers = new grpc.Metadata();
+function serverHeaders(options: AgentListenerOptions): Metadata {
+  const headers = new Metadata();
   headers.set(MD_SERVER_ID, options.serverID);
   headers.set(MD_SERVER_COUNT, String(options.serverCount));
   return headers;

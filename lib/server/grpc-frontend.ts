@@ -3,10 +3,9 @@
  * unix socket: the client sends DIAL_REQ on its stream, the server dials through an agent
  * and splices the two connections. A client may open several connections on one stream.
  */
-import * as grpc from '@grpc/grpc-js';
 import { AcceptingMux } from '../mux/accepting-mux.js';
-import type { KnownPacket } from '../wire/packet.js';
-import { asPacketStream } from '../transport/services.js';
+import { GrpcStatus, Metadata } from '../transport/grpc-metadata.js';
+import type { BidiHandler, ServerCall } from '../transport/grpc-server.js';
 import { announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
 import type { Logger } from '../observe/log.js';
 import type { Dial } from './dial-router.js';
@@ -20,21 +19,19 @@ export interface GrpcFrontendOptions {
   onStream?: (mux: AcceptingMux) => void;
 }
 
-export function proxyHandler(options: GrpcFrontendOptions): grpc.handleBidiStreamingCall<KnownPacket, KnownPacket> {
-  return (call: grpc.ServerDuplexStream<KnownPacket, KnownPacket>) => {
+export function proxyHandler(options: GrpcFrontendOptions): BidiHandler {
+  return (call: ServerCall) => {
     const windows = negotiateFlowControl(call.metadata, options.connectionWindow);
-    const headers = new grpc.Metadata();
+    const headers = new Metadata();
     if (windows) announceFlowControl(headers, options.connectionWindow!);
     call.sendMetadata(headers);
     const mux = new AcceptingMux(
-      asPacketStream(call),
+      call.packets,
       (request, signal) => options.dial(request.address, { random: request.random, signal }),
-      { name: `frontend ${call.getPeer() || 'unix'}`, flowControl: windows, maxDataSize: options.maxDataSize, log: options.log },
+      { name: `frontend ${call.peer}`, flowControl: windows, maxDataSize: options.maxDataSize, log: options.log },
     );
     options.onStream?.(mux);
     call.on('cancelled', () => mux.close());
-    mux.once('close', () => {
-      if (!call.destroyed) call.end();
-    });
+    mux.once('close', () => call.sendStatus(GrpcStatus.OK));
   };
 }

@@ -2,7 +2,6 @@
  * The tunnel server: agent listener, frontends (HTTP-CONNECT over mTLS and unix socket, gRPC
  * over unix socket and mTLS), health and metrics, composed around one agent registry.
  */
-import * as grpc from '@grpc/grpc-js';
 import { once } from 'node:events';
 import { rmSync } from 'node:fs';
 import type http from 'node:http';
@@ -10,9 +9,8 @@ import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import type { TlsSource } from '../pki/tls-source.js';
 import type { AcceptingMux } from '../mux/accepting-mux.js';
-import { agentServiceDefinition, proxyServiceDefinition } from '../transport/services.js';
-import { bindServer, mtlsServerCredentials } from '../transport/credentials.js';
-import { createServer } from '../transport/options.js';
+import { GrpcServer, type BidiHandler } from '../transport/grpc-server.js';
+import { AGENT_CONNECT_PATH, PROXY_PATH } from '../wire/protocol.js';
 import { AGENT_LISTENER_WINDOW } from '../transport/http2-windows.js';
 import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js';
 import { logger } from '../observe/log.js';
@@ -86,7 +84,7 @@ export class TunnelServer {
 
   private readonly log = logger('server');
   private reclaimer?: MemoryReclaimer;
-  private readonly grpcServers: grpc.Server[] = [];
+  private readonly grpcServers: GrpcServer[] = [];
   private readonly httpServers: http.Server[] = [];
   private readonly frontendStreams = new Set<AcceptingMux>();
   private health?: HealthServer;
@@ -111,15 +109,13 @@ export class TunnelServer {
     const outcomes = this.registerMetrics();
     this.reclaimer = new MemoryReclaimer(() => this.establishedConnections, this.log);
 
-    const agentServer = createServer(AGENT_LISTENER_WINDOW);
-    agentServer.addService(agentServiceDefinition, {
-      Connect: agentConnectHandler({
-        serverID: this.serverID, serverCount: o.serverCount ?? 1, registry: this.registry, connectionWindow: window, log: this.log,
-        splitStreams: !o.singleStream,
-      }),
-    });
+    const agentServer = new GrpcServer({ tls: o.tls, receiveWindow: AGENT_LISTENER_WINDOW, log: this.log });
+    agentServer.handle(AGENT_CONNECT_PATH, agentConnectHandler({
+      serverID: this.serverID, serverCount: o.serverCount ?? 1, registry: this.registry, connectionWindow: window, log: this.log,
+      splitStreams: !o.singleStream,
+    }));
     this.grpcServers.push(agentServer);
-    const agentPort = await bindServer(agentServer, hostPort(o.bindAddress, o.agentPort), mtlsServerCredentials(o.tls), AGENT_LISTENER_WINDOW);
+    const agentPort = await agentServer.listen({ host: o.bindAddress, port: o.agentPort });
     const addresses: ListeningAddresses = { agent: hostPort(o.bindAddress, agentPort) };
     this.log.info('listening', { service: 'agent', address: addresses.agent, transport: 'gRPC mTLS' });
 
@@ -140,25 +136,22 @@ export class TunnelServer {
     }
 
     if (o.udsName || o.grpcPort !== undefined) {
-      const frontend = createServer();
-      frontend.addService(proxyServiceDefinition, {
-        Proxy: proxyHandler({
-          dial, log: this.log, connectionWindow: window,
-          onStream: (mux) => {
-            this.frontendStreams.add(mux);
-            mux.once('close', () => this.frontendStreams.delete(mux));
-          },
-        }),
+      const handler = proxyHandler({
+        dial, log: this.log, connectionWindow: window,
+        onStream: (mux) => {
+          this.frontendStreams.add(mux);
+          mux.once('close', () => this.frontendStreams.delete(mux));
+        },
       });
-      this.grpcServers.push(frontend);
       if (o.udsName) {
-        rmSync(o.udsName, { force: true });
-        await bindServer(frontend, `unix://${o.udsName}`, grpc.ServerCredentials.createInsecure());
+        const frontend = this.grpcServer(undefined, handler);
+        await frontend.listen({ path: o.udsName });
         addresses.grpcUds = o.udsName;
         this.log.info('listening', { service: 'grpc-uds', address: o.udsName, transport: 'gRPC over unix socket' });
       }
       if (o.grpcPort !== undefined) {
-        const port = await bindServer(frontend, hostPort(o.bindAddress, o.grpcPort), mtlsServerCredentials(o.tls));
+        const frontend = this.grpcServer(o.tls, handler);
+        const port = await frontend.listen({ host: o.bindAddress, port: o.grpcPort });
         addresses.grpc = hostPort(o.bindAddress, port);
         this.log.info('listening', { service: 'grpc', address: addresses.grpc, transport: 'gRPC mTLS' });
       }
@@ -183,7 +176,7 @@ export class TunnelServer {
     this.reclaimer?.stop();
     for (const mux of this.frontendStreams) mux.close();
     for (const backend of this.registry.all()) backend.mux.close(new Error('the tunnel server is shutting down'));
-    for (const server of this.grpcServers) server.forceShutdown();
+    for (const server of this.grpcServers) server.close();
     await Promise.all(this.httpServers.map((server) => new Promise<void>((resolve) => {
       server.closeAllConnections();
       server.close(() => resolve());
@@ -192,6 +185,14 @@ export class TunnelServer {
     if (this.options.udsName) rmSync(this.options.udsName, { force: true });
     if (this.options.httpConnectUds) rmSync(this.options.httpConnectUds, { force: true });
     this.log.info('tunnel server stopped');
+  }
+
+  /** A gRPC frontend listener: the ProxyService, with mTLS or (on a unix socket) without. */
+  private grpcServer(tls: TlsSource | undefined, handler: BidiHandler): GrpcServer {
+    const server = new GrpcServer({ tls, log: this.log });
+    server.handle(PROXY_PATH, handler);
+    this.grpcServers.push(server);
+    return server;
   }
 
   private registerMetrics() {

@@ -7,9 +7,14 @@
  * connection starts at a quarter of it and grows while its reader keeps up (see
  * TunnelConnection), so a long link is filled and a reader that stalls early holds little.
  */
-import type * as grpc from '@grpc/grpc-js';
 import { MD_FLOW_CONTROL } from '../wire/protocol.js';
 import { WINDOW_GROWTH, type FlowControl } from '../mux/tunnel-connection.js';
+
+/** Call metadata as grpc-js's Metadata and ours (grpc-metadata.ts) both offer it. */
+export interface MetadataLike {
+  get(key: string): unknown[];
+  set(key: string, value: string): void;
+}
 
 /** Per-connection window by default: the most a stalled reader's connection holds. */
 export const DEFAULT_CONNECTION_WINDOW = 16 * 1024 * 1024;
@@ -20,12 +25,12 @@ function initialWindow(maxWindow: number): number {
   return Math.max(MIN_WINDOW, Math.floor(maxWindow / WINDOW_GROWTH));
 }
 
-export function announceFlowControl(metadata: grpc.Metadata, maxWindow: number): void {
+export function announceFlowControl(metadata: MetadataLike, maxWindow: number): void {
   metadata.set(MD_FLOW_CONTROL, `window=${initialWindow(maxWindow)}`);
 }
 
 /** The window the peer announced, or undefined when it does not speak the extension. */
-export function peerWindow(metadata: grpc.Metadata): number | undefined {
+export function peerWindow(metadata: MetadataLike): number | undefined {
   const value = metadata.get(MD_FLOW_CONTROL)[0];
   if (typeof value !== 'string') return undefined;
   const match = /(?:^|[;,\s])window=(\d+)/.exec(value);
@@ -34,7 +39,7 @@ export function peerWindow(metadata: grpc.Metadata): number | undefined {
 }
 
 /** Windows for a stream whose peer sent `peerMetadata`, when this end allows `maxWindow`. */
-export function negotiateFlowControl(peerMetadata: grpc.Metadata, maxWindow: number | undefined): FlowControl | undefined {
+export function negotiateFlowControl(peerMetadata: MetadataLike, maxWindow: number | undefined): FlowControl | undefined {
   if (maxWindow === undefined) return undefined;
   const sendWindow = peerWindow(peerMetadata);
   return sendWindow === undefined ? undefined : { sendWindow, receiveWindow: initialWindow(maxWindow) };

@@ -50,7 +50,12 @@ function idVarint(id: bigint): number[] {
   return out;
 }
 
-export function encodeDataPacket(packet: DataPacket): Buffer {
+/**
+ * A DATA packet's encoding up to its payload, after `reserve` bytes left for the caller
+ * (a gRPC frame prefix): the payload's bytes follow it on the wire, so a sender can write
+ * them from where they are instead of copying them in.
+ */
+export function encodeDataHead(packet: DataPacket, reserve = 0): Buffer {
   const { connectID, data } = packet;
   const error = packet.error ? Buffer.from(packet.error, 'utf8') : undefined;
   const small = connectID >= 0n && connectID <= MAX_SAFE_ID;
@@ -59,28 +64,37 @@ export function encodeDataPacket(packet: DataPacket): Buffer {
   let inner = 0;
   if (connectID !== 0n) inner += 1 + (idBytes ? idBytes.length : varintSize(id));
   if (error) inner += 1 + varintSize(error.length) + error.length;
-  if (data.length > 0) inner += 1 + varintSize(data.length) + data.length;
-  const buf = Buffer.allocUnsafe(2 + 1 + varintSize(inner) + inner);
-  let pos = 0;
-  buf[pos++] = TAG_TYPE;
-  buf[pos++] = PacketType.DATA;
-  buf[pos++] = TAG_DATA;
-  pos = writeVarint(buf, pos, inner);
+  const payloadHead = data.length > 0 ? 1 + varintSize(data.length) : 0;
+  inner += payloadHead + data.length;
+  const head = Buffer.allocUnsafe(reserve + 2 + 1 + varintSize(inner) + inner - data.length);
+  let pos = reserve;
+  head[pos++] = TAG_TYPE;
+  head[pos++] = PacketType.DATA;
+  head[pos++] = TAG_DATA;
+  pos = writeVarint(head, pos, inner);
   if (connectID !== 0n) {
-    buf[pos++] = TAG_CONNECT_ID;
-    if (idBytes) for (const b of idBytes) buf[pos++] = b;
-    else pos = writeVarint(buf, pos, id);
+    head[pos++] = TAG_CONNECT_ID;
+    if (idBytes) for (const b of idBytes) head[pos++] = b;
+    else pos = writeVarint(head, pos, id);
   }
   if (error) {
-    buf[pos++] = TAG_ERROR;
-    pos = writeVarint(buf, pos, error.length);
-    pos += error.copy(buf, pos);
+    head[pos++] = TAG_ERROR;
+    pos = writeVarint(head, pos, error.length);
+    pos += error.copy(head, pos);
   }
-  if (data.length > 0) {
-    buf[pos++] = TAG_BYTES;
-    pos = writeVarint(buf, pos, data.length);
-    buf.set(data, pos);
+  if (payloadHead > 0) {
+    head[pos++] = TAG_BYTES;
+    writeVarint(head, pos, data.length);
   }
+  return head;
+}
+
+export function encodeDataPacket(packet: DataPacket): Buffer {
+  const head = encodeDataHead(packet);
+  if (packet.data.length === 0) return head;
+  const buf = Buffer.allocUnsafe(head.length + packet.data.length);
+  head.copy(buf, 0);
+  buf.set(packet.data, head.length);
   return buf;
 }
 
@@ -170,4 +184,36 @@ export function decodeDataPacket(bytes: Uint8Array): DataPacket | undefined {
     }
   }
   return packet;
+}
+
+/** Where a DATA packet's payload starts in its encoding, read from the encoding's first bytes. */
+export interface DataHead {
+  connectID: bigint;
+  /** Offset of the payload; it runs to the end of the encoding. */
+  payloadStart: number;
+}
+
+/**
+ * Reads the head of a DATA packet whose encoding is `length` bytes long from `bytes`, the
+ * first of them (a receiver may have only these yet): the connectID and where the payload
+ * starts. Undefined unless the encoding has the shape encodeDataHead writes without an
+ * error string and with the payload running to its end; the caller then decodes the whole
+ * encoding instead.
+ */
+export function readDataHead(bytes: Uint8Array, length: number): DataHead | undefined {
+  const r = new Reader(bytes, 0, Math.min(bytes.length, length));
+  if (bytes[r.pos++] !== TAG_TYPE || r.smallVarint() !== PacketType.DATA || bytes[r.pos++] !== TAG_DATA) return undefined;
+  const inner = r.smallVarint();
+  if (inner === undefined || r.pos + inner !== length) return undefined;
+  let connectID = 0n;
+  if (bytes[r.pos] === TAG_CONNECT_ID) {
+    r.pos++;
+    const id = r.int64();
+    if (id === undefined) return undefined;
+    connectID = id;
+  }
+  if (bytes[r.pos++] !== TAG_BYTES) return undefined;
+  const payloadLength = r.smallVarint();
+  if (payloadLength === undefined || r.pos + payloadLength !== length || r.pos > r.end) return undefined;
+  return { connectID, payloadStart: r.pos };
 }

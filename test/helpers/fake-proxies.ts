@@ -13,7 +13,6 @@ import { readFileSync } from 'node:fs';
 import { AcceptingMux, type DialHandler } from '../../lib/mux/index.js';
 import type { LocalPkiPaths } from '../../lib/pki/local-pki.js';
 import { localPkiTlsSource } from '../../lib/pki/tls-source.js';
-import { bindServer, mtlsServerCredentials } from '../../lib/transport/credentials.js';
 import { announceFlowControl, negotiateFlowControl } from '../../lib/transport/flow-control-metadata.js';
 import { asPacketStream, proxyServiceDefinition } from '../../lib/transport/services.js';
 import { dialRequest, type KnownPacket } from '../../lib/wire/packet.js';
@@ -182,10 +181,14 @@ export async function fakeGrpcProxy(options: FakeGrpcProxyOptions): Promise<Fake
       muxes.push(new AcceptingMux(asPacketStream(call), dialLocal, { name: 'fake-frontend', flowControl }));
     },
   });
-  const credentials = options.pki
-    ? mtlsServerCredentials(await localPkiTlsSource(options.pki, 'server'))
-    : grpc.ServerCredentials.createInsecure();
-  const port = await bindServer(server, options.uds ? `unix://${options.uds}` : '127.0.0.1:0', credentials);
+  let credentials = grpc.ServerCredentials.createInsecure();
+  if (options.pki) {
+    const { ca, cert, key } = (await localPkiTlsSource(options.pki, 'server')).current();
+    credentials = grpc.ServerCredentials.createSsl(ca, [{ private_key: key, cert_chain: cert }], true);
+  }
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(options.uds ? `unix://${options.uds}` : '127.0.0.1:0', credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
+  });
   return {
     port,
     muxes,

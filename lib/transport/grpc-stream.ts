@@ -1,0 +1,202 @@
+/**
+ * gRPC's message framing on a node:http2 stream, for the agent stream's packets.
+ *
+ * Each message is a 5-byte prefix (compressed flag, big-endian length) and a Packet. DATA
+ * packets, nearly all the traffic, are written as a small head and the payload where it
+ * lies (no copy), and read without assembling the message: the payload is handed on piece
+ * by piece as the HTTP/2 frames bring it, each piece a DATA packet of the same connection.
+ * That is the same byte stream to the multiplexer, and it spares the copies and the
+ * short-lived buffers that otherwise dominate the server's garbage collection.
+ */
+import { Duplex } from 'node:stream';
+import type http2 from 'node:http2';
+import { decodePacket, encodePacket } from '../wire/codec.js';
+import { encodeDataHead, readDataHead } from '../wire/data-codec.js';
+import { PacketType, type KnownPacket, type Packet } from '../wire/packet.js';
+import { GrpcStatus } from './grpc-metadata.js';
+
+const PREFIX = 5;
+/** Enough of a message to hold a DATA packet's head (tags, lengths, a ten-byte id). */
+const DATA_HEAD_MAX = 32;
+/** Below this a DATA payload is copied into its frame: one write is cheaper than two. */
+const COPY_BELOW = 1024;
+
+/** A message that breaks gRPC framing or the size limit: the stream cannot go on. */
+export class GrpcFramingError extends Error {
+  constructor(message: string, readonly code: number = GrpcStatus.INTERNAL) {
+    super(message);
+  }
+}
+
+/** The buffers that carry one packet as a gRPC message. */
+export function framePacket(packet: KnownPacket): Buffer[] {
+  if (packet.type === PacketType.DATA && packet.data.length >= COPY_BELOW) {
+    const head = encodeDataHead(packet, PREFIX);
+    head[0] = 0;
+    head.writeUInt32BE(head.length - PREFIX + packet.data.length, 1);
+    const data = packet.data;
+    return [head, Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength)];
+  }
+  const body = encodePacket(packet);
+  const frame = Buffer.allocUnsafe(PREFIX + body.length);
+  frame[0] = 0;
+  frame.writeUInt32BE(body.length, 1);
+  frame.set(body, PREFIX);
+  return [frame];
+}
+
+/**
+ * Reads packets from the chunks of a gRPC message stream. A DATA packet longer than the
+ * chunk it starts in comes out as several, one per chunk; anything else is decoded whole.
+ */
+export class GrpcMessageReader {
+  private prefix = Buffer.alloc(PREFIX);
+  private prefixFilled = 0;
+  /** Bytes of the current message still to come (after its prefix). */
+  private remaining = 0;
+  private length = 0;
+  /** Pieces of a message being assembled whole. */
+  private pieces: Buffer[] = [];
+  /** Set while a DATA payload streams through: the connection it belongs to. */
+  private streamingID: bigint | undefined;
+
+  constructor(private readonly maxMessageSize: number) {}
+
+  /** True between messages: a stream may end here. */
+  get idle(): boolean {
+    return this.prefixFilled === 0 && this.remaining === 0 && this.pieces.length === 0 && this.streamingID === undefined;
+  }
+
+  push(chunk: Buffer, emit: (packet: Packet) => void): void {
+    let pos = 0;
+    while (pos < chunk.length) {
+      if (this.remaining === 0 && this.streamingID === undefined && this.pieces.length === 0) {
+        const n = Math.min(PREFIX - this.prefixFilled, chunk.length - pos);
+        chunk.copy(this.prefix, this.prefixFilled, pos, pos + n);
+        this.prefixFilled += n;
+        pos += n;
+        if (this.prefixFilled < PREFIX) return;
+        this.prefixFilled = 0;
+        if (this.prefix[0] !== 0) throw new GrpcFramingError('received a compressed gRPC message; this end accepts identity encoding only', GrpcStatus.UNIMPLEMENTED);
+        this.length = this.prefix.readUInt32BE(1);
+        if (this.length > this.maxMessageSize) throw new GrpcFramingError(`received a gRPC message of ${this.length} bytes, over the limit of ${this.maxMessageSize}`, GrpcStatus.RESOURCE_EXHAUSTED);
+        this.remaining = this.length;
+        if (this.length === 0) {
+          emit(decodePacket(new Uint8Array(0)));
+          continue;
+        }
+        const available = Math.min(this.remaining, chunk.length - pos);
+        if (available < this.length) {
+          // Spans chunks: stream a DATA payload out as it comes, if the head is all here.
+          const head = readDataHead(chunk.subarray(pos, pos + Math.min(available, DATA_HEAD_MAX)), this.length);
+          if (head && head.payloadStart <= available) {
+            this.streamingID = head.connectID;
+            pos += head.payloadStart;
+            this.remaining -= head.payloadStart;
+          }
+        }
+      }
+      const n = Math.min(this.remaining, chunk.length - pos);
+      const piece = chunk.subarray(pos, pos + n);
+      pos += n;
+      this.remaining -= n;
+      if (this.streamingID !== undefined) {
+        if (n > 0) emit({ type: PacketType.DATA, connectID: this.streamingID, data: piece });
+        if (this.remaining === 0) this.streamingID = undefined;
+      } else if (this.remaining === 0 && this.pieces.length === 0) {
+        emit(decodePacket(piece));
+      } else {
+        this.pieces.push(piece);
+        if (this.remaining === 0) {
+          const whole = Buffer.concat(this.pieces, this.length);
+          this.pieces = [];
+          emit(decodePacket(whole));
+        }
+      }
+    }
+  }
+}
+
+/** How a packet stream finishes and aborts its HTTP/2 stream: a client and a server differ. */
+export interface StreamEnding {
+  /** This end has no more packets (a client ends its request; a server sends its status). */
+  end(h2: http2.Http2Stream): void;
+  /** This end gives up on the stream. */
+  abort(h2: http2.Http2Stream, err: Error | null): void;
+}
+
+/** An object-mode Duplex of packets over one HTTP/2 stream, with backpressure both ways. */
+export class GrpcPacketStream extends Duplex {
+  private readonly reader: GrpcMessageReader;
+
+  constructor(private readonly h2: http2.Http2Stream, private readonly ending: StreamEnding, maxMessageSize: number) {
+    super({ objectMode: true, highWaterMark: 16 });
+    this.reader = new GrpcMessageReader(maxMessageSize);
+    h2.on('data', (chunk: Buffer) => {
+      let full = false;
+      try {
+        this.reader.push(chunk, (packet) => {
+          if (!this.push(packet)) full = true;
+        });
+      } catch (err) {
+        this.destroy(err as Error);
+        return;
+      }
+      if (full) h2.pause();
+    });
+    h2.on('end', () => {
+      if (this.reader.idle) this.push(null);
+      else this.destroy(new GrpcFramingError('the peer ended the stream inside a gRPC message'));
+    });
+    h2.on('error', (err: Error) => this.destroy(err));
+    h2.on('close', () => {
+      if (!this.destroyed && !this.readableEnded) this.destroy(new Error(`the HTTP/2 stream closed (code ${h2.rstCode ?? 'none'})`));
+    });
+  }
+
+  override _read(): void {
+    this.h2.resume();
+  }
+
+  override _write(packet: KnownPacket, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    this.writeFrames([packet], callback);
+  }
+
+  override _writev(chunks: Array<{ chunk: KnownPacket }>, callback: (err?: Error | null) => void): void {
+    this.writeFrames(chunks.map((c) => c.chunk), callback);
+  }
+
+  private writeFrames(packets: KnownPacket[], callback: (err?: Error | null) => void): void {
+    const h2 = this.h2;
+    if (h2.destroyed || h2.writableEnded) {
+      callback(new Error('the HTTP/2 stream is closed'));
+      return;
+    }
+    let ok = true;
+    h2.cork();
+    for (const packet of packets) for (const buf of framePacket(packet)) ok = h2.write(buf);
+    h2.uncork();
+    if (ok) {
+      callback();
+      return;
+    }
+    const done = () => {
+      h2.off('drain', done);
+      h2.off('close', done);
+      callback();
+    };
+    h2.on('drain', done);
+    h2.on('close', done);
+  }
+
+  override _final(callback: (err?: Error | null) => void): void {
+    if (!this.h2.destroyed && !this.h2.writableEnded) this.ending.end(this.h2);
+    callback();
+  }
+
+  /** Destroyed after a clean end (autoDestroy) the HTTP/2 stream finishes on its own. */
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    if (!this.h2.destroyed && (err || !this.writableFinished)) this.ending.abort(this.h2, err);
+    callback(err);
+  }
+}
