@@ -11,6 +11,7 @@ import {
 } from '../lib/wire/index.js';
 import { ERR_UNKNOWN_CONNECT_ID, ERR_UNRECOGNIZED_CONNECT_ID } from '../lib/wire/protocol.js';
 import { eventually } from './helpers/system.js';
+import { splice } from '../lib/mux/splice.js';
 
 /** A TCP server on 127.0.0.1 that echoes (or answers with the sha256 of what it got). */
 async function echoServer(): Promise<{ port: number; close(): void; sockets: Set<net.Socket> }> {
@@ -184,4 +185,27 @@ test('without flow control a stalled reader pauses the shared stream instead of 
   await new Promise((r) => setTimeout(r, 200));
   t.true(stalled.readableLength < 2 * 1024 * 1024, `buffered ${stalled.readableLength}`);
   stalled.destroy();
+});
+
+test('splice: what a tunneled connection yields within one turn of the loop reaches the socket in one write', async (t) => {
+  const writes: number[] = [];
+  const received: Buffer[] = [];
+  const socket = new Duplex({
+    read() {},
+    write(chunk: Buffer, _encoding, callback) { writes.push(1); received.push(chunk); callback(); },
+    writev(chunks, callback) { writes.push(chunks.length); for (const c of chunks) received.push(c.chunk as Buffer); callback(); },
+  });
+  const conn = new Duplex({ read() {}, write(_chunk, _encoding, callback) { callback(); } });
+  splice(conn, socket);
+  // Three pieces of one DATA payload, as three HTTP/2 frames deliver them, in one turn.
+  for (const piece of ['first ', 'second ', 'third']) conn.push(Buffer.from(piece));
+  await new Promise((resolve) => setImmediate(resolve));
+  await new Promise((resolve) => setImmediate(resolve));
+  t.deepEqual(writes, [3], 'one writev of the three pieces');
+  t.is(Buffer.concat(received).toString(), 'first second third');
+  conn.push(Buffer.from('later'));
+  await new Promise((resolve) => setImmediate(resolve));
+  await new Promise((resolve) => setImmediate(resolve));
+  t.deepEqual(writes, [3, 1], 'the next turn writes on its own');
+  conn.destroy();
 });

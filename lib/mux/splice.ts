@@ -16,9 +16,9 @@ export function isOrdinaryClose(err: unknown): boolean {
 }
 
 /**
- * Pipes `a` into `b` and `b` into `a`. When `b` has been fed everything `a` had (a's
- * readable ended and b finished writing), or either side fails or closes, both are
- * destroyed and `done` is called once.
+ * Pipes `a` (the tunneled connection) into `b` and `b` into `a`. When `b` has been fed
+ * everything `a` had (a's readable ended and b finished writing), or either side fails or
+ * closes, both are destroyed and `done` is called once.
  */
 export function splice(a: Duplex, b: Duplex, done?: (err?: Error) => void): void {
   let finished = false;
@@ -46,19 +46,19 @@ export function splice(a: Duplex, b: Duplex, done?: (err?: Error) => void): void
   b.once('finish', () => {
     if (a.readableEnded) finish();
   });
-  corkPerTick(a, b);
-  corkPerTick(b, a);
+  corkPerTurn(a, b);
   a.pipe(b);
   b.pipe(a);
 }
 
 /**
- * Whatever `from` yields within one tick goes to `to` in one write: a tunneled connection
- * gets a DATA payload in several pieces (one per HTTP/2 frame), all in the same tick, and
- * a socket would otherwise make a system call (and a TLS write) for each. Registered
- * before pipe(), so the cork is on before pipe's first write of the tick.
+ * Whatever `from` yields within one turn of the event loop goes to `to` in one write: a
+ * tunneled connection gets a DATA payload in several pieces (HTTP/2 frames split across
+ * TLS records and socket reads), and a socket would otherwise make a system call (and a
+ * TLS write) for each. The cork comes off when the loop has handled the I/O it polled.
+ * Registered before pipe(), so the cork is on before pipe's first write.
  */
-function corkPerTick(from: Duplex, to: Duplex): void {
+function corkPerTurn(from: Duplex, to: Duplex): void {
   let corked = false;
   const uncork = () => {
     corked = false;
@@ -68,6 +68,6 @@ function corkPerTick(from: Duplex, to: Duplex): void {
     if (corked) return;
     corked = true;
     to.cork();
-    process.nextTick(uncork);
+    setImmediate(uncork);
   });
 }

@@ -156,7 +156,7 @@ export class GrpcServer {
 
   private dispatch(h2: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: string[]): void {
     const socket = h2.session?.socket;
-    const peer = socket ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
+    const peer = socket?.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix socket';
     const call = new ServerCall(h2, rawHeaders, peer, this.maxMessageSize);
     const path = headers[':path'] ?? '';
     const contentType = String(headers['content-type'] ?? '');
