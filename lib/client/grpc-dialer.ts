@@ -4,18 +4,22 @@
  * client and stream, so one tunneled connection never waits behind another, and both are
  * released when the connection closes.
  */
-import * as grpc from '@grpc/grpc-js';
+import type http2 from 'node:http2';
 import { DEFAULT_CLOSE_TIMEOUT_MS, DialError, DialingMux } from '../mux/dialing-mux.js';
 import type { TunnelConnection } from '../mux/tunnel-connection.js';
 import type { TlsSource } from '../pki/tls-source.js';
-import { mtlsChannelCredentials } from '../transport/credentials.js';
 import { DEFAULT_CONNECTION_WINDOW, announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
-import { channelOptions } from '../transport/options.js';
 import { PROXY_CLIENT_WINDOW } from '../transport/http2-windows.js';
-import { asPacketStream, deserializePacket, serializePacket } from '../transport/services.js';
-import { PacketType, type KnownPacket, type Packet } from '../wire/packet.js';
+import { GrpcCallError, connect, startCall } from '../transport/grpc-client.js';
+import { GrpcStatus, Metadata, statusName } from '../transport/grpc-metadata.js';
+import type { GrpcPacketStream } from '../transport/grpc-stream.js';
+import { PacketType, type Packet } from '../wire/packet.js';
 import { DEFAULT_SERVER_PORT, PROXY_PATH } from '../wire/protocol.js';
 import { joinHostPort } from './host-port.js';
+
+/** How long connecting to the proxy (TCP or unix socket, TLS, HTTP/2 settings) may take. */
+const CONNECT_TIMEOUT_MS = 10_000;
+const SESSION_CLOSE_GRACE_MS = 1_000;
 
 export interface GrpcProxy {
   /** A unix socket: plain gRPC, no TLS (host and port are then ignored). */
@@ -46,55 +50,76 @@ export function grpcTarget(proxy: GrpcProxy): string {
  */
 export async function dialGrpc(proxy: GrpcProxy, address: string, options: GrpcDialOptions = {}): Promise<TunnelConnection> {
   const target = grpcTarget(proxy);
-  const client = new grpc.Client(target, channelCredentials(proxy, target), channelOptions({ 'grpc-node.flow_control_window': PROXY_CLIENT_WINDOW }));
+  const failed = (err: Error) => new DialError(`gRPC proxy ${target} failed before answering the dial of ${address}: ${describeFailure(err, proxy)}`, address, 'closed');
+  if (!proxy.uds && !proxy.tls) {
+    throw new Error(`gRPC proxy ${target} over TCP needs mTLS: give a client certificate, key and CA, or use the proxy's unix socket`);
+  }
+  let session: http2.ClientHttp2Session;
+  try {
+    session = await connect({
+      target: proxy.uds ? { uds: proxy.uds } : target,
+      tls: proxy.tls?.current(),
+      receiveWindow: PROXY_CLIENT_WINDOW,
+      timeoutMs: CONNECT_TIMEOUT_MS,
+    });
+  } catch (err) {
+    throw failed(err as Error);
+  }
   const window = options.flowControlWindow ?? DEFAULT_CONNECTION_WINDOW;
-  const metadata = new grpc.Metadata();
+  const metadata = new Metadata();
   announceFlowControl(metadata, window);
-  const call = client.makeBidiStreamRequest<KnownPacket, Packet>(PROXY_PATH, serializePacket, deserializePacket, metadata);
-  const mux = new DialingMux(asPacketStream(call), { name: `gRPC proxy ${target}` });
+  const { stream, headers } = startCall(session, PROXY_PATH, metadata);
+  const mux = new DialingMux(stream, { name: `gRPC proxy ${target}` });
   // The reference server sends its headers only with its first message: never wait for them.
-  call.on('metadata', (peer: grpc.Metadata) => mux.negotiateFlowControl(negotiateFlowControl(peer, window)));
-  let streamError: grpc.ServiceError | undefined;
-  call.once('error', (err: grpc.ServiceError) => { streamError = err; });
+  headers.then((peer) => mux.negotiateFlowControl(negotiateFlowControl(peer, window)), () => undefined);
+  let streamError: Error | undefined;
+  stream.once('error', (err: Error) => { streamError = err; });
 
-  const release = releaser(call, client, mux);
+  const release = releaser(stream, session, mux);
   mux.once('connection-closed', () => release(true));
   mux.once('close', () => release(false));
   try {
     return await mux.dial(address, { timeoutMs: options.timeoutMs, signal: options.signal });
   } catch (err) {
     release(false);
-    if (streamError && err instanceof DialError && err.kind === 'closed') {
-      throw new DialError(`gRPC proxy ${target} failed before answering the dial of ${address}: ${describeStatus(streamError, proxy)}`, address, 'closed');
-    }
+    if (streamError && err instanceof DialError && err.kind === 'closed') throw failed(streamError);
     throw err;
   }
 }
 
 /**
- * Ends the stream and drops the channel once the connection (or the dial) is over. Like the
- * reference client, the stream is cancelled as soon as the close is answered (CLOSE_RSP, or the
- * proxy's own CLOSE_REQ), so no proxy has to finish the RPC itself; until then, queued DATA and
- * our CLOSE_REQ still reach it. `flush` false: nothing is left to deliver, cancel at once.
+ * Ends the stream and the connection once the tunneled connection (or the dial) is over.
+ * Like the reference client, the stream is cancelled as soon as the close is answered
+ * (CLOSE_RSP, or the proxy's own CLOSE_REQ), so no proxy has to finish the RPC itself; until
+ * then, queued DATA and our CLOSE_REQ still reach it. `flush` false: nothing is left to
+ * deliver, cancel at once.
  */
-function releaser(call: grpc.ClientDuplexStream<KnownPacket, Packet>, client: grpc.Client, mux: DialingMux): (flush: boolean) => void {
+function releaser(stream: GrpcPacketStream, session: http2.ClientHttp2Session, mux: DialingMux): (flush: boolean) => void {
   let released = false;
   let closeAnswered = false;
   let timer: NodeJS.Timeout | undefined;
   const cancel = () => {
     clearTimeout(timer);
-    call.cancel();
+    stream.destroy();
   };
-  call.on('data', (packet: Packet) => {
+  stream.on('data', (packet: Packet) => {
     if (packet.type !== PacketType.CLOSE_RSP && packet.type !== PacketType.CLOSE_REQ) return;
     closeAnswered = true;
     if (released) cancel();
   });
-  call.once('status', () => clearTimeout(timer));
+  stream.once('close', () => {
+    clearTimeout(timer);
+    // The connection is this dial's alone: close it, and give a peer that keeps its end
+    // open only a moment.
+    session.close();
+    setTimeout(() => session.destroy(), SESSION_CLOSE_GRACE_MS).unref();
+  });
   return (flush) => {
     if (released) return;
     released = true;
-    call.end();
+    // What is left (the close's answer) must not keep the caller's process alive.
+    session.unref();
+    if (stream.writable) stream.end();
     if (!flush || closeAnswered || mux.isClosed) {
       cancel();
     } else {
@@ -102,22 +127,13 @@ function releaser(call: grpc.ClientDuplexStream<KnownPacket, Packet>, client: gr
       timer = setTimeout(cancel, DEFAULT_CLOSE_TIMEOUT_MS);
       timer.unref();
     }
-    client.close();
   };
 }
 
 /** A failed stream in words, with what to check when the proxy cannot be reached at all. */
-function describeStatus(err: grpc.ServiceError, proxy: GrpcProxy): string {
-  const details = err.details.replace(/\.?\s*Resolution note:\s*$/, '');
+function describeFailure(err: Error, proxy: GrpcProxy): string {
   const where = proxy.uds ? 'on this socket' : 'there, and does the CA bundle verify its certificate';
-  const hint = err.code === grpc.status.UNAVAILABLE ? `; is the tunnel server running and listening ${where}?` : '';
-  return `${grpc.status[err.code]}: ${details}${hint}`;
-}
-
-function channelCredentials(proxy: GrpcProxy, target: string): grpc.ChannelCredentials {
-  if (proxy.uds) return grpc.credentials.createInsecure();
-  if (!proxy.tls) {
-    throw new Error(`gRPC proxy ${target} over TCP needs mTLS: give a client certificate, key and CA, or use the proxy's unix socket`);
-  }
-  return mtlsChannelCredentials(proxy.tls);
+  const hint = `; is the tunnel server running and listening ${where}?`;
+  if (err instanceof GrpcCallError) return `${statusName(err.code)}: ${err.details}${err.code === GrpcStatus.UNAVAILABLE ? hint : ''}`;
+  return `${statusName(GrpcStatus.UNAVAILABLE)}: ${err.message}${hint}`;
 }

@@ -1,10 +1,11 @@
 /**
- * The client end of gRPC on node:http2 (see grpc-server.ts): an mTLS connection to a gRPC
- * server and bidi-streaming calls of packets on it. The agent uses it for its streams to
- * the tunnel server, ours or the reference's.
+ * The client end of gRPC on node:http2 (see grpc-server.ts): a connection to a gRPC server
+ * (mTLS over TCP, or plain on a unix socket) and bidi-streaming calls of packets on it. The
+ * agent uses it for its streams to the tunnel server and lib/client for the ProxyService,
+ * against our server or the reference's.
  */
 import http2 from 'node:http2';
-import { isIP } from 'node:net';
+import net, { isIP } from 'node:net';
 import tls from 'node:tls';
 import type { TlsMaterial } from '../pki/tls-source.js';
 import { DEFAULT_MAX_MESSAGE_SIZE } from '../wire/protocol.js';
@@ -16,9 +17,9 @@ const { NGHTTP2_CANCEL } = http2.constants;
 const USER_AGENT = 'tke-anp-tunnel';
 
 export interface GrpcConnectOptions {
-  /** host:port of the server. */
-  target: string;
-  tls: TlsMaterial;
+  /** host:port of the server (with `tls`), or the path of its unix socket (without). */
+  target: string | { uds: string };
+  tls?: TlsMaterial;
   /** Name the server certificate must hold (default: the host of `target`). */
   serverName?: string;
   /** HTTP/2 receive window of the connection and its streams (Node's default is 64 KiB). */
@@ -34,24 +35,37 @@ function splitHostPort(target: string): { host: string; port: string } {
   return { host: match[1]!, port: match[2]! };
 }
 
-/** Opens an mTLS HTTP/2 connection, resolved once the TLS handshake and settings are done. */
+function tlsSocket(target: string, material: TlsMaterial, serverName?: string): tls.TLSSocket {
+  const { host, port } = splitHostPort(target);
+  const name = serverName ?? host;
+  const socket = tls.connect({
+    host, port: Number(port), ...material, ALPNProtocols: ['h2'],
+    // SNI takes names only; an IP is checked against the certificate's IP addresses.
+    ...(isIP(name) ? {} : { servername: name }),
+    checkServerIdentity: (_host, cert) => tls.checkServerIdentity(name, cert),
+  });
+  socket.setNoDelay(true);
+  return socket;
+}
+
+/** Opens an HTTP/2 connection, resolved once the handshakes and the settings are done. */
 export function connect(o: GrpcConnectOptions): Promise<http2.ClientHttp2Session> {
-  const { host, port } = splitHostPort(o.target);
-  const name = o.serverName ?? host;
-  const authority = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-  const session = http2.connect(`https://${authority}`, {
+  const { target, tls: material } = o;
+  let authority: string;
+  let createConnection: () => net.Socket;
+  if (typeof target === 'string') {
+    if (!material) return Promise.reject(new Error(`gRPC over TCP to ${target} needs mTLS: a client certificate, key and CA`));
+    const { host, port } = splitHostPort(target);
+    authority = `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    createConnection = () => tlsSocket(target, material, o.serverName);
+  } else {
+    authority = 'http://localhost';
+    createConnection = () => net.connect(target.uds);
+  }
+  const session = http2.connect(authority, {
     settings: { enablePush: false, ...(o.receiveWindow ? { initialWindowSize: o.receiveWindow } : {}) },
     maxSessionMemory: Number.MAX_SAFE_INTEGER,
-    createConnection: () => {
-      const socket = tls.connect({
-        host, port: Number(port), ...o.tls, ALPNProtocols: ['h2'],
-        // SNI takes names only; an IP is checked against the certificate's IP addresses.
-        ...(isIP(name) ? {} : { servername: name }),
-        checkServerIdentity: (_host, cert) => tls.checkServerIdentity(name, cert),
-      });
-      socket.setNoDelay(true);
-      return socket;
-    },
+    createConnection,
   });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => fail(new Error(`no HTTP/2 connection within ${o.timeoutMs} ms`)), o.timeoutMs);
@@ -88,10 +102,11 @@ function statusOf(headers: http2.IncomingHttpHeaders): GrpcCallError | undefined
 }
 
 /**
- * Starts a bidi-streaming call and waits for the response headers: the packet stream and
- * the server's metadata, or the server's refusal as a GrpcCallError.
+ * Starts a bidi-streaming call: packets may be written at once. `headers` settles with the
+ * server's metadata, or with its refusal as a GrpcCallError (a reference server sends its
+ * headers only with its first message, so a caller need not wait for them).
  */
-export function openCall(session: http2.ClientHttp2Session, path: string, metadata: Metadata, timeoutMs: number): Promise<{ stream: GrpcPacketStream; headers: Metadata }> {
+export function startCall(session: http2.ClientHttp2Session, path: string, metadata: Metadata): { stream: GrpcPacketStream; headers: Promise<Metadata> } {
   const h2 = session.request({
     ':method': 'POST',
     ':path': path,
@@ -105,32 +120,45 @@ export function openCall(session: http2.ClientHttp2Session, path: string, metada
     end: (s) => s.end(),
     abort: (s) => s.close(NGHTTP2_CANCEL),
   }, DEFAULT_MAX_MESSAGE_SIZE);
-  // Errors before the headers reject below; later ones reach whoever reads the stream.
-  stream.on('error', () => {});
   h2.on('trailers', (trailers: http2.IncomingHttpHeaders) => {
     const err = statusOf(trailers);
     if (err) stream.destroy(err);
   });
-  return new Promise((resolve, reject) => {
-    const fail = (err: Error) => {
-      clearTimeout(timer);
-      stream.off('close', closed);
-      stream.destroy();
-      reject(err);
-    };
-    const closed = () => fail(stream.errored ?? new Error('the stream closed before the response headers'));
-    const timer = setTimeout(() => fail(new Error(`no response headers within ${timeoutMs} ms`)), timeoutMs);
+  const headers = new Promise<Metadata>((resolve, reject) => {
+    const closed = () => reject(stream.errored ?? new Error('the stream closed before the response headers'));
     stream.once('close', closed);
-    h2.once('response', (headers: http2.IncomingHttpHeaders) => {
-      const status = headers[':status'];
-      const refusal = Number(status) !== 200 ? new Error(`HTTP status ${status} (is this a gRPC server?)`) : statusOf(headers);
-      if (refusal) {
-        fail(refusal);
-        return;
-      }
-      clearTimeout(timer);
+    h2.once('response', (response: http2.IncomingHttpHeaders) => {
       stream.off('close', closed);
-      resolve({ stream, headers: Metadata.fromHeaders(headers) });
+      const status = response[':status'];
+      const refusal = Number(status) !== 200 ? new Error(`HTTP status ${status} (is this a gRPC server?)`) : statusOf(response);
+      if (refusal) {
+        stream.destroy(refusal);
+        reject(refusal);
+      } else {
+        resolve(Metadata.fromHeaders(response));
+      }
     });
   });
+  headers.catch(() => undefined); // a caller that does not wait learns it from the stream
+  return { stream, headers };
+}
+
+/** Starts a call and waits for the response headers: the stream and the server's metadata. */
+export async function openCall(session: http2.ClientHttp2Session, path: string, metadata: Metadata, timeoutMs: number): Promise<{ stream: GrpcPacketStream; headers: Metadata }> {
+  const { stream, headers } = startCall(session, path, metadata);
+  // Errors before the headers reject here; later ones reach whoever reads the stream (and
+  // one between the headers and its first reader must not go unhandled).
+  stream.on('error', () => undefined);
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no response headers within ${timeoutMs} ms`)), timeoutMs);
+    });
+    return { stream, headers: await Promise.race([headers, timeout]) };
+  } catch (err) {
+    stream.destroy();
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
 }
