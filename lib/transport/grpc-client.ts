@@ -10,8 +10,7 @@ import tls from 'node:tls';
 import type { TlsMaterial } from '../pki/tls-source.js';
 import { DEFAULT_MAX_MESSAGE_SIZE } from '../wire/protocol.js';
 import { GrpcPacketStream } from './grpc-stream.js';
-import { GrpcStatus, Metadata, decodeGrpcMessage, keepAlive, statusName } from './grpc-metadata.js';
-import { KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS } from './options.js';
+import { GrpcStatus, KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, Metadata, decodeGrpcMessage, keepAlive, statusName } from './grpc-metadata.js';
 
 const { NGHTTP2_CANCEL } = http2.constants;
 const USER_AGENT = 'tke-anp-tunnel';

@@ -87,6 +87,10 @@ export class Metadata {
   }
 }
 
+/** Keepalive pings find a dead peer behind a NAT or load balancer that drops silently. */
+export const KEEPALIVE_TIME_MS = 30_000;
+export const KEEPALIVE_TIMEOUT_MS = 15_000;
+
 /**
  * Pings the peer every `intervalMs` and destroys the session when an answer takes longer
  * than `timeoutMs`: a peer behind a NAT or load balancer that drops silently is noticed.

@@ -13,8 +13,7 @@ import type { Logger } from '../observe/log.js';
 import type { PacketStream } from '../mux/packet-stream.js';
 import { DEFAULT_MAX_MESSAGE_SIZE } from '../wire/protocol.js';
 import { GrpcFramingError, GrpcPacketStream } from './grpc-stream.js';
-import { GrpcStatus, Metadata, encodeGrpcMessage, keepAlive } from './grpc-metadata.js';
-import { KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS } from './options.js';
+import { GrpcStatus, KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, Metadata, encodeGrpcMessage, keepAlive } from './grpc-metadata.js';
 
 const { NGHTTP2_CANCEL } = http2.constants;
 

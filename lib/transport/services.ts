@@ -1,6 +1,8 @@
 /**
- * gRPC bindings of the two konnectivity services, serialised with our packet codec. The
- * paths have no package prefix, exactly as the reference's .proto files declare them.
+ * grpc-js bindings of the two konnectivity services, serialised with our packet codec. The
+ * paths have no package prefix, exactly as the reference's .proto files declare them. The
+ * tunnel itself speaks gRPC on node:http2 (grpc-server.ts, grpc-client.ts); these serve
+ * code that wants a grpc-js peer, as the tests do to stand in for the reference.
  */
 import type * as grpc from '@grpc/grpc-js';
 import { decodePacket, encodePacket } from '../wire/codec.js';
