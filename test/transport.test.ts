@@ -6,9 +6,11 @@ import os from 'node:os';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { AGENT_LISTENER_WINDOW } from '../lib/transport/http2-windows.js';
+import { agentStreamWindow } from '../lib/transport/http2-windows.js';
 import { agentServiceDefinition } from '../lib/transport/services.js';
-import { announceFlowControl, negotiateFlowControl, peerWindow } from '../lib/transport/flow-control-metadata.js';
+import { DEFAULT_CONNECTION_WINDOW, announceFlowControl, negotiateFlowControl, peerWindow } from '../lib/transport/flow-control-metadata.js';
+
+const AGENT_LISTENER_WINDOW = agentStreamWindow(DEFAULT_CONNECTION_WINDOW);
 import { GrpcFramingError, GrpcMessageReader, framePacket } from '../lib/transport/grpc-stream.js';
 import { GrpcServer, type ServerCall } from '../lib/transport/grpc-server.js';
 import { GrpcCallError, connect, openCall } from '../lib/transport/grpc-client.js';
@@ -75,6 +77,13 @@ test('gRPC framing: an oversized or compressed message is refused with the statu
   const compressed = t.throws(() => new GrpcMessageReader(1024).push(Buffer.from([1, 0, 0, 0, 1, 0]), () => undefined), { instanceOf: GrpcFramingError });
   t.is(compressed?.code, GrpcStatus.UNIMPLEMENTED);
   t.is(decodeGrpcMessage(encodeGrpcMessage('100% fine, naïve\n')), '100% fine, naïve\n');
+});
+
+test('the agent stream\'s HTTP/2 window is twice the per-connection window, at least 16 MiB', (t) => {
+  t.is(agentStreamWindow(undefined), 16 << 20, 'flow control off (a reference peer): 16 MiB');
+  t.is(agentStreamWindow(4 << 20), 16 << 20);
+  t.is(agentStreamWindow(DEFAULT_CONNECTION_WINDOW), 2 * DEFAULT_CONNECTION_WINDOW);
+  t.is(agentStreamWindow(64 << 20), 128 << 20, 'a long fat link\'s larger --connection-window widens HTTP/2 too');
 });
 
 test('the agent listener advertises its receive window and raises the connection window', async (t) => {

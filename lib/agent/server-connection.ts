@@ -9,7 +9,7 @@ import { AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_DOWNLINK_FOR,
 import { connect, openCall } from '../transport/grpc-client.js';
 import { Metadata } from '../transport/grpc-metadata.js';
 import { announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
-import { DOWNLINK_WINDOW } from '../transport/http2-windows.js';
+import { agentStreamWindow } from '../transport/http2-windows.js';
 import type { TlsMaterial } from '../pki/tls-source.js';
 import type { Logger } from '../observe/log.js';
 
@@ -100,7 +100,7 @@ export class ServerConnection {
         const downMetadata = new Metadata();
         downMetadata.set(MD_AGENT_ID, o.agentID);
         downMetadata.set(MD_DOWNLINK_FOR, token);
-        const downlink = await openCall(await connectTo(DOWNLINK_WINDOW), AGENT_CONNECT_PATH, downMetadata, HEADERS_TIMEOUT_MS).catch((err: Error) => {
+        const downlink = await openCall(await connectTo(agentStreamWindow(o.connectionWindow)), AGENT_CONNECT_PATH, downMetadata, HEADERS_TIMEOUT_MS).catch((err: Error) => {
           throw new Error(`the downlink stream was refused (${err.message})`);
         });
         streams.push(downlink.stream);

@@ -14,7 +14,7 @@ export function commonFlags(healthPort: number, singleStreamHelp: string) {
     'state-dir': { type: 'string', default: defaultStateDir(), metavar: 'DIR', help: 'where the local PKI lives when no certificate flags are given' },
     'health-bind-address': { type: 'string', default: '0.0.0.0', metavar: 'IP', help: 'address of the health port' },
     'health-port': { type: 'string', default: String(healthPort), metavar: 'PORT', help: '/healthz, /readyz and /metrics ("off" turns it off)' },
-    'connection-window': { type: 'string', default: String(DEFAULT_CONNECTION_WINDOW), metavar: 'BYTES', help: 'most bytes one tunneled connection may hold for a reader that does not keep up; a connection starts at a quarter of it and grows while its reader keeps up (0 turns the flow-control extension off)' },
+    'connection-window': { type: 'string', default: String(DEFAULT_CONNECTION_WINDOW), metavar: 'BYTES', help: 'most bytes one tunneled connection may hold for a reader that does not keep up; a connection starts at a quarter of it and grows while its reader keeps up; on a long link, about its bandwidth-delay product, on both ends (0 turns the flow-control extension off)' },
     'single-stream': { type: 'boolean', help: singleStreamHelp },
     'log-level': { type: 'string', default: 'info', metavar: 'LEVEL', help: LOG_LEVELS.join(', ') },
   } as const;

@@ -11,7 +11,7 @@ import type { TlsSource } from '../pki/tls-source.js';
 import type { AcceptingMux } from '../mux/accepting-mux.js';
 import { GrpcServer, type BidiHandler } from '../transport/grpc-server.js';
 import { AGENT_CONNECT_PATH, PROXY_PATH } from '../wire/protocol.js';
-import { AGENT_LISTENER_WINDOW } from '../transport/http2-windows.js';
+import { agentStreamWindow } from '../transport/http2-windows.js';
 import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js';
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
@@ -109,7 +109,7 @@ export class TunnelServer {
     const outcomes = this.registerMetrics();
     this.reclaimer = new MemoryReclaimer(() => this.establishedConnections, this.log);
 
-    const agentServer = new GrpcServer({ tls: o.tls, receiveWindow: AGENT_LISTENER_WINDOW, log: this.log });
+    const agentServer = new GrpcServer({ tls: o.tls, receiveWindow: agentStreamWindow(window), log: this.log });
     agentServer.handle(AGENT_CONNECT_PATH, agentConnectHandler({
       serverID: this.serverID, serverCount: o.serverCount ?? 1, registry: this.registry, connectionWindow: window, log: this.log,
       splitStreams: !o.singleStream,

@@ -4,7 +4,7 @@
  * Node's HTTP/2 starts every stream and connection with a 64 KiB window, which caps one
  * stream at 64 KiB per round trip: about 1.3 MB/s on a 50 ms link. The agent stream's busy
  * direction is agent -> server (responses, logs, watches), so the agent listener raises its
- * receive windows (grpc-server.ts sends them in its settings and a WINDOW_UPDATE).
+ * receive windows (grpc-server.ts sends them in its settings and a WINDOW_UPDATE; `agentStreamWindow` says how large).
  *
  * Only one direction of a connection may have a large window. A Node HTTP/2 session reads
  * nothing from its socket while one of its writes is pending (nodejs/node#29399), so when
@@ -15,14 +15,19 @@
  * connection is busy one way only, and both directions get a large window.
  */
 
-/** Receive window of the agent listener: how much an agent may have in flight to us. */
-export const AGENT_LISTENER_WINDOW = 16 * 1024 * 1024;
-
 /**
- * Receive window of an agent's downlink connection, which carries only server -> agent
- * packets (see MD_SPLIT_STREAMS), so the agent writes nothing big on it.
+ * Receive window of the agent listener (how much an agent may have in flight to us) and of
+ * an agent's downlink connection, which carries only server -> agent packets (see
+ * MD_SPLIT_STREAMS), so the agent writes nothing big on it. Twice the per-connection window
+ * (`--connection-window`), so one connection can use all of its own window and others still
+ * move; at least 16 MiB. Without the flow-control extension (a reference peer) it is also
+ * the most a paused stream can have buffered.
  */
-export const DOWNLINK_WINDOW = 16 * 1024 * 1024;
+export function agentStreamWindow(connectionWindow: number | undefined): number {
+  return Math.max(MIN_AGENT_STREAM_WINDOW, 2 * (connectionWindow ?? 0));
+}
+
+const MIN_AGENT_STREAM_WINDOW = 16 * 1024 * 1024;
 
 /**
  * Receive window of a ProxyService client: its busy direction is server -> client, so the
