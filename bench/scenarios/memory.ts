@@ -66,6 +66,7 @@ export const memory: Scenario = {
   async run(ctx: Context) {
     const { config, scope } = ctx;
     const notes: string[] = [];
+    if (process.env.TUNNEL_JEMALLOC) notes.push(`server and agent run with jemalloc preloaded (TUNNEL_JEMALLOC=${process.env.TUNNEL_JEMALLOC})`);
     let count = config.memoryConnections;
     if (config.fdLimit < count + FD_HEADROOM) {
       const reduced = Math.max(100, Math.floor((config.fdLimit - FD_HEADROOM) / 100) * 100);
