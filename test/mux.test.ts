@@ -12,6 +12,7 @@ import {
 import { ERR_UNKNOWN_CONNECT_ID, ERR_UNRECOGNIZED_CONNECT_ID } from '../lib/wire/protocol.js';
 import { eventually } from './helpers/system.js';
 import { splice } from '../lib/mux/splice.js';
+import { TunnelConnection } from '../lib/mux/tunnel-connection.js';
 
 /** A TCP server on 127.0.0.1 that echoes (or answers with the sha256 of what it got). */
 async function echoServer(): Promise<{ port: number; close(): void; sockets: Set<net.Socket> }> {
@@ -208,4 +209,27 @@ test('splice: what a tunneled connection yields within one turn of the loop reac
   await new Promise((resolve) => setImmediate(resolve));
   t.deepEqual(writes, [3, 1], 'the next turn writes on its own');
   conn.destroy();
+});
+
+test('splice: into a tunneled connection, each piece goes out as its own DATA, not copied into one', async (t) => {
+  const sent: Uint8Array[] = [];
+  const link = {
+    maxDataSize: 256 * 1024,
+    sendData: (_conn: TunnelConnection, data: Uint8Array, done: () => void) => { sent.push(data); done(); },
+    sendWindowUpdate: () => undefined,
+    closeLocally: () => undefined,
+    forget: () => undefined,
+    pauseReading: () => undefined,
+    resumeReading: () => undefined,
+  };
+  const conn = new TunnelConnection(link, { connectID: 1n, address: 'c1:80', pauseThreshold: 1 << 20 });
+  const source = new Duplex({ read() {}, write(_chunk, _encoding, callback) { callback(); } });
+  splice(source, conn);
+  const pieces = ['first ', 'second ', 'third'].map((p) => Buffer.from(p));
+  for (const piece of pieces) source.push(piece);
+  await new Promise((resolve) => setImmediate(resolve));
+  await new Promise((resolve) => setImmediate(resolve));
+  t.is(sent.length, 3, 'three DATA packets');
+  t.true(sent.every((data, i) => data === pieces[i]), 'each the piece itself, not a copy');
+  source.destroy();
 });

@@ -6,7 +6,7 @@
  * twice the listeners and closures, and there can be tens of thousands of these).
  */
 import type { Duplex } from 'node:stream';
-import { CLOSE_LINGER_MS } from './tunnel-connection.js';
+import { CLOSE_LINGER_MS, TunnelConnection } from './tunnel-connection.js';
 
 /** Errors that are the ordinary way a TCP peer goes away. */
 const ORDINARY_CLOSE_CODES = new Set(['ERR_STREAM_PREMATURE_CLOSE', 'ECONNRESET', 'EPIPE', 'ERR_STREAM_DESTROYED']);
@@ -46,7 +46,9 @@ export function splice(a: Duplex, b: Duplex, done?: (err?: Error) => void): void
   b.once('finish', () => {
     if (a.readableEnded) finish();
   });
-  corkPerTurn(a, b);
+  // Only into a socket: a tunneled connection corked would join the pieces by copying
+  // them into one DATA packet, which costs more than sending each as it comes.
+  if (!(b instanceof TunnelConnection)) corkPerTurn(a, b);
   a.pipe(b);
   b.pipe(a);
 }
