@@ -1,8 +1,9 @@
 /**
- * A gRPC server on node:http2 for bidi-streaming methods of packets: the agent listener.
- * It speaks plain gRPC (any gRPC agent, the reference's included, connects), and unlike
- * grpc-js it lets the packet framing write DATA payloads without copying them
- * (grpc-stream.ts) and takes its HTTP/2 windows as ordinary settings.
+ * A gRPC server on node:http2 for bidi-streaming methods of packets: the agent listener and
+ * the gRPC frontend. It speaks plain gRPC (any gRPC agent or client, the reference's and
+ * kube-apiserver's included, connects), and unlike grpc-js it lets the packet framing write
+ * DATA payloads without copying them (grpc-stream.ts) and takes its HTTP/2 windows as
+ * ordinary settings.
  */
 import { EventEmitter } from 'node:events';
 import http2 from 'node:http2';
