@@ -8,6 +8,8 @@ import { MiB } from './measure.js';
 export interface Config {
   full: boolean;
   bulkBytes: number;
+  /** Bulk transfers per path, interleaved across the paths; each figure is their median. */
+  bulkRounds: number;
   aggregateBytes: number;
   aggregateConnections: number;
   churnSeconds: number;
@@ -32,6 +34,7 @@ export function makeConfig(full: boolean, fdLimit: number, scale = 1): Config {
   return {
     full,
     bulkBytes: bytes(full ? 1024 * MiB : 256 * MiB),
+    bulkRounds: full ? 3 : 1,
     aggregateBytes: bytes(full ? 1024 * MiB : 256 * MiB),
     aggregateConnections: 100,
     churnSeconds: Math.max(0.5, (full ? 15 : 5) * scale),
