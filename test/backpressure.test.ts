@@ -90,12 +90,15 @@ test.serial('a fast source into a stalled HTTP-CONNECT client: server and agent 
     stalled.pause();
     // Let the source fill everything it may fill.
     await eventually(async () => await serverBuffered(r) + await agentBuffered(r) >= WINDOW / 8, 10_000, 'the stalled connection fills its window');
-    const before = r.targets.sent();
     t.true(await tenTransfers(r), 'the ten transfers beside the stalled connection all complete intact');
     t.true(await serverBuffered(r) <= STALL_BOUND, `server holds ${await serverBuffered(r)} bytes`);
     t.true(await agentBuffered(r) <= STALL_BOUND, `agent holds ${await agentBuffered(r)} bytes`);
-    // The stalled connection is still stalled: the source could not push more than a window past it.
-    t.true(r.targets.sent() - before <= STALL_BOUND + 4 * 1024 * 1024, 'the source was held back');
+    // The stalled connection is still stalled: once the tunnel holds its window and the kernel
+    // buffers on the way are full (their size is the kernel's business), the source is stuck.
+    const settled = r.targets.sent();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const pushed = r.targets.sent() - settled;
+    t.true(pushed <= 256 * 1024, `the source is held back: it pushed ${pushed} bytes in 500 ms`);
     t.false(stalled.destroyed);
     // Aborting it with data in flight frees its buffers and its window.
     stalled.destroy();
