@@ -178,3 +178,8 @@ export function formatBytes(bytes: number): string {
   if (bytes >= MiB) return `${+(bytes / MiB).toFixed(1)} MiB`;
   return `${+(bytes / KiB).toFixed(1)} KiB`;
 }
+
+/** The item with the median value (the lower middle of an even count). */
+export function medianBy<T>(items: T[], value: (item: T) => number): T {
+  return [...items].sort((a, b) => value(a) - value(b))[Math.floor((items.length - 1) / 2)]!;
+}

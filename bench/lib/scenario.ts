@@ -8,8 +8,8 @@ import { MiB } from './measure.js';
 export interface Config {
   full: boolean;
   bulkBytes: number;
-  /** Bulk transfers per path, interleaved across the paths; each figure is their median. */
-  bulkRounds: number;
+  /** Throughput rounds (bulk, aggregate): the paths take turns round after round, and each figure is the median round. */
+  rounds: number;
   aggregateBytes: number;
   aggregateConnections: number;
   churnSeconds: number;
@@ -34,7 +34,7 @@ export function makeConfig(full: boolean, fdLimit: number, scale = 1): Config {
   return {
     full,
     bulkBytes: bytes(full ? 1024 * MiB : 256 * MiB),
-    bulkRounds: full ? 3 : 1,
+    rounds: full ? 3 : 1,
     aggregateBytes: bytes(full ? 1024 * MiB : 256 * MiB),
     aggregateConnections: 100,
     churnSeconds: Math.max(0.5, (full ? 15 : 5) * scale),

@@ -6,7 +6,7 @@
  */
 import { startRelay, startTarget } from '../lib/helpers.js';
 import { tcpDialer, httpConnectDialer, grpcDialer, type Dialer } from '../lib/dialers.js';
-import { download, upload, mbps, formatBytes, MiB, type Transfer } from '../lib/measure.js';
+import { download, upload, mbps, formatBytes, medianBy, MiB, type Transfer } from '../lib/measure.js';
 import { cpuMeter, formatCpu, type CpuUse } from '../lib/cpu.js';
 import { startTunnel } from '../lib/tunnel.js';
 import type { Context, Scenario } from '../lib/scenario.js';
@@ -57,16 +57,10 @@ function roundLabels(rounds: number): string[] {
   return rounds > 1 ? Array.from({ length: rounds }, (_, i) => `, round ${i + 1} of ${rounds}`) : [''];
 }
 
-/** The run with the median rate (the lower middle of an even count); a failed run counts lowest. */
-function median(runs: Run[]): Run {
-  const sorted = [...runs].sort((a, b) => (a.rate ?? -1) - (b.rate ?? -1));
-  return sorted[Math.floor((sorted.length - 1) / 2)]!;
-}
-
 export const bulk: Scenario = {
   name: 'bulk',
   title: 'bulk transfer, one connection',
-  plan: (config) => ['start target, relay and tunnel', 'warm up every path', ...DIRECTIONS.flatMap((d) => roundLabels(config.bulkRounds).flatMap((r) => PATHS.map((p) => `${d} via ${p}${r}`)))],
+  plan: (config) => ['start target, relay and tunnel', 'warm up every path', ...DIRECTIONS.flatMap((d) => roundLabels(config.rounds).flatMap((r) => PATHS.map((p) => `${d} via ${p}${r}`)))],
 
   async run(ctx: Context) {
     const { config, scope } = ctx;
@@ -88,7 +82,7 @@ export const bulk: Scenario = {
 
     for (const direction of DIRECTIONS) {
       const runs = new Map<string, Run[]>(dialers.map((d) => [d.label, []]));
-      for (const round of roundLabels(config.bulkRounds)) {
+      for (const round of roundLabels(config.rounds)) {
         for (const dialer of dialers) {
           ctx.step(`${direction} via ${dialer.label}${round} (${formatBytes(config.bulkBytes)})`);
           runs.get(dialer.label)!.push(await measureTransfer(ctx, dialer, direction, config.bulkBytes));
@@ -97,7 +91,8 @@ export const bulk: Scenario = {
       const rates = new Map<string, number | null>();
       for (const dialer of dialers) {
         const all = runs.get(dialer.label)!;
-        const { rate, note, cpu } = median(all);
+        // A failed run counts lowest.
+        const { rate, note, cpu } = medianBy(all, (r) => r.rate ?? -1);
         rates.set(dialer.label, rate);
         const isTunnel = dialer.label !== 'direct' && dialer.label !== 'relay';
         const spread = all.length > 1 ? `median of ${all.length} rounds: ${all.map((r) => (r.rate === null ? 'failed' : r.rate.toFixed(1))).join(', ')} MB/s` : '';
