@@ -66,18 +66,27 @@ export function connect(o: GrpcConnectOptions): Promise<http2.ClientHttp2Session
     maxSessionMemory: Number.MAX_SAFE_INTEGER,
     createConnection,
   });
+  // Failures before the settings reject below; later ones surface as the streams closing.
+  // A session can report more than one error (its socket's, then its own): none may go
+  // unhandled.
+  session.on('error', () => {});
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => fail(new Error(`no HTTP/2 connection within ${o.timeoutMs} ms`)), o.timeoutMs);
+    let settled = false;
     const fail = (err: Error) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       session.destroy();
       reject(err);
     };
+    const timer = setTimeout(() => fail(new Error(`no HTTP/2 connection within ${o.timeoutMs} ms`)), o.timeoutMs);
     session.once('error', fail);
+    session.once('close', () => fail(new Error('the connection closed before the HTTP/2 settings arrived')));
     session.once('remoteSettings', () => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       session.off('error', fail);
-      session.on('error', () => {}); // after this, failures surface as the streams closing
       if (o.receiveWindow) session.setLocalWindowSize(o.receiveWindow);
       keepAlive(session, KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, (reason) => o.onDead?.(reason));
       resolve(session);
