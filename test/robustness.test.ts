@@ -9,13 +9,14 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import http2 from 'node:http2';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import {
   PacketType, closeResponse, dataPacket, dialResponse,
   type DialRequestPacket, type KnownPacket, type Packet,
 } from '../lib/wire/index.js';
-import { AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_FLOW_CONTROL, MD_SERVER_COUNT, MD_SERVER_ID } from '../lib/wire/protocol.js';
+import { AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_FLOW_CONTROL, MD_SERVER_COUNT, MD_SERVER_ID, PROXY_PATH } from '../lib/wire/protocol.js';
 import { deserializePacket, serializePacket } from '../lib/transport/services.js';
 import {
   echoTarget, eventually, httpGet, httpTarget, metric, startAgent, startServer, workspace,
@@ -327,6 +328,51 @@ test.serial('garbage on the agent port is dropped; the server and its agent keep
   t.true(isRunning(server.proc), 'the server is still running');
   t.is((await httpGet(server.healthPort, '/readyz')).status, 200);
   t.regex(await tunnelGet(ws, server.connectPort, `c1:${web.port}`), /c1-target GET \/whoami/);
+});
+
+/** One request on the server's gRPC unix socket, raw: the response headers and trailers. */
+async function rawGrpc(uds: string, headers: http2.OutgoingHttpHeaders, body: Buffer | undefined, endAfterBody = true): Promise<{ status?: number; grpcStatus?: string; message?: string }> {
+  const session = http2.connect('http://localhost', { createConnection: () => net.connect(uds) });
+  session.on('error', () => {});
+  try {
+    const stream = session.request({ ':method': 'POST', ':path': PROXY_PATH, 'content-type': 'application/grpc', te: 'trailers', ...headers });
+    stream.on('error', () => {});
+    if (body) stream.write(body);
+    if (endAfterBody) stream.end();
+    return await within(new Promise((resolve) => {
+      let status: number | undefined;
+      const answer = (h: http2.IncomingHttpHeaders) => ({ status, grpcStatus: h['grpc-status'] as string | undefined, message: h['grpc-message'] as string | undefined });
+      stream.on('response', (h) => {
+        status = Number(h[':status']);
+        if (h['grpc-status'] !== undefined || status !== 200) resolve(answer(h));
+      });
+      stream.on('trailers', (h) => resolve(answer(h)));
+      stream.on('close', () => resolve({ status }));
+      stream.resume();
+    }), 5_000, 'the answer to a malformed gRPC request');
+  } finally {
+    session.destroy();
+  }
+}
+
+test.serial('malformed gRPC on the frontend gets a status and ends only its own stream', async (t) => {
+  const uds = server.grpcUds;
+  const wrongType = await rawGrpc(uds, { 'content-type': 'text/plain' }, Buffer.from('hello'));
+  t.is(wrongType.status, 415, 'not gRPC: 415');
+  const compressed = await rawGrpc(uds, {}, Buffer.from([1, 0, 0, 0, 2, 8, 2]));
+  t.is(compressed.grpcStatus, String(grpc.status.UNIMPLEMENTED), `a compressed message: ${compressed.message}`);
+  const gzip = await rawGrpc(uds, { 'grpc-encoding': 'gzip' }, undefined);
+  t.is(gzip.grpcStatus, String(grpc.status.UNIMPLEMENTED), 'an encoding other than identity is refused');
+  const oversized = await rawGrpc(uds, {}, Buffer.from([0, 0x10, 0, 0, 0]));
+  t.is(oversized.grpcStatus, String(grpc.status.RESOURCE_EXHAUSTED), `a 256 MiB message announced: ${oversized.message}`);
+  const truncated = await rawGrpc(uds, {}, Buffer.from([0, 0, 0, 0, 100, 8]));
+  t.not(truncated.grpcStatus, String(grpc.status.OK), 'a stream that ends inside a message does not end well');
+  const unknownPath = await rawGrpc(uds, { ':path': '/NoSuch/Method' }, undefined);
+  t.is(unknownPath.grpcStatus, String(grpc.status.UNIMPLEMENTED));
+
+  t.true(isRunning(server.proc), 'the server is still running');
+  t.regex(await tunnelGet(ws, server.connectPort, `c1:${web.port}`), /c1-target GET \/whoami/);
+  await t.notThrowsAsync(eventually(async () => await metric(server.healthPort, `${SERVER_METRIC}_grpc_frontend_streams`) === 0, 5_000, 'no frontend stream left open'));
 });
 
 test.serial('a reference-style agent: stray packets get the protocol\'s answers, a tunnel works, an oversized frame ends only its stream', async (t) => {
