@@ -4,6 +4,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import os from 'node:os';
 import { once } from 'node:events';
+import { Duplex } from 'node:stream';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { agentStreamWindow } from '../lib/transport/http2-windows.js';
@@ -11,7 +12,7 @@ import { agentServiceDefinition } from '../lib/transport/services.js';
 import { DEFAULT_CONNECTION_WINDOW, announceFlowControl, negotiateFlowControl, peerWindow } from '../lib/transport/flow-control-metadata.js';
 
 const AGENT_LISTENER_WINDOW = agentStreamWindow(DEFAULT_CONNECTION_WINDOW);
-import { GrpcFramingError, GrpcMessageReader, framePacket } from '../lib/transport/grpc-stream.js';
+import { GrpcFramingError, GrpcMessageReader, GrpcPacketStream, framePacket } from '../lib/transport/grpc-stream.js';
 import { GrpcServer, type ServerCall } from '../lib/transport/grpc-server.js';
 import { GrpcCallError, connect, openCall } from '../lib/transport/grpc-client.js';
 import { GrpcStatus, Metadata, decodeGrpcMessage, encodeGrpcMessage } from '../lib/transport/grpc-metadata.js';
@@ -302,4 +303,18 @@ test('bulk in both directions at once over a raised listener does not deadlock',
     session.destroy();
     server.close();
   }
+});
+
+test('a packet stream lets a little queue in the HTTP/2 stream before it waits, and no more', async (t) => {
+  // An HTTP/2 stream that never finishes a write, as under a peer that stopped reading.
+  const h2 = new Duplex({ read() {}, write(_chunk, _encoding, _callback) { /* never done */ } });
+  const stream = new GrpcPacketStream(h2 as unknown as http2.Http2Stream, { end: () => undefined, abort: () => undefined }, 4 << 20);
+  const payload = Buffer.alloc(32 * 1024, 1);
+  let accepted = 0;
+  while (stream.write(dataPacket(1n, payload))) accepted++;
+  await new Promise((resolve) => setImmediate(resolve));
+  t.true(h2.writableLength > 64 * 1024, `more than Node's 16 KiB mark is handed to HTTP/2 (${h2.writableLength} bytes)`);
+  t.true(h2.writableLength <= 256 * 1024 + 64 * 1024, `and then the writer waits (${h2.writableLength} bytes queued)`);
+  t.true(accepted < 32, `the packet stream pushed back after ${accepted} packets`);
+  stream.destroy();
 });
