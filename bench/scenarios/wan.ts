@@ -8,6 +8,7 @@ import { tcpDialer, httpConnectDialer } from '../lib/dialers.js';
 import { formatBytes, MiB } from '../lib/measure.js';
 import { clientSide, startTunnelAgent, startTunnelServer, startWorkspace } from '../lib/tunnel.js';
 import type { Context, Scenario } from '../lib/scenario.js';
+import type { FigureInput } from '../lib/results.js';
 import { measureTransfer, timedTransfer } from './bulk.js';
 
 const RATIO_TARGET = 0.5;
@@ -30,53 +31,44 @@ export const wan: Scenario = {
     const target = await startTarget(scope);
     const direct = await startDelayRelay(scope, target.port, delay, 'delay relay (baseline)');
     const ws = await startWorkspace(scope);
-    const server = await startTunnelServer(scope, ws);
-    const link = await startDelayRelay(scope, server.agentPort, delay, 'delay relay (agent link)');
-    const agent = await startTunnelAgent(scope, ws, link.port);
-    const tunnel = { ws, server, agent, ...(await clientSide(scope, ws, server)) };
-    const viaTunnel = httpConnectDialer(tunnel, target, 'HTTP-CONNECT via delay relay');
-    viaTunnel.pids = { ...viaTunnel.pids, link: link.pid };
-    const paths = [tcpDialer('delay relay alone', target, { ...direct, name: 'relay' }), viaTunnel];
+    /** A server and an agent that reaches it through its own delay relay. */
+    const tunnelBehindLink = async (label: string, flags: string[] = []) => {
+      const server = await startTunnelServer(scope, ws, flags);
+      const link = await startDelayRelay(scope, server.agentPort, delay, `delay relay (agent link${flags.length ? `, ${flags.join(' ')}` : ''})`);
+      const agent = await startTunnelAgent(scope, ws, link.port, flags);
+      const dialer = httpConnectDialer({ ws, server, agent, ...(await clientSide(scope, ws, server)) }, target, label);
+      dialer.pids = { ...dialer.pids, link: link.pid };
+      return dialer;
+    };
+    const paths = [tcpDialer('delay relay alone', target, { ...direct, name: 'relay' }), await tunnelBehindLink('HTTP-CONNECT via delay relay')];
 
     ctx.step('warm up');
     for (const dialer of paths) await timedTransfer(dialer, 'download', WARMUP_BYTES, config.transferLimitMs);
 
-    const rates: Array<number | null> = [];
-    for (const [i, dialer] of paths.entries()) {
-      ctx.step(`download via ${dialer.label} (${formatBytes(config.wanBytes)}, +${delay} ms each way)`);
-      const { rate, note } = await measureTransfer(ctx, dialer, 'download', config.wanBytes);
-      rates.push(rate);
-      ctx.record({
-        figure: `download via ${dialer.label}`,
-        value: rate,
-        unit: 'MB/s',
-        baseline: i === 1 ? { label: 'delay relay', value: rates[0] ?? null } : undefined,
-        target: i === 1 ? { on: 'ratio', op: '>=', limit: RATIO_TARGET } : undefined,
-        note,
-      });
-    }
-    const uploadBytes = Math.min(config.wanBytes, config.full ? UPLOAD_BYTES.full : UPLOAD_BYTES.quick);
-    const uploads: Array<number | null> = [];
-    for (const [i, dialer] of paths.entries()) {
-      ctx.step(`upload via ${dialer.label} (${formatBytes(uploadBytes)}, no target)`);
-      const { rate, note } = await measureTransfer(ctx, dialer, 'upload', uploadBytes);
-      uploads.push(rate);
-      ctx.record({
-        figure: `upload via ${dialer.label}`,
-        value: rate,
-        unit: 'MB/s',
-        baseline: i === 1 ? { label: 'delay relay', value: uploads[0] ?? null } : undefined,
-        note,
-      });
-    }
+    /** Each path in turn; the tunnel's figure against the delay relay's. */
+    const measurePaths = async (direction: 'download' | 'upload', bytes: number, what: string, target?: FigureInput['target']) => {
+      const rates: Array<number | null> = [];
+      for (const [i, dialer] of paths.entries()) {
+        ctx.step(`${direction} via ${dialer.label} (${formatBytes(bytes)}, ${what})`);
+        const { rate, note } = await measureTransfer(ctx, dialer, direction, bytes);
+        rates.push(rate);
+        ctx.record({
+          figure: `${direction} via ${dialer.label}`,
+          value: rate,
+          unit: 'MB/s',
+          baseline: i === 1 ? { label: 'delay relay', value: rates[0] ?? null } : undefined,
+          target: i === 1 ? target : undefined,
+          note,
+        });
+      }
+      return rates;
+    };
+    const rates = await measurePaths('download', config.wanBytes, `+${delay} ms each way`, { on: 'ratio', op: '>=', limit: RATIO_TARGET });
+    await measurePaths('upload', Math.min(config.wanBytes, config.full ? UPLOAD_BYTES.full : UPLOAD_BYTES.quick), 'no target');
+
     // What an operator gets by sizing --connection-window to the link, on both ends.
     ctx.step(`the same download with --connection-window=${LONG_LINK_WINDOW}`);
-    const windowFlag = [`--connection-window=${LONG_LINK_WINDOW}`];
-    const wideServer = await startTunnelServer(scope, ws, windowFlag);
-    const wideLink = await startDelayRelay(scope, wideServer.agentPort, delay, 'delay relay (agent link, wide window)');
-    const wideAgent = await startTunnelAgent(scope, ws, wideLink.port, windowFlag);
-    const wide = httpConnectDialer({ ws, server: wideServer, agent: wideAgent, ...(await clientSide(scope, ws, wideServer)) }, target, 'HTTP-CONNECT via delay relay, 64 MiB window');
-    wide.pids = { ...wide.pids, link: wideLink.pid };
+    const wide = await tunnelBehindLink('HTTP-CONNECT via delay relay, 64 MiB window', [`--connection-window=${LONG_LINK_WINDOW}`]);
     await timedTransfer(wide, 'download', WARMUP_BYTES, config.transferLimitMs);
     const widened = await measureTransfer(ctx, wide, 'download', config.wanBytes);
     ctx.record({

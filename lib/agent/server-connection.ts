@@ -6,7 +6,7 @@ import type http2 from 'node:http2';
 import { AcceptingMux, type DialHandler } from '../mux/accepting-mux.js';
 import { joinPacketStreams, type PacketStream } from '../mux/packet-stream.js';
 import { AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_DOWNLINK_FOR, MD_SERVER_COUNT, MD_SERVER_ID, MD_SPLIT_STREAMS } from '../wire/protocol.js';
-import { connect, openCall } from '../transport/grpc-client.js';
+import { closeSession, connect, openCall } from '../transport/grpc-client.js';
 import { Metadata } from '../transport/grpc-metadata.js';
 import { announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
 import { agentStreamWindow } from '../transport/http2-windows.js';
@@ -60,10 +60,7 @@ export class ServerConnection {
 
   /** Lets what is queued go out, but gives a peer that stopped reading only so long. */
   private closeSessions(): void {
-    for (const session of this.sessions) {
-      session.close();
-      setTimeout(() => session.destroy(), SESSION_CLOSE_GRACE_MS).unref();
-    }
+    for (const session of this.sessions) closeSession(session, SESSION_CLOSE_GRACE_MS);
   }
 
   /**

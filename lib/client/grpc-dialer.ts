@@ -10,7 +10,7 @@ import type { TunnelConnection } from '../mux/tunnel-connection.js';
 import type { TlsSource } from '../pki/tls-source.js';
 import { DEFAULT_CONNECTION_WINDOW, announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
 import { PROXY_CLIENT_WINDOW } from '../transport/http2-windows.js';
-import { GrpcCallError, connect, startCall } from '../transport/grpc-client.js';
+import { GrpcCallError, closeSession, connect, startCall } from '../transport/grpc-client.js';
 import { GrpcStatus, Metadata, statusName } from '../transport/grpc-metadata.js';
 import type { GrpcPacketStream } from '../transport/grpc-stream.js';
 import { PacketType, type Packet } from '../wire/packet.js';
@@ -111,8 +111,7 @@ function releaser(stream: GrpcPacketStream, session: http2.ClientHttp2Session, m
     clearTimeout(timer);
     // The connection is this dial's alone: close it, and give a peer that keeps its end
     // open only a moment.
-    session.close();
-    setTimeout(() => session.destroy(), SESSION_CLOSE_GRACE_MS).unref();
+    closeSession(session, SESSION_CLOSE_GRACE_MS);
   });
   return (flush) => {
     if (released) return;

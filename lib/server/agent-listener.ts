@@ -30,13 +30,10 @@ export interface AgentListenerOptions {
   log: Logger;
 }
 
-type AgentCall = ServerCall;
-
 function single(metadata: Metadata, key: string): string | undefined | Error {
   const values = metadata.get(key);
   if (values.length > 1) return new Error(`expected one ${key} in the stream metadata, got ${values.length}`);
-  const value = values[0];
-  return value === undefined ? undefined : String(value);
+  return values[0];
 }
 
 /** How long the server holds an agent's first stream while it opens its downlink. */
@@ -50,12 +47,8 @@ interface AgentIdentity {
 }
 
 interface WaitingUplink extends AgentIdentity {
-  call: AgentCall;
+  call: ServerCall;
   timer: NodeJS.Timeout;
-}
-
-function refuse(call: AgentCall, code: number, details: string): void {
-  call.sendStatus(code, details);
 }
 
 export function agentConnectHandler(options: AgentListenerOptions): BidiHandler {
@@ -63,7 +56,7 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
   const waiting = new Map<string, WaitingUplink>();
 
   /** Registers an agent's packet stream for routing until it closes. */
-  const register = (identity: AgentIdentity, stream: PacketStream, calls: AgentCall[]) => {
+  const register = (identity: AgentIdentity, stream: PacketStream, calls: ServerCall[]) => {
     const { agentID, peer, windows } = identity;
     const name = `agent ${agentID}`;
     const mux = new DialingMux(stream, { name, flowControl: windows, maxDataSize: options.maxDataSize, log });
@@ -82,11 +75,11 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
   };
 
   /** The second stream of a split agent: packets to the agent go here. */
-  const attachDownlink = (call: AgentCall, token: string) => {
+  const attachDownlink = (call: ServerCall, token: string) => {
     const uplink = waiting.get(token);
     if (!uplink) {
       log.warn('refusing a downlink stream for no waiting agent stream', { peer: call.peer });
-      refuse(call, GrpcStatus.NOT_FOUND, 'no agent stream of this server waits for this downlink (behind a load balancer it may have reached another server); reconnect');
+      call.sendStatus(GrpcStatus.NOT_FOUND, 'no agent stream of this server waits for this downlink (behind a load balancer it may have reached another server); reconnect');
       return;
     }
     waiting.delete(token);
@@ -95,7 +88,7 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
     register(uplink, joinPacketStreams(uplink.call.packets, call.packets), [uplink.call, call]);
   };
 
-  return (call: AgentCall) => {
+  return (call: ServerCall) => {
     const token = single(call.metadata, MD_DOWNLINK_FOR);
     if (typeof token === 'string') {
       attachDownlink(call, token);
@@ -109,7 +102,7 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
         : !agentID ? new Error(`expected one ${MD_AGENT_ID} in the stream metadata, got none`) : undefined;
     if (problem) {
       log.warn('refusing agent stream', { peer, reason: problem.message });
-      refuse(call, GrpcStatus.INVALID_ARGUMENT, problem.message);
+      call.sendStatus(GrpcStatus.INVALID_ARGUMENT, problem.message);
       return;
     }
 
@@ -124,7 +117,7 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
       const timer = setTimeout(() => {
         if (waiting.delete(splitToken)) {
           log.warn('agent did not open its downlink stream in time; closing its stream', { agentID, peer });
-          refuse(call, GrpcStatus.DEADLINE_EXCEEDED, `no downlink stream within ${DOWNLINK_WAIT_MS} ms`);
+          call.sendStatus(GrpcStatus.DEADLINE_EXCEEDED, `no downlink stream within ${DOWNLINK_WAIT_MS} ms`);
         }
       }, DOWNLINK_WAIT_MS);
       waiting.set(splitToken, { ...identity, call, timer });

@@ -94,6 +94,12 @@ export function connect(o: GrpcConnectOptions): Promise<http2.ClientHttp2Session
   });
 }
 
+/** Closes a session once its streams are done; a peer that holds it open gets `graceMs`. */
+export function closeSession(session: http2.ClientHttp2Session, graceMs: number): void {
+  session.close();
+  setTimeout(() => session.destroy(), graceMs).unref();
+}
+
 /** The server ended the call with a status other than OK. */
 export class GrpcCallError extends Error {
   constructor(readonly code: number, readonly details: string) {

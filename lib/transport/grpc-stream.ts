@@ -11,7 +11,7 @@
 import { Duplex } from 'node:stream';
 import type http2 from 'node:http2';
 import { decodePacket, encodePacket } from '../wire/codec.js';
-import { encodeDataHead, readDataHead } from '../wire/data-codec.js';
+import { encodeDataHead, encodeDataPacket, readDataHead } from '../wire/data-codec.js';
 import { PacketType, type KnownPacket, type Packet } from '../wire/packet.js';
 import { GrpcStatus } from './grpc-metadata.js';
 
@@ -37,19 +37,23 @@ export class GrpcFramingError extends Error {
 
 /** The buffers that carry one packet as a gRPC message. */
 export function framePacket(packet: KnownPacket): Buffer[] {
-  if (packet.type === PacketType.DATA && packet.data.length >= COPY_BELOW) {
-    const head = encodeDataHead(packet, PREFIX);
-    head[0] = 0;
-    head.writeUInt32BE(head.length - PREFIX + packet.data.length, 1);
-    const data = packet.data;
+  if (packet.type === PacketType.DATA) {
+    const { data } = packet;
+    if (data.length < COPY_BELOW) return [withPrefix(encodeDataPacket(packet, PREFIX), 0)];
+    const head = withPrefix(encodeDataHead(packet, PREFIX), data.length);
     return [head, Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength)];
   }
   const body = encodePacket(packet);
   const frame = Buffer.allocUnsafe(PREFIX + body.length);
-  frame[0] = 0;
-  frame.writeUInt32BE(body.length, 1);
   frame.set(body, PREFIX);
-  return [frame];
+  return [withPrefix(frame, 0)];
+}
+
+/** Fills in the gRPC prefix of a frame whose message continues for `following` more bytes. */
+function withPrefix(frame: Buffer, following: number): Buffer {
+  frame[0] = 0;
+  frame.writeUInt32BE(frame.length - PREFIX + following, 1);
+  return frame;
 }
 
 /**
@@ -179,11 +183,11 @@ export class GrpcPacketStream extends Duplex {
       callback(new Error('the HTTP/2 stream is closed'));
       return;
     }
-    let ok = true;
     h2.cork();
-    for (const packet of packets) for (const buf of framePacket(packet)) ok = h2.write(buf);
+    for (const packet of packets) for (const buf of framePacket(packet)) h2.write(buf);
     h2.uncork();
-    if (ok || h2.writableLength < SEND_QUEUE_BYTES) {
+    // Past the queue's size a write has said the stream is full, so 'drain' will come.
+    if (h2.writableLength < SEND_QUEUE_BYTES) {
       callback();
       return;
     }

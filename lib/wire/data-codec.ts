@@ -56,6 +56,16 @@ function idVarint(id: bigint): number[] {
  * them from where they are instead of copying them in.
  */
 export function encodeDataHead(packet: DataPacket, reserve = 0): Buffer {
+  return encodeData(packet, reserve, false);
+}
+
+/** A DATA packet's whole encoding, after `reserve` bytes left for the caller. */
+export function encodeDataPacket(packet: DataPacket, reserve = 0): Buffer {
+  return encodeData(packet, reserve, true);
+}
+
+/** The encoding in one buffer, with or without the payload's bytes at its end. */
+function encodeData(packet: DataPacket, reserve: number, withPayload: boolean): Buffer {
   const { connectID, data } = packet;
   const error = packet.error ? Buffer.from(packet.error, 'utf8') : undefined;
   const small = connectID >= 0n && connectID <= MAX_SAFE_ID;
@@ -64,37 +74,28 @@ export function encodeDataHead(packet: DataPacket, reserve = 0): Buffer {
   let inner = 0;
   if (connectID !== 0n) inner += 1 + (idBytes ? idBytes.length : varintSize(id));
   if (error) inner += 1 + varintSize(error.length) + error.length;
-  const payloadHead = data.length > 0 ? 1 + varintSize(data.length) : 0;
-  inner += payloadHead + data.length;
-  const head = Buffer.allocUnsafe(reserve + 2 + 1 + varintSize(inner) + inner - data.length);
+  if (data.length > 0) inner += 1 + varintSize(data.length) + data.length;
+  const buf = Buffer.allocUnsafe(reserve + 2 + 1 + varintSize(inner) + inner - (withPayload ? 0 : data.length));
   let pos = reserve;
-  head[pos++] = TAG_TYPE;
-  head[pos++] = PacketType.DATA;
-  head[pos++] = TAG_DATA;
-  pos = writeVarint(head, pos, inner);
+  buf[pos++] = TAG_TYPE;
+  buf[pos++] = PacketType.DATA;
+  buf[pos++] = TAG_DATA;
+  pos = writeVarint(buf, pos, inner);
   if (connectID !== 0n) {
-    head[pos++] = TAG_CONNECT_ID;
-    if (idBytes) for (const b of idBytes) head[pos++] = b;
-    else pos = writeVarint(head, pos, id);
+    buf[pos++] = TAG_CONNECT_ID;
+    if (idBytes) for (const b of idBytes) buf[pos++] = b;
+    else pos = writeVarint(buf, pos, id);
   }
   if (error) {
-    head[pos++] = TAG_ERROR;
-    pos = writeVarint(head, pos, error.length);
-    pos += error.copy(head, pos);
+    buf[pos++] = TAG_ERROR;
+    pos = writeVarint(buf, pos, error.length);
+    pos += error.copy(buf, pos);
   }
-  if (payloadHead > 0) {
-    head[pos++] = TAG_BYTES;
-    writeVarint(head, pos, data.length);
+  if (data.length > 0) {
+    buf[pos++] = TAG_BYTES;
+    pos = writeVarint(buf, pos, data.length);
+    if (withPayload) buf.set(data, pos);
   }
-  return head;
-}
-
-export function encodeDataPacket(packet: DataPacket): Buffer {
-  const head = encodeDataHead(packet);
-  if (packet.data.length === 0) return head;
-  const buf = Buffer.allocUnsafe(head.length + packet.data.length);
-  head.copy(buf, 0);
-  buf.set(packet.data, head.length);
   return buf;
 }
 
