@@ -5,6 +5,7 @@
 import test from 'ava';
 import http from 'node:http';
 import net from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import {
@@ -95,6 +96,18 @@ test.serial('seed case 1 and 3: an HTTP target through HTTP-CONNECT (mTLS and un
       t.is(body, 'c1 GET /via-agent', `through ${mode}`);
       httpAgent.destroy();
     }
+
+    // The mTLS frontend makes every connection a full handshake: it issues no resumable sessions.
+    const handshake = (session?: Buffer) => new Promise<{ session?: Buffer; reused: boolean }>((resolve, reject) => {
+      const { key, cert, ca } = tls.current();
+      const socket = tlsConnect({ host: '127.0.0.1', port: server.connectPort, key, cert, ca, servername: 'localhost', session });
+      let last: Buffer | undefined;
+      socket.on('session', (s: Buffer) => { last = s; });
+      socket.on('error', reject);
+      socket.once('secureConnect', () => setTimeout(() => { resolve({ session: last, reused: socket.isSessionReused() }); socket.destroy(); }, 50));
+    });
+    const first = await handshake();
+    t.false((await handshake(first.session)).reused, 'a session offered again is not resumed');
 
     // tunnel-client reports a failed dial clearly.
     const unknown = await runToEnd('tunnel-client', ['--mode=http-connect', '--proxy-host=127.0.0.1', `--proxy-port=${server.connectPort}`, ...certFlags(ws), '--request-host=nowhere', '--request-port=80']);

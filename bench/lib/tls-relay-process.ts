@@ -4,6 +4,7 @@
  * tunnel's. Each authorised client is piped to --target-port on 127.0.0.1 and back.
  */
 import tls from 'node:tls';
+import { constants } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connectUpstream, flag, numberFlag, serve } from './helper-main.js';
 
@@ -15,6 +16,8 @@ const server = tls.createServer({
   ca: readFileSync(flag('ca')),
   requestCert: true,
   rejectUnauthorized: true,
+  // As the tunnel's HTTP-CONNECT frontend: no session tickets.
+  secureOptions: constants.SSL_OP_NO_TICKET,
 }, (client) => {
   const upstream = connectUpstream(client, targetPort);
   client.pipe(upstream);
