@@ -211,25 +211,73 @@ test('splice: what a tunneled connection yields within one turn of the loop reac
   conn.destroy();
 });
 
-test('splice: into a tunneled connection, each piece goes out as its own DATA, not copied into one', async (t) => {
-  const sent: Uint8Array[] = [];
+/** A tunneled connection whose DATA is recorded, one entry per sendData call (its pieces as given). */
+function recordedConnection(options: { maxDataSize?: number; sendWindow?: number } = {}) {
+  const sent: Buffer[][] = [];
   const link = {
-    maxDataSize: 256 * 1024,
-    sendData: (_conn: TunnelConnection, data: Uint8Array, done: () => void) => { sent.push(data); done(); },
+    maxDataSize: options.maxDataSize ?? 256 * 1024,
+    sendData: (_conn: TunnelConnection, pieces: readonly Buffer[], done: () => void) => { sent.push([...pieces]); done(); },
     sendWindowUpdate: () => undefined,
     closeLocally: () => undefined,
     forget: () => undefined,
     pauseReading: () => undefined,
     resumeReading: () => undefined,
   };
-  const conn = new TunnelConnection(link, { connectID: 1n, address: 'c1:80', pauseThreshold: 1 << 20 });
-  const source = new Duplex({ read() {}, write(_chunk, _encoding, callback) { callback(); } });
-  splice(source, conn);
+  const flowControl = options.sendWindow === undefined ? undefined : { sendWindow: options.sendWindow, receiveWindow: 64 * 1024 };
+  const conn = new TunnelConnection(link, { connectID: 1n, address: 'c1:80', pauseThreshold: 1 << 20, flowControl });
+  return { conn, sent };
+}
+
+const nextTurn = async () => {
+  await new Promise((resolve) => setImmediate(resolve));
+  await new Promise((resolve) => setImmediate(resolve));
+};
+
+test('splice: between two tunneled connections, the pieces of one turn go out as one DATA batch, not copied', async (t) => {
+  const from = recordedConnection();
+  const to = recordedConnection();
+  splice(from.conn, to.conn);
   const pieces = ['first ', 'second ', 'third'].map((p) => Buffer.from(p));
-  for (const piece of pieces) source.push(piece);
-  await new Promise((resolve) => setImmediate(resolve));
-  await new Promise((resolve) => setImmediate(resolve));
-  t.is(sent.length, 3, 'three DATA packets');
-  t.true(sent.every((data, i) => data === pieces[i]), 'each the piece itself, not a copy');
-  source.destroy();
+  for (const piece of pieces) from.conn.deliver(piece);
+  await nextTurn();
+  t.is(to.sent.length, 1, 'one batch');
+  t.deepEqual(to.sent[0]!.map(String), ['first ', 'second ', 'third']);
+  t.true(to.sent[0]!.every((piece, i) => piece === pieces[i]), 'each the piece itself, not a copy');
+  // And the other way round.
+  for (const piece of pieces) to.conn.deliver(piece);
+  await nextTurn();
+  t.is(from.sent.length, 1);
+  t.true(from.sent[0]!.every((piece, i) => piece === pieces[i]));
+  from.conn.destroy();
+});
+
+test('splice: what a socket yields goes into the tunneled connection at once, a read at a time', async (t) => {
+  const { conn, sent } = recordedConnection();
+  const socket = new Duplex({ read() {}, write(_chunk, _encoding, callback) { callback(); } });
+  splice(conn, socket);
+  const reads = [Buffer.alloc(64 * 1024, 1), Buffer.alloc(64 * 1024, 2)];
+  socket.push(reads[0]);
+  await new Promise((resolve) => process.nextTick(resolve));
+  t.is(sent.length, 1, 'sent within the turn it was read');
+  socket.push(reads[1]);
+  await nextTurn();
+  t.deepEqual(sent.map((s) => s.length), [1, 1]);
+  t.true(sent[0]![0] === reads[0] && sent[1]![0] === reads[1], 'the reads themselves');
+  conn.destroy();
+});
+
+test('a batch of writes is cut at the packet size and at the credit, by slicing its pieces, never copying them', async (t) => {
+  const { conn, sent } = recordedConnection({ maxDataSize: 100, sendWindow: 250 });
+  const pieces = [Buffer.alloc(60, 1), Buffer.alloc(60, 2), Buffer.alloc(60, 3), Buffer.alloc(120, 4)];
+  conn.cork();
+  for (const piece of pieces) conn.write(piece);
+  conn.uncork();
+  await nextTurn();
+  t.deepEqual(sent.map((batch) => batch.map((p) => p.length)), [[60, 40], [20, 60, 20], [50]], 'packets of at most 100 bytes until the 250 bytes of credit are used');
+  t.true(sent.flat().every((p) => pieces.some((piece) => p.buffer === piece.buffer)), 'every piece a view of a written buffer');
+  conn.grantCredit(1000);
+  await nextTurn();
+  t.deepEqual(sent.slice(3).map((batch) => batch.map((p) => p.length)), [[50]], 'the rest once credit comes');
+  t.deepEqual(Buffer.concat(sent.flat()), Buffer.concat(pieces), 'every byte, in order');
+  conn.destroy();
 });

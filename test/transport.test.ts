@@ -318,3 +318,39 @@ test('a packet stream lets a little queue in the HTTP/2 stream before it waits, 
   t.true(accepted < 32, `the packet stream pushed back after ${accepted} packets`);
   stream.destroy();
 });
+
+test('a batch of DATA packets of one connection goes out as one gRPC message, written from where the payloads lie', async (t) => {
+  const written: Buffer[] = [];
+  const h2 = new Duplex({
+    read() {},
+    write(chunk: Buffer, _encoding, callback) { written.push(chunk); callback(); },
+    writev(chunks, callback) { for (const c of chunks) written.push(c.chunk as Buffer); callback(); },
+  });
+  const stream = new GrpcPacketStream(h2 as unknown as http2.Http2Stream, { end: () => undefined, abort: () => undefined }, 4 << 20);
+  const pieces = [Buffer.alloc(20_000, 1), Buffer.alloc(3, 2), Buffer.alloc(16_000, 3)];
+  const batch: KnownPacket[] = [
+    ...pieces.map((piece) => dataPacket(7n, piece)),
+    closeRequest(5n),
+    dataPacket(8n, Buffer.from('other')),
+    { type: PacketType.DATA, connectID: 8n, data: Buffer.from('with an error'), error: 'e' },
+    dataPacket(7n, Buffer.alloc(2_000, 4)),
+  ];
+  stream.cork();
+  for (const packet of batch) stream.write(packet);
+  stream.uncork();
+  await new Promise((resolve) => setImmediate(resolve));
+
+  const got: Packet[] = [];
+  const reader = new GrpcMessageReader(4 << 20);
+  reader.push(Buffer.concat(written), (p) => got.push(p));
+  t.deepEqual(got.map((p) => [p.type, (p as { connectID?: bigint }).connectID, (p as { data?: Uint8Array }).data?.length]), [
+    [PacketType.DATA, 7n, 36_003],
+    [PacketType.CLOSE_REQ, 5n, undefined],
+    [PacketType.DATA, 8n, 5],
+    [PacketType.DATA, 8n, 13],
+    [PacketType.DATA, 7n, 2_000],
+  ], 'the run of connection 7 is one packet; a control packet, another connection or an error ends a run');
+  t.deepEqual(Buffer.from((got[0] as { data: Uint8Array }).data), Buffer.concat(pieces));
+  t.true(pieces.every((piece) => written.includes(piece)), 'the payloads themselves are written, not copies');
+  stream.destroy();
+});

@@ -107,21 +107,17 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
 
   // ---- ConnectionLink ----------------------------------------------------------------------
 
-  sendData(conn: TunnelConnection, data: Uint8Array, sent: () => void): void {
+  sendData(conn: TunnelConnection, pieces: readonly Buffer[], sent: () => void): void {
     if (this.isClosed) {
       sent();
       return;
     }
-    const packet = dataPacket(conn.connectID, data);
-    if (this.congested) {
-      this.waiting.push(() => {
-        this.write(packet);
-        sent();
-      });
-      return;
-    }
-    this.write(packet);
-    sent();
+    const send = () => {
+      this.writeData(conn.connectID, pieces);
+      sent();
+    };
+    if (this.congested) this.waiting.push(send);
+    else send();
   }
 
   sendWindowUpdate(conn: TunnelConnection, bytes: number): void {
@@ -185,6 +181,17 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
   private write(packet: KnownPacket): void {
     if (!this.stream.writable) return;
     if (!this.stream.write(packet)) this.congested = true;
+  }
+
+  /** One DATA packet per piece, written in one batch: a transport may frame a run of them as one. */
+  private writeData(connectID: bigint, pieces: readonly Buffer[]): void {
+    if (pieces.length === 1) {
+      this.write(dataPacket(connectID, pieces[0]!));
+      return;
+    }
+    this.stream.cork();
+    for (const piece of pieces) this.write(dataPacket(connectID, piece));
+    this.stream.uncork();
   }
 
   private serveWaiting(): void {

@@ -36,6 +36,15 @@ export function joinPacketStreams(input: Duplex | PassThrough, output: Duplex | 
       if (output.write(packet)) callback();
       else output.once('drain', () => callback());
     },
+    // A batch stays a batch: the output may frame it better than packet by packet.
+    writev(chunks: Array<{ chunk: Packet }>, callback) {
+      let ok = true;
+      output.cork();
+      for (const { chunk } of chunks) ok = output.write(chunk);
+      output.uncork();
+      if (ok) callback();
+      else output.once('drain', () => callback());
+    },
     final(callback) {
       output.end();
       callback();

@@ -46,19 +46,22 @@ export function splice(a: Duplex, b: Duplex, done?: (err?: Error) => void): void
   b.once('finish', () => {
     if (a.readableEnded) finish();
   });
-  // Only into a socket: a tunneled connection corked would join the pieces by copying
-  // them into one DATA packet, which costs more than sending each as it comes.
-  if (!(b instanceof TunnelConnection)) corkPerTurn(a, b);
+  corkPerTurn(a, b);
+  // A socket's reads are large already (64 KiB); waiting a turn to join them would only
+  // hold the socket back. Another tunneled connection yields pieces, like `a`.
+  if (b instanceof TunnelConnection) corkPerTurn(b, a);
   a.pipe(b);
   b.pipe(a);
 }
 
 /**
- * Whatever `from` yields within one turn of the event loop goes to `to` in one write: a
- * tunneled connection gets a DATA payload in several pieces (HTTP/2 frames split across
- * TLS records and socket reads), and a socket would otherwise make a system call (and a
- * TLS write) for each. The cork comes off when the loop has handled the I/O it polled.
- * Registered before pipe(), so the cork is on before pipe's first write.
+ * Whatever `from` yields within one turn of the event loop goes to `to` in one write. A
+ * tunneled connection yields a DATA payload in pieces (HTTP/2 frames split across TLS
+ * records and socket reads) and a TLS socket yields a record at a time: a socket would
+ * otherwise make a system call (and a TLS write) for each, and a tunneled connection a DATA
+ * packet for each, which every later hop pays for again. The cork comes off when the loop
+ * has handled the I/O it polled. Registered before pipe(), so the cork is on before pipe's
+ * first write.
  */
 function corkPerTurn(from: Duplex, to: Duplex): void {
   let corked = false;

@@ -14,8 +14,11 @@ import { Duplex } from 'node:stream';
 /** What a connection needs from its multiplexer. */
 export interface ConnectionLink {
   readonly maxDataSize: number;
-  /** Sends DATA; calls `sent` once the shared stream can take more. */
-  sendData(conn: TunnelConnection, data: Uint8Array, sent: () => void): void;
+  /**
+   * Sends the pieces, in order, as this connection's DATA (a transport may frame them as one
+   * packet); calls `sent` once the shared stream can take more.
+   */
+  sendData(conn: TunnelConnection, pieces: readonly Buffer[], sent: () => void): void;
   /** Grants the peer `bytes` more of this connection's window. */
   sendWindowUpdate(conn: TunnelConnection, bytes: number): void;
   /** The local side ended or failed while the connection was open on the wire. */
@@ -46,7 +49,8 @@ export interface TunnelConnectionOptions {
 const READ_HIGH_WATER_MARK = 64 * 1024;
 /** How far a connection's receive window may grow beyond the announced size. */
 export const WINDOW_GROWTH = 4;
-const WRITE_HIGH_WATER_MARK = 16 * 1024;
+/** Room for what one socket read brings (a 64 KiB read is four TLS records) to go out together. */
+const WRITE_HIGH_WATER_MARK = 64 * 1024;
 /**
  * How long a closing connection may take to flush: after the local end or the peer closed
  * it, a reader that never drains (or a window that never reopens) would otherwise hold the
@@ -67,7 +71,8 @@ export class TunnelConnection extends Duplex {
 
   private lingerTimer?: NodeJS.Timeout;
   private sendCredit: number;
-  private pending?: { chunk: Uint8Array; callback: (err?: Error | null) => void };
+  /** The write being sent: its pieces not sent yet, and their length. */
+  private pending?: { pieces: Buffer[]; bytes: number; callback: (err?: Error | null) => void };
   private sending = false;
 
   /** Bytes received from the peer, and bytes granted back, for WINDOW_UPDATE. */
@@ -156,16 +161,21 @@ export class TunnelConnection extends Duplex {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
-    this.pending = { chunk, callback };
+    this.pending = { pieces: [chunk], bytes: chunk.byteLength, callback };
     this.pump();
   }
 
   /**
-   * Writes that queued up while the previous one was in flight go out together: fewer,
-   * larger DATA packets cost less per byte on every hop.
+   * Writes that queued up (corked for a loop turn, or while the previous one was in flight)
+   * go out together, as they are, without copying: fewer, larger DATA packets cost less per
+   * byte on every hop.
    */
   override _writev(chunks: Array<{ chunk: Buffer }>, callback: (err?: Error | null) => void): void {
-    this._write(chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk)), 'binary', callback);
+    const pieces = chunks.map((c) => c.chunk);
+    let bytes = 0;
+    for (const piece of pieces) bytes += piece.byteLength;
+    this.pending = { pieces, bytes, callback };
+    this.pump();
   }
 
   /** Ending the writable side starts the close, whatever is still waiting to be sent. */
@@ -196,21 +206,22 @@ export class TunnelConnection extends Duplex {
   // ---- internals ---------------------------------------------------------------------------
 
   /**
-   * Sends as much of the pending chunk as credit and the shared stream allow. Once the wire
+   * Sends as much of the pending write as credit and the shared stream allow. Once the wire
    * is closed the pending write is held, not completed: the writer stops (a source that
    * pushes synchronously would otherwise spin) until the splice tears both sides down.
    */
   private pump(): void {
     while (this.pending && !this.sending && this.wireOpen) {
-      const { chunk, callback } = this.pending;
-      const size = Math.min(chunk.byteLength, this.link.maxDataSize, this.sendCredit);
+      const pending = this.pending;
+      const size = Math.min(pending.bytes, this.link.maxDataSize, this.sendCredit);
       if (size <= 0) return; // wait for WINDOW_UPDATE
-      const whole = size === chunk.byteLength;
       this.sendCredit -= size;
-      this.pending = whole ? undefined : { chunk: chunk.subarray(size), callback };
+      const pieces = size === pending.bytes ? pending.pieces : takeBytes(pending, size);
+      if (pieces === pending.pieces) this.pending = undefined;
+      const { callback } = pending;
       this.sending = true;
       let synchronous = true;
-      this.link.sendData(this, whole ? chunk : chunk.subarray(0, size), () => {
+      this.link.sendData(this, pieces, () => {
         this.sending = false;
         if (!this.pending) callback();
         else if (!synchronous) this.pump();
@@ -261,4 +272,24 @@ export class TunnelConnection extends Duplex {
     this.granted += owed;
     this.link.sendWindowUpdate(this, grant);
   }
+}
+
+/** Removes the first `size` bytes from the pending pieces (splitting one if need be) and returns them. */
+function takeBytes(pending: { pieces: Buffer[]; bytes: number }, size: number): Buffer[] {
+  const taken: Buffer[] = [];
+  let left = size;
+  while (left > 0) {
+    const first = pending.pieces[0]!;
+    if (first.byteLength <= left) {
+      taken.push(first);
+      pending.pieces.shift();
+      left -= first.byteLength;
+    } else {
+      taken.push(first.subarray(0, left));
+      pending.pieces[0] = first.subarray(left);
+      left = 0;
+    }
+  }
+  pending.bytes -= size;
+  return taken;
 }

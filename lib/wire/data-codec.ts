@@ -51,21 +51,21 @@ function idVarint(id: bigint): number[] {
 }
 
 /**
- * A DATA packet's encoding up to its payload, after `reserve` bytes left for the caller
+ * A DATA packet's encoding up to a payload of `payloadLength` bytes (its own by default), after `reserve` bytes left for the caller
  * (a gRPC frame prefix): the payload's bytes follow it on the wire, so a sender can write
  * them from where they are instead of copying them in.
  */
-export function encodeDataHead(packet: DataPacket, reserve = 0): Buffer {
-  return encodeData(packet, reserve, false);
+export function encodeDataHead(packet: DataPacket, reserve = 0, payloadLength = packet.data.length): Buffer {
+  return encodeData(packet, reserve, false, payloadLength);
 }
 
 /** A DATA packet's whole encoding, after `reserve` bytes left for the caller. */
 export function encodeDataPacket(packet: DataPacket, reserve = 0): Buffer {
-  return encodeData(packet, reserve, true);
+  return encodeData(packet, reserve, true, packet.data.length);
 }
 
 /** The encoding in one buffer, with or without the payload's bytes at its end. */
-function encodeData(packet: DataPacket, reserve: number, withPayload: boolean): Buffer {
+function encodeData(packet: DataPacket, reserve: number, withPayload: boolean, length: number): Buffer {
   const { connectID, data } = packet;
   const error = packet.error ? Buffer.from(packet.error, 'utf8') : undefined;
   const small = connectID >= 0n && connectID <= MAX_SAFE_ID;
@@ -74,8 +74,8 @@ function encodeData(packet: DataPacket, reserve: number, withPayload: boolean): 
   let inner = 0;
   if (connectID !== 0n) inner += 1 + (idBytes ? idBytes.length : varintSize(id));
   if (error) inner += 1 + varintSize(error.length) + error.length;
-  if (data.length > 0) inner += 1 + varintSize(data.length) + data.length;
-  const buf = Buffer.allocUnsafe(reserve + 2 + 1 + varintSize(inner) + inner - (withPayload ? 0 : data.length));
+  if (length > 0) inner += 1 + varintSize(length) + length;
+  const buf = Buffer.allocUnsafe(reserve + 2 + 1 + varintSize(inner) + inner - (withPayload ? 0 : length));
   let pos = reserve;
   buf[pos++] = TAG_TYPE;
   buf[pos++] = PacketType.DATA;
@@ -91,9 +91,9 @@ function encodeData(packet: DataPacket, reserve: number, withPayload: boolean): 
     pos = writeVarint(buf, pos, error.length);
     pos += error.copy(buf, pos);
   }
-  if (data.length > 0) {
+  if (length > 0) {
     buf[pos++] = TAG_BYTES;
-    pos = writeVarint(buf, pos, data.length);
+    pos = writeVarint(buf, pos, length);
     if (withPayload) buf.set(data, pos);
   }
   return buf;
