@@ -352,5 +352,15 @@ test('a batch of DATA packets of one connection goes out as one gRPC message, wr
   ], 'the run of connection 7 is one packet; a control packet, another connection or an error ends a run');
   t.deepEqual(Buffer.from((got[0] as { data: Uint8Array }).data), Buffer.concat(pieces));
   t.true(pieces.every((piece) => written.includes(piece)), 'the payloads themselves are written, not copies');
+
+  // However much queued, a joined message stays within one DATA packet's default size.
+  written.length = 0;
+  stream.cork();
+  for (let i = 0; i < 6; i++) stream.write(dataPacket(9n, Buffer.alloc(100 * 1024, i)));
+  stream.uncork();
+  await new Promise((resolve) => setImmediate(resolve));
+  const sizes: number[] = [];
+  new GrpcMessageReader(4 << 20).push(Buffer.concat(written), (p) => sizes.push((p as { data: Uint8Array }).data.length));
+  t.deepEqual(sizes, [200 * 1024, 200 * 1024, 200 * 1024]);
   stream.destroy();
 });

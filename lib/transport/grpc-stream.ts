@@ -14,6 +14,7 @@ import { decodePacket, encodePacket } from '../wire/codec.js';
 import { encodeDataHead, encodeDataPacket, readDataHead } from '../wire/data-codec.js';
 import { PacketType, type DataPacket, type KnownPacket, type Packet } from '../wire/packet.js';
 import { GrpcStatus } from './grpc-metadata.js';
+import { DEFAULT_MAX_DATA_SIZE } from '../wire/protocol.js';
 
 const PREFIX = 5;
 /** Enough of a message to hold a DATA packet's head (tags, lengths, a ten-byte id). */
@@ -27,6 +28,9 @@ const COPY_BELOW = 1024;
  * the bulk bench). Kept small: the queue is shared by every connection on the stream.
  */
 const SEND_QUEUE_BYTES = 256 * 1024;
+
+/** The most payload consecutive DATA packets are joined into: one DATA packet's default size. */
+const RUN_BYTES = DEFAULT_MAX_DATA_SIZE;
 
 /** A message that breaks gRPC framing or the size limit: the stream cannot go on. */
 export class GrpcFramingError extends Error {
@@ -62,14 +66,22 @@ export function frameDataRun(packets: readonly DataPacket[]): Buffer[] {
   return buffers;
 }
 
-/** How many packets from `start` on are DATA of the same connection (1 if not DATA). */
+/**
+ * How many packets from `start` on are DATA of the same connection that fit one message of
+ * at most RUN_BYTES together (1 if not DATA). Bounded, because a stream that waited for
+ * drain hands over everything queued meanwhile, and a peer refuses messages over its limit
+ * (4 MiB by default in gRPC).
+ */
 function dataRunLength(packets: readonly KnownPacket[], start: number): number {
   const first = packets[start]!;
   if (first.type !== PacketType.DATA || first.error) return 1;
+  let bytes = first.data.length;
   let end = start + 1;
   while (end < packets.length) {
     const next = packets[end]!;
     if (next.type !== PacketType.DATA || next.connectID !== first.connectID || next.error) break;
+    bytes += next.data.length;
+    if (bytes > RUN_BYTES) break;
     end++;
   }
   return end - start;
