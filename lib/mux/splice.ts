@@ -47,8 +47,9 @@ export function splice(a: Duplex, b: Duplex, done?: (err?: Error) => void): void
     if (a.readableEnded) finish();
   });
   corkPerTurn(a, b);
-  // A socket's reads are large already (64 KiB); waiting a turn to join them would only
-  // hold the socket back. Another tunneled connection yields pieces, like `a`.
+  // From another tunneled connection too, which yields pieces like `a`. Not from a socket:
+  // its reads are large already (up to 64 KiB), and holding them for a turn measured slower,
+  // as the socket stops reading until the batch has gone out.
   if (b instanceof TunnelConnection) corkPerTurn(b, a);
   a.pipe(b);
   b.pipe(a);

@@ -45,7 +45,7 @@ export function framePacket(packet: KnownPacket): Buffer[] {
     const { data } = packet;
     if (data.length < COPY_BELOW) return [withPrefix(encodeDataPacket(packet, PREFIX), 0)];
     const head = withPrefix(encodeDataHead(packet, PREFIX), data.length);
-    return [head, Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength)];
+    return [head, asBuffer(data)];
   }
   const body = encodePacket(packet);
   const frame = Buffer.allocUnsafe(PREFIX + body.length);
@@ -58,12 +58,17 @@ export function framePacket(packet: KnownPacket): Buffer[] {
  * payload is theirs in order, written where each lies. The receiver cannot tell the
  * difference, and every hop after this one handles a larger packet instead of several.
  */
-export function frameDataRun(packets: readonly DataPacket[]): Buffer[] {
+function frameDataRun(packets: readonly DataPacket[]): Buffer[] {
   let length = 0;
   for (const { data } of packets) length += data.length;
   const buffers = [withPrefix(encodeDataHead(packets[0]!, PREFIX, length), length)];
-  for (const { data } of packets) buffers.push(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+  for (const { data } of packets) buffers.push(asBuffer(data));
   return buffers;
+}
+
+/** The same bytes as a Buffer, without copying. */
+function asBuffer(data: Uint8Array): Buffer {
+  return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
 }
 
 /**
