@@ -2,7 +2,7 @@ import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { once } from 'node:events';
-import { Duplex } from 'node:stream';
+import { Duplex, getDefaultHighWaterMark, setDefaultHighWaterMark } from 'node:stream';
 import {
   AcceptingMux, DialingMux, DialError, packetStreamPair, type DialHandler, type PacketStream,
 } from '../lib/mux/index.js';
@@ -11,7 +11,7 @@ import {
 } from '../lib/wire/index.js';
 import { ERR_UNKNOWN_CONNECT_ID, ERR_UNRECOGNIZED_CONNECT_ID } from '../lib/wire/protocol.js';
 import { eventually } from './helpers/system.js';
-import { splice } from '../lib/mux/splice.js';
+import { SOCKET_HIGH_WATER_MARK, raiseSocketHighWaterMark, splice } from '../lib/mux/splice.js';
 import { TunnelConnection } from '../lib/mux/tunnel-connection.js';
 
 /** A TCP server on 127.0.0.1 that echoes (or answers with the sha256 of what it got). */
@@ -232,6 +232,33 @@ const nextTurn = async () => {
   await new Promise((resolve) => setImmediate(resolve));
   await new Promise((resolve) => setImmediate(resolve));
 };
+
+test.serial('splice: with the binaries\' socket high-water mark, a socket gets a whole turn\'s pieces in one write', async (t) => {
+  const defaultMark = getDefaultHighWaterMark(false);
+  const writesOfFourPieces = async () => {
+    const writes: number[] = [];
+    const socket = new Duplex({
+      read() {},
+      write(_chunk: Buffer, _encoding, callback) { writes.push(1); setImmediate(callback); },
+      writev(chunks, callback) { writes.push(chunks.length); setImmediate(callback); },
+    });
+    const conn = new Duplex({ read() {}, write(_chunk, _encoding, callback) { callback(); } });
+    splice(conn, socket);
+    // Four 16 KiB pieces within one turn, as one 64 KiB socket read of TLS records brings them.
+    for (let i = 0; i < 4; i++) conn.push(Buffer.alloc(16 * 1024, i));
+    for (let i = 0; i < 6; i++) await new Promise((resolve) => setImmediate(resolve));
+    conn.destroy();
+    return writes;
+  };
+  try {
+    t.true((await writesOfFourPieces()).length > 1, 'at Node\'s 16 KiB mark the socket is full after one piece');
+    raiseSocketHighWaterMark();
+    t.is(new net.Socket().writableHighWaterMark, SOCKET_HIGH_WATER_MARK);
+    t.deepEqual(await writesOfFourPieces(), [4], 'one writev of the four pieces');
+  } finally {
+    setDefaultHighWaterMark(false, defaultMark);
+  }
+});
 
 test('splice: between two tunneled connections, the pieces of one turn go out as one DATA batch, not copied', async (t) => {
   const from = recordedConnection();
