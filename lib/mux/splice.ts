@@ -16,7 +16,7 @@ export const SOCKET_HIGH_WATER_MARK = 64 * 1024;
  * themselves full. At Node's default of 16 KiB a socket fed by a tunneled connection is
  * "full" after one TLS record: pipe() pauses, and every turn of the loop writes about 16 KiB
  * to it. With 64 KiB the server's writes to HTTP-CONNECT clients carry what the turn
- * brought (20 to 28% more download throughput in the bench). It is a process-wide default
+ * brought (15 to 30% more download throughput in the bench). It is a process-wide default
  * because Node takes no such option for the TLS sockets a server accepts, so the binaries
  * set it when they start.
  */
