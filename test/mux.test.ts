@@ -135,6 +135,25 @@ test('the accepting end answers stray packets as the reference agent does', asyn
   ]);
 });
 
+test('stray DATA that arrives in pieces (one message cut by the transport) is answered once', async (t) => {
+  const [a, b] = packetStreamPair();
+  const agent = new AcceptingMux(b, tcpHandler, { name: 'agent' });
+  const peer = rawPeer(a);
+  for (let i = 0; i < 5; i++) peer.send(dataPacket(77n, Buffer.from(`piece ${i}`)));
+  peer.send(dataPacket(76n, Buffer.from('another connection')));
+  peer.send(closeRequest(78n));
+  peer.send(dataPacket(77n, Buffer.from('a later message')));
+  await eventually(() => peer.received.length >= 4, 5_000, 'four answers');
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  t.deepEqual(received(peer).map((p) => [p.type, (p as { connectID: bigint }).connectID]), [
+    [PacketType.CLOSE_RSP, 77n],
+    [PacketType.CLOSE_RSP, 76n],
+    [PacketType.CLOSE_RSP, 78n],
+    [PacketType.CLOSE_RSP, 77n],
+  ]);
+  t.is(agent.stats.strayPackets, 4, 'counted once per answer: three runs of stray DATA and the CLOSE_REQ for an unknown id');
+});
+
 function received(peer: { received: Packet[] }) {
   return peer.received.map((p) => ({ ...p }));
 }

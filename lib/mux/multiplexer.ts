@@ -53,6 +53,8 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
   private windows?: FlowControl;
   private readonly pausers = new Set<TunnelConnection>();
   private readonly waiting: Array<() => void> = [];
+  /** The connection of the stray DATA just answered, while more of it follows directly. */
+  private lastStrayID?: bigint;
   private congested = false;
   private closedWith?: Error;
 
@@ -201,6 +203,8 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
 
   private receive(packet: Packet): void {
     if (this.isClosed) return;
+    const lastStray = this.lastStrayID;
+    this.lastStrayID = undefined;
     if (isUnknown(packet)) {
       this.unknownPackets++;
       this.log.debug('ignoring a packet of unknown type', { stream: this.name, type: packet.type });
@@ -210,7 +214,11 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
       case PacketType.DATA: {
         const conn = this.connections.get(packet.connectID);
         if (conn) conn.deliver(packet.data);
-        else if (packet.connectID !== 0n) this.strayData(packet.connectID);
+        else if (packet.connectID !== 0n) {
+          // One answer for a run: the pieces of one message arrive back to back.
+          this.lastStrayID = packet.connectID;
+          if (packet.connectID !== lastStray) this.strayData(packet.connectID);
+        }
         return;
       }
       case PacketType.WINDOW_UPDATE: {
