@@ -312,6 +312,21 @@ test('splice: what a socket yields goes into the tunneled connection at once, a 
   conn.destroy();
 });
 
+test('an empty write completes at once and holds up nothing after it', async (t) => {
+  const { conn, sent } = recordedConnection({ sendWindow: 1000 });
+  const done = new Promise<void>((resolve) => conn.write(Buffer.alloc(0), () => resolve()));
+  conn.write('hello');
+  conn.cork();
+  conn.write(Buffer.alloc(0));
+  conn.write(' world');
+  conn.uncork();
+  await done;
+  await nextTurn();
+  t.deepEqual(sent.map((batch) => batch.map(String)), [['hello'], [' world']], 'no empty DATA is sent');
+  t.is(conn.writableLength, 0);
+  conn.destroy();
+});
+
 test('a batch of writes is cut at the packet size and at the credit, by slicing its pieces, never copying them', async (t) => {
   const { conn, sent } = recordedConnection({ maxDataSize: 100, sendWindow: 250 });
   const pieces = [Buffer.alloc(60, 1), Buffer.alloc(60, 2), Buffer.alloc(60, 3), Buffer.alloc(120, 4)];

@@ -171,9 +171,13 @@ export class TunnelConnection extends Duplex {
    * byte on every hop.
    */
   override _writev(chunks: Array<{ chunk: Buffer }>, callback: (err?: Error | null) => void): void {
-    const pieces = chunks.map((c) => c.chunk);
+    const pieces: Buffer[] = [];
     let bytes = 0;
-    for (const piece of pieces) bytes += piece.byteLength;
+    for (const { chunk } of chunks) {
+      if (chunk.byteLength === 0) continue;
+      pieces.push(chunk);
+      bytes += chunk.byteLength;
+    }
     this.pending = { pieces, bytes, callback };
     this.pump();
   }
@@ -213,6 +217,12 @@ export class TunnelConnection extends Duplex {
   private pump(): void {
     while (this.pending && !this.sending && this.wireOpen) {
       const pending = this.pending;
+      if (pending.bytes === 0) {
+        // An empty write has nothing to send; completing it lets the writes after it go.
+        this.pending = undefined;
+        pending.callback();
+        continue;
+      }
       const size = Math.min(pending.bytes, this.link.maxDataSize, this.sendCredit);
       if (size <= 0) return; // wait for WINDOW_UPDATE
       this.sendCredit -= size;
