@@ -105,7 +105,6 @@ function oneOf<T extends string>(flag: string, value: string, choices: readonly 
   return value as T;
 }
 
-
 async function readCa(path: string): Promise<Buffer> {
   try {
     return await readFile(path);

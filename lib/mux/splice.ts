@@ -72,13 +72,12 @@ export function splice(a: Duplex, b: Duplex, done?: (err?: Error) => void): void
 }
 
 /**
- * Whatever `from` yields within one turn of the event loop goes to `to` in one write. A
- * tunneled connection yields a DATA payload in pieces (HTTP/2 frames split across TLS
- * records and socket reads) and a TLS socket yields a record at a time: a socket would
- * otherwise make a system call (and a TLS write) for each, and a tunneled connection a DATA
- * packet for each, which every later hop pays for again. The cork comes off when the loop
- * has handled the I/O it polled. Registered before pipe(), so the cork is on before pipe's
- * first write.
+ * Whatever the tunneled connection `from` yields within one turn of the event loop goes to
+ * `to` in one write. It yields a DATA payload in pieces (HTTP/2 frames split across TLS
+ * records and socket reads): a socket would otherwise make a system call (and a TLS write)
+ * for each, and a tunneled connection a DATA packet for each, which every later hop pays for
+ * again. The cork comes off when the loop has handled the I/O it polled. Registered before
+ * pipe(), so the cork is on before pipe's first write.
  */
 function corkPerTurn(from: Duplex, to: Duplex): void {
   let corked = false;

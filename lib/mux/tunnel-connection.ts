@@ -10,6 +10,7 @@
  * reference does, so memory stays bounded either way.
  */
 import { Duplex } from 'node:stream';
+import { asBuffer } from '../wire/packet.js';
 
 /** What a connection needs from its multiplexer. */
 export interface ConnectionLink {
@@ -113,7 +114,7 @@ export class TunnelConnection extends Duplex {
   deliver(data: Uint8Array): void {
     if (!this.wireOpen || this.destroyed) return;
     this.received += data.byteLength;
-    this.push(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+    this.push(asBuffer(data));
     if (!this.flowControl && !this.pausedStream && this.readableLength >= this.pauseThreshold) {
       this.pausedStream = true;
       this.link.pauseReading(this);

@@ -10,7 +10,7 @@ import tls from 'node:tls';
 import type { TlsMaterial } from '../pki/tls-source.js';
 import { DEFAULT_MAX_MESSAGE_SIZE } from '../wire/protocol.js';
 import { GrpcPacketStream } from './grpc-stream.js';
-import { GrpcStatus, KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, Metadata, decodeGrpcMessage, keepAlive, statusName } from './grpc-metadata.js';
+import { GrpcStatus, Metadata, decodeGrpcMessage, keepAlive, statusName } from './grpc-metadata.js';
 
 const { NGHTTP2_CANCEL } = http2.constants;
 const USER_AGENT = 'tke-anp-tunnel';
@@ -34,8 +34,7 @@ function splitHostPort(target: string): { host: string; port: string } {
   return { host: match[1]!, port: match[2]! };
 }
 
-function tlsSocket(target: string, material: TlsMaterial, serverName?: string): tls.TLSSocket {
-  const { host, port } = splitHostPort(target);
+function tlsSocket(host: string, port: string, material: TlsMaterial, serverName?: string): tls.TLSSocket {
   const name = serverName ?? host;
   const socket = tls.connect({
     host, port: Number(port), ...material, ALPNProtocols: ['h2'],
@@ -56,7 +55,7 @@ export function connect(o: GrpcConnectOptions): Promise<http2.ClientHttp2Session
     if (!material) return Promise.reject(new Error(`gRPC over TCP to ${target} needs mTLS: a client certificate, key and CA`));
     const { host, port } = splitHostPort(target);
     authority = `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
-    createConnection = () => tlsSocket(target, material, o.serverName);
+    createConnection = () => tlsSocket(host, port, material, o.serverName);
   } else {
     authority = 'http://localhost';
     createConnection = () => net.connect(target.uds);
@@ -88,7 +87,7 @@ export function connect(o: GrpcConnectOptions): Promise<http2.ClientHttp2Session
       clearTimeout(timer);
       session.off('error', fail);
       if (o.receiveWindow) session.setLocalWindowSize(o.receiveWindow);
-      keepAlive(session, KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, (reason) => o.onDead?.(reason));
+      keepAlive(session, (reason) => o.onDead?.(reason));
       resolve(session);
     });
   });

@@ -37,9 +37,9 @@ export function decodeGrpcMessage(text: string): string {
   }
 }
 
-/** Headers that HTTP/2 or gRPC itself defines: never metadata. */
-function isReserved(key: string): boolean {
-  return key.startsWith(':') || key.startsWith('grpc-') || key === 'content-type' || key === 'te' || key === 'user-agent';
+/** Whether a header is custom metadata: not one HTTP/2 or gRPC itself defines, nor binary. */
+function isMetadata(key: string): boolean {
+  return !(key.startsWith(':') || key.startsWith('grpc-') || key === 'content-type' || key === 'te' || key === 'user-agent' || key.endsWith('-bin'));
 }
 
 /**
@@ -62,7 +62,7 @@ export class Metadata {
     const md = new Metadata();
     for (let i = 0; i + 1 < raw.length; i += 2) {
       const key = raw[i]!.toLowerCase();
-      if (isReserved(key) || key.endsWith('-bin')) continue;
+      if (!isMetadata(key)) continue;
       const list = md.values.get(key) ?? [];
       list.push(raw[i + 1]!);
       md.values.set(key, list);
@@ -74,7 +74,7 @@ export class Metadata {
   static fromHeaders(headers: IncomingHttpHeaders): Metadata {
     const md = new Metadata();
     for (const [key, value] of Object.entries(headers)) {
-      if (value === undefined || isReserved(key) || key.endsWith('-bin')) continue;
+      if (value === undefined || !isMetadata(key)) continue;
       md.values.set(key, Array.isArray(value) ? value : [String(value)]);
     }
     return md;
@@ -87,15 +87,15 @@ export class Metadata {
   }
 }
 
-/** Keepalive pings find a dead peer behind a NAT or load balancer that drops silently. */
-export const KEEPALIVE_TIME_MS = 30_000;
-export const KEEPALIVE_TIMEOUT_MS = 15_000;
+/** Every 30 s, which the reference server's keepalive enforcement allows. */
+const KEEPALIVE_TIME_MS = 30_000;
+const KEEPALIVE_TIMEOUT_MS = 15_000;
 
 /**
  * Pings the peer every `intervalMs` and destroys the session when an answer takes longer
  * than `timeoutMs`: a peer behind a NAT or load balancer that drops silently is noticed.
  */
-export function keepAlive(session: http2.Http2Session, intervalMs: number, timeoutMs: number, onDead: (reason: string) => void): void {
+export function keepAlive(session: http2.Http2Session, onDead: (reason: string) => void, intervalMs = KEEPALIVE_TIME_MS, timeoutMs = KEEPALIVE_TIMEOUT_MS): void {
   const interval = setInterval(() => {
     if (session.destroyed || session.closed) return;
     const timer = setTimeout(() => {

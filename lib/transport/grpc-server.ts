@@ -14,7 +14,7 @@ import type { Logger } from '../observe/log.js';
 import type { PacketStream } from '../mux/packet-stream.js';
 import { DEFAULT_MAX_MESSAGE_SIZE } from '../wire/protocol.js';
 import { GrpcFramingError, GrpcPacketStream } from './grpc-stream.js';
-import { GrpcStatus, KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, Metadata, encodeGrpcMessage, keepAlive } from './grpc-metadata.js';
+import { GrpcStatus, Metadata, encodeGrpcMessage, keepAlive } from './grpc-metadata.js';
 
 const { NGHTTP2_CANCEL } = http2.constants;
 
@@ -140,7 +140,7 @@ export class GrpcServer {
     this.sessions.add(session);
     session.on('error', (err: Error) => this.options.log.debug('HTTP/2 session error', { reason: err.message }));
     session.once('close', () => this.sessions.delete(session));
-    keepAlive(session, KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, (reason) => this.options.log.info('closing an agent connection', { reason }));
+    keepAlive(session, (reason) => this.options.log.info('closing an HTTP/2 connection', { reason }));
     const window = this.options.receiveWindow;
     if (window) {
       // After the settings exchange, so the WINDOW_UPDATE does not race it.
@@ -155,15 +155,15 @@ export class GrpcServer {
   }
 
   private dispatch(h2: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: string[]): void {
-    const socket = h2.session?.socket;
-    const peer = socket?.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix socket';
-    const call = new ServerCall(h2, rawHeaders, peer, this.maxMessageSize);
-    const path = headers[':path'] ?? '';
     const contentType = String(headers['content-type'] ?? '');
     if (headers[':method'] !== 'POST' || !/^application\/grpc(?:$|[+;])/.test(contentType)) {
       if (!h2.headersSent) h2.respond({ ':status': 415, 'content-type': 'text/plain' }, { endStream: true });
       return;
     }
+    const socket = h2.session?.socket;
+    const peer = socket?.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix socket';
+    const call = new ServerCall(h2, rawHeaders, peer, this.maxMessageSize);
+    const path = headers[':path'] ?? '';
     const encoding = headers['grpc-encoding'];
     if (encoding !== undefined && encoding !== 'identity') {
       call.sendStatus(GrpcStatus.UNIMPLEMENTED, `grpc-encoding ${String(encoding)} is not supported; send identity`);

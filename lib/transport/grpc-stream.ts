@@ -12,7 +12,7 @@ import { Duplex } from 'node:stream';
 import type http2 from 'node:http2';
 import { decodePacket, encodePacket } from '../wire/codec.js';
 import { encodeDataHead, encodeDataPacket, readDataHead } from '../wire/data-codec.js';
-import { PacketType, type DataPacket, type KnownPacket, type Packet } from '../wire/packet.js';
+import { PacketType, asBuffer, type DataPacket, type KnownPacket, type Packet } from '../wire/packet.js';
 import { GrpcStatus } from './grpc-metadata.js';
 import { DEFAULT_MAX_DATA_SIZE } from '../wire/protocol.js';
 
@@ -24,9 +24,9 @@ const COPY_BELOW = 1024;
 /**
  * How much may queue in the HTTP/2 stream before a writer waits for it to drain. Node's
  * stream reports itself full at its high-water mark (16 KiB by default, 64 KiB in the
- * binaries); waiting each time hands nghttp2 one packet at a
- * time, while a little more lets it send in larger batches (8 to 12% more throughput in
- * the bulk bench). Kept small: the queue is shared by every connection on the stream.
+ * binaries); waiting each time hands nghttp2 one packet at a time, while a little more lets
+ * it send in larger batches (8 to 12% more throughput in the bulk bench). Kept small: the
+ * queue is shared by every connection on the stream.
  */
 const SEND_QUEUE_BYTES = 256 * 1024;
 
@@ -45,8 +45,7 @@ export function framePacket(packet: KnownPacket): Buffer[] {
   if (packet.type === PacketType.DATA) {
     const { data } = packet;
     if (data.length < COPY_BELOW) return [withPrefix(encodeDataPacket(packet, PREFIX), 0)];
-    const head = withPrefix(encodeDataHead(packet, PREFIX), data.length);
-    return [head, asBuffer(data)];
+    return frameDataRun([packet]);
   }
   const body = encodePacket(packet);
   const frame = Buffer.allocUnsafe(PREFIX + body.length);
@@ -55,9 +54,9 @@ export function framePacket(packet: KnownPacket): Buffer[] {
 }
 
 /**
- * Consecutive DATA packets of one connection as one gRPC message: one DATA packet whose
- * payload is theirs in order, written where each lies. The receiver cannot tell the
- * difference, and every hop after this one handles a larger packet instead of several.
+ * DATA packets of one connection as one gRPC message: a head, then their payloads in order,
+ * written where each lies. For several, the receiver sees one DATA packet with all their
+ * bytes, and every hop after this one handles a larger packet instead of several.
  */
 function frameDataRun(packets: readonly DataPacket[]): Buffer[] {
   let length = 0;
@@ -65,11 +64,6 @@ function frameDataRun(packets: readonly DataPacket[]): Buffer[] {
   const buffers = [withPrefix(encodeDataHead(packets[0]!, PREFIX, length), length)];
   for (const { data } of packets) buffers.push(asBuffer(data));
   return buffers;
-}
-
-/** The same bytes as a Buffer, without copying. */
-function asBuffer(data: Uint8Array): Buffer {
-  return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
 }
 
 /**
@@ -119,13 +113,18 @@ export class GrpcMessageReader {
 
   /** True between messages: a stream may end here. */
   get idle(): boolean {
-    return this.prefixFilled === 0 && this.remaining === 0 && this.pieces.length === 0 && this.streamingID === undefined;
+    return this.prefixFilled === 0 && this.afterMessage;
+  }
+
+  /** The last message is done (a prefix may have begun). */
+  private get afterMessage(): boolean {
+    return this.remaining === 0 && this.streamingID === undefined && this.pieces.length === 0;
   }
 
   push(chunk: Buffer, emit: (packet: Packet) => void): void {
     let pos = 0;
     while (pos < chunk.length) {
-      if (this.remaining === 0 && this.streamingID === undefined && this.pieces.length === 0) {
+      if (this.afterMessage) {
         const n = Math.min(PREFIX - this.prefixFilled, chunk.length - pos);
         chunk.copy(this.prefix, this.prefixFilled, pos, pos + n);
         this.prefixFilled += n;

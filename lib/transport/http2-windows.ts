@@ -4,7 +4,8 @@
  * Node's HTTP/2 starts every stream and connection with a 64 KiB window, which caps one
  * stream at 64 KiB per round trip: about 1.3 MB/s on a 50 ms link. The agent stream's busy
  * direction is agent -> server (responses, logs, watches), so the agent listener raises its
- * receive windows (grpc-server.ts sends them in its settings and a WINDOW_UPDATE; `agentStreamWindow` says how large).
+ * receive windows (grpc-server.ts sends them in its settings and a WINDOW_UPDATE;
+ * `agentStreamWindow` says how large).
  *
  * Only one direction of a connection may have a large window. A Node HTTP/2 session reads
  * nothing from its socket while one of its writes is pending (nodejs/node#29399), so when

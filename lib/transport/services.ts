@@ -6,13 +6,12 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import { decodePacket, encodePacket } from '../wire/codec.js';
-import type { KnownPacket, Packet } from '../wire/packet.js';
+import { asBuffer, type KnownPacket, type Packet } from '../wire/packet.js';
 import type { PacketStream } from '../mux/packet-stream.js';
 import { AGENT_CONNECT_PATH, PROXY_PATH } from '../wire/protocol.js';
 
 export function serializePacket(packet: KnownPacket): Buffer {
-  const bytes = encodePacket(packet);
-  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return asBuffer(encodePacket(packet));
 }
 
 export function deserializePacket(bytes: Buffer): Packet {

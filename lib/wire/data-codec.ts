@@ -51,9 +51,9 @@ function idVarint(id: bigint): number[] {
 }
 
 /**
- * A DATA packet's encoding up to a payload of `payloadLength` bytes (its own by default), after `reserve` bytes left for the caller
- * (a gRPC frame prefix): the payload's bytes follow it on the wire, so a sender can write
- * them from where they are instead of copying them in.
+ * A DATA packet's encoding up to a payload of `payloadLength` bytes (its own by default),
+ * after `reserve` bytes left for the caller (a gRPC frame prefix): the payload's bytes follow
+ * it on the wire, so a sender can write them from where they are instead of copying them in.
  */
 export function encodeDataHead(packet: DataPacket, reserve = 0, payloadLength = packet.data.length): Buffer {
   return encodeData(packet, reserve, false, payloadLength);
