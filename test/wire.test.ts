@@ -7,6 +7,7 @@ import {
 } from '../lib/wire/index.js';
 import { decodeWithMessages, encodeWithMessages } from '../lib/wire/codec.js';
 import { decodeDataPacket } from '../lib/wire/data-codec.js';
+import { decodeControlPacket, type ControlPacket } from '../lib/wire/control-codec.js';
 import { FIXTURES } from './helpers/paths.js';
 
 interface Vector {
@@ -122,4 +123,61 @@ test('DATA shapes the direct path does not take still decode by the protobuf rul
     t.deepEqual(normalise(decodePacket(bytes)), normalise(decodeWithMessages(bytes)), hex);
   }
   t.throws(() => decodePacket(Buffer.from('0804220a0807', 'hex')), undefined, 'a truncated payload is an error');
+});
+
+/** Every packet type but DATA, with each of its fields set to each value of its kind. */
+function controlPackets(): ControlPacket[] {
+  const ids = [0n, 1n, 127n, 128n, 300n, 2n ** 32n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 63n - 1n, -1n, -(2n ** 63n)];
+  const texts = ['', 'tcp', 'c1:443', 'dial tcp 10.0.0.1:443: connect: connection refused ✗', 'x'.repeat(300)];
+  const packets: ControlPacket[] = [{ type: PacketType.DRAIN }];
+  for (const id of ids) {
+    packets.push(
+      { type: PacketType.CLOSE_REQ, connectID: id },
+      { type: PacketType.DIAL_CLS, random: id },
+      { type: PacketType.WINDOW_UPDATE, connectID: id, bytes: ids[ids.length - 1 - ids.indexOf(id)]! },
+    );
+    for (const text of texts) {
+      packets.push(
+        { type: PacketType.DIAL_REQ, protocol: text.slice(0, 3), address: text, random: id },
+        { type: PacketType.DIAL_RSP, error: text, connectID: id, random: BigInt.asIntN(64, -id) },
+        { type: PacketType.CLOSE_RSP, error: text, connectID: id },
+      );
+    }
+  }
+  return packets;
+}
+
+test('control packets take the direct path and write the same bytes as the generated classes', (t) => {
+  const packets = controlPackets();
+  t.deepEqual(new Set(packets.map((p) => p.type)).size, 7, 'every type but DATA');
+  for (const packet of packets) {
+    const what = JSON.stringify(packet, (_, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+    const fast = Buffer.from(encodePacket(packet));
+    const reference = Buffer.from(encodeWithMessages(packet));
+    t.true(fast.equals(reference), `encoding of ${what}`);
+    t.deepEqual(decodeControlPacket(reference), packet, `the direct path reads what the generated classes write: ${what}`);
+    t.deepEqual(decodePacket(reference), decodeWithMessages(reference), `decoding of ${what}`);
+  }
+});
+
+test('control shapes the direct path does not take still decode by the protobuf rules', (t) => {
+  const cases = {
+    'no payload': '0802',
+    'payload before type': '2a0208070802',
+    'type twice, last wins': '080608022a020807',
+    'unknown trailing field': '08022a020807' + '7801',
+    'unknown field in the payload': '08022a0408077801',
+    'payload twice: merged, last connectID wins': '08022a0208072a020809',
+    'connectID twice: last wins': '08022a0408070809',
+    'payload of another type': '080212051203613a31',
+    'int64 as a negative ten-byte varint': '08022a0b08ffffffffffffffffff01',
+  };
+  for (const [name, hex] of Object.entries(cases)) {
+    const bytes = Buffer.from(hex, 'hex');
+    t.deepEqual(decodePacket(bytes), decodeWithMessages(bytes), name);
+  }
+  t.truthy(decodeControlPacket(Buffer.from('0802', 'hex')), 'a missing payload reads as empty on the direct path too');
+  t.is(decodeControlPacket(Buffer.from('08022a0408077801', 'hex')), undefined, 'an unknown field leaves the direct path');
+  t.throws(() => decodePacket(Buffer.from('08022a0a0807', 'hex')), undefined, 'a truncated payload is an error');
+  t.throws(() => decodePacket(Buffer.from('0802120b1203', 'hex')), undefined, 'a truncated payload of another type is an error');
 });

@@ -1,16 +1,19 @@
 /**
- * Encodes and decodes packets with the message classes generated from proto/ (google-protobuf).
- * Every sender sets both `type` and the matching payload; a receiver switches on `type` and
- * reads a missing payload as empty, as the reference does. Unknown fields are skipped by the
- * generated decoder and unknown types come back as UnknownPacket.
+ * Encodes and decodes packets as proto/client.proto defines them; the message classes
+ * generated from it (google-protobuf) are the reference and the fallback. Every sender sets
+ * both `type` and the matching payload; a receiver switches on `type` and reads a missing
+ * payload as empty, as the reference does. Unknown fields are skipped and unknown types come
+ * back as UnknownPacket.
  *
- * DATA packets, nearly all the traffic, take a direct path (data-codec.ts) that writes the
- * same bytes without building message objects and reads the payload without copying it;
- * anything that path does not recognise goes through the generated classes.
+ * All packets take a direct path that writes the same bytes without building message objects:
+ * DATA, nearly all the traffic, through data-codec.ts, which also reads the payload without
+ * copying it, and the rest through control-codec.ts. Anything those do not recognise is
+ * decoded by the generated classes.
  */
 import * as pb from './gen/client.js';
 import { PacketType, type KnownPacket, type Packet } from './packet.js';
 import { decodeDataPacket, encodeDataPacket } from './data-codec.js';
+import { decodeControlPacket, encodeControlPacket } from './control-codec.js';
 
 const EMPTY = new Uint8Array(0);
 
@@ -18,15 +21,14 @@ const EMPTY = new Uint8Array(0);
 export class PacketDecodeError extends Error {}
 
 export function encodePacket(packet: KnownPacket): Uint8Array {
-  if (packet.type === PacketType.DATA) return encodeDataPacket(packet);
-  return toMessage(packet).serializeBinary();
+  return packet.type === PacketType.DATA ? encodeDataPacket(packet) : encodeControlPacket(packet);
 }
 
 export function decodePacket(bytes: Uint8Array): Packet {
-  return decodeDataPacket(bytes) ?? decodeWithMessages(bytes);
+  return decodeDataPacket(bytes) ?? decodeControlPacket(bytes) ?? decodeWithMessages(bytes);
 }
 
-/** The generated classes only; the reference for data-codec.ts in tests. */
+/** The generated classes only; the reference for the direct codecs in tests. */
 export function encodeWithMessages(packet: KnownPacket): Uint8Array {
   return toMessage(packet).serializeBinary();
 }

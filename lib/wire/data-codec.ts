@@ -11,44 +11,14 @@
  * handle every case of the protobuf rules.
  */
 import { PacketType, type DataPacket } from './packet.js';
+import { int64Varint, int64VarintSize, Reader, fieldTag, varintSize, writeInt64Varint, writeVarint } from './wire-format.js';
 
 const EMPTY = new Uint8Array(0);
-const TAG_TYPE = 0x08; // field 1, varint
-const TAG_DATA = 0x22; // field 4, length-delimited
-const TAG_CONNECT_ID = 0x08; // field 1, varint
-const TAG_ERROR = 0x12; // field 2, length-delimited
-const TAG_BYTES = 0x1a; // field 3, length-delimited
-const MAX_SAFE_ID = BigInt(Number.MAX_SAFE_INTEGER);
-
-function varintSize(n: number): number {
-  let size = 1;
-  while (n >= 0x80) {
-    n = Math.floor(n / 128);
-    size++;
-  }
-  return size;
-}
-
-function writeVarint(buf: Buffer, pos: number, n: number): number {
-  while (n >= 0x80) {
-    buf[pos++] = (n % 128) | 0x80;
-    n = Math.floor(n / 128);
-  }
-  buf[pos++] = n;
-  return pos;
-}
-
-/** The connectID's varint bytes: int64, so a negative id takes ten bytes, as protobuf has it. */
-function idVarint(id: bigint): number[] {
-  let u = BigInt.asUintN(64, id);
-  const out: number[] = [];
-  while (u >= 0x80n) {
-    out.push(Number(u & 0x7fn) | 0x80);
-    u >>= 7n;
-  }
-  out.push(Number(u));
-  return out;
-}
+const TAG_TYPE = fieldTag(1, 0);
+const TAG_DATA = fieldTag(4, 2);
+const TAG_CONNECT_ID = fieldTag(1, 0);
+const TAG_ERROR = fieldTag(2, 2);
+const TAG_BYTES = fieldTag(3, 2);
 
 /**
  * A DATA packet's encoding up to a payload of `payloadLength` bytes (its own by default),
@@ -68,11 +38,9 @@ export function encodeDataPacket(packet: DataPacket, reserve = 0): Buffer {
 function encodeData(packet: DataPacket, reserve: number, withPayload: boolean, length: number): Buffer {
   const { connectID, data } = packet;
   const error = packet.error ? Buffer.from(packet.error, 'utf8') : undefined;
-  const small = connectID >= 0n && connectID <= MAX_SAFE_ID;
-  const id = small ? Number(connectID) : 0;
-  const idBytes = small ? undefined : idVarint(connectID);
+  const id = int64Varint(connectID);
   let inner = 0;
-  if (connectID !== 0n) inner += 1 + (idBytes ? idBytes.length : varintSize(id));
+  if (connectID !== 0n) inner += 1 + int64VarintSize(id);
   if (error) inner += 1 + varintSize(error.length) + error.length;
   if (length > 0) inner += 1 + varintSize(length) + length;
   const buf = Buffer.allocUnsafe(reserve + 2 + 1 + varintSize(inner) + inner - (withPayload ? 0 : length));
@@ -83,8 +51,7 @@ function encodeData(packet: DataPacket, reserve: number, withPayload: boolean, l
   pos = writeVarint(buf, pos, inner);
   if (connectID !== 0n) {
     buf[pos++] = TAG_CONNECT_ID;
-    if (idBytes) for (const b of idBytes) buf[pos++] = b;
-    else pos = writeVarint(buf, pos, id);
+    pos = writeInt64Varint(buf, pos, id);
   }
   if (error) {
     buf[pos++] = TAG_ERROR;
@@ -97,53 +64,6 @@ function encodeData(packet: DataPacket, reserve: number, withPayload: boolean, l
     if (withPayload) buf.set(data, pos);
   }
   return buf;
-}
-
-/** A varint read from a buffer: the value as a bigint when wide, and the position after it. */
-class Reader {
-  pos: number;
-  constructor(readonly bytes: Uint8Array, start: number, readonly end: number) {
-    this.pos = start;
-  }
-
-  /** A varint of at most 7 bytes (< 2^49) as a number, or undefined. */
-  smallVarint(): number | undefined {
-    let result = 0;
-    let scale = 1;
-    for (let i = 0; i < 7 && this.pos < this.end; i++) {
-      const b = this.bytes[this.pos++]!;
-      result += (b & 0x7f) * scale;
-      if (b < 0x80) return result;
-      scale *= 128;
-    }
-    return undefined;
-  }
-
-  /** Any varint of up to ten bytes, as an int64. */
-  int64(): bigint | undefined {
-    const start = this.pos;
-    const small = this.smallVarint();
-    if (small !== undefined) return BigInt(small);
-    this.pos = start;
-    let result = 0n;
-    let shift = 0n;
-    for (let i = 0; i < 10 && this.pos < this.end; i++) {
-      const b = this.bytes[this.pos++]!;
-      result |= BigInt(b & 0x7f) << shift;
-      if (b < 0x80) return BigInt.asIntN(64, result);
-      shift += 7n;
-    }
-    return undefined;
-  }
-
-  /** The bounds of a length-delimited field's content, or undefined. */
-  delimited(): [number, number] | undefined {
-    const length = this.smallVarint();
-    if (length === undefined || this.pos + length > this.end) return undefined;
-    const start = this.pos;
-    this.pos += length;
-    return [start, this.pos];
-  }
 }
 
 /** The DATA packet in `bytes`, or undefined when they hold anything else. */
@@ -177,11 +97,14 @@ export function decodeDataPacket(bytes: Uint8Array): DataPacket | undefined {
       const id = inner.int64();
       if (id === undefined) return undefined;
       packet.connectID = id;
-    } else {
+    } else if (tag === TAG_BYTES) {
       const range = inner.delimited();
       if (range === undefined) return undefined;
-      if (tag === TAG_BYTES) packet.data = bytes.subarray(range[0], range[1]);
-      else if (range[1] > range[0]) packet.error = Buffer.from(bytes.buffer, bytes.byteOffset + range[0], range[1] - range[0]).toString('utf8');
+      packet.data = bytes.subarray(range[0], range[1]);
+    } else {
+      const error = inner.string();
+      if (error === undefined) return undefined;
+      if (error) packet.error = error;
     }
   }
   return packet;
