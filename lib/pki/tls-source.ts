@@ -1,8 +1,9 @@
 /**
- * Where the rest of the project gets its TLS key, certificate and CA bundle. Listeners and
- * dialers ask current() for every new handshake and may follow `changes`, so certificates can
- * rotate (files replaced by cert-manager, a CSR controller, or tunnel-pki) while existing
- * tunnels stay up. Today the material comes from PEM files; a Kubernetes CSR API source can
+ * Where the rest of the project gets its TLS key, certificate and CA bundle. Dialers (the
+ * agent, the clients) ask current() for every new connection, so with watching on they pick
+ * up files replaced by cert-manager, a CSR controller or tunnel-pki while existing tunnels
+ * stay up; the server's listeners read it once, when they start, and nothing follows
+ * `changes` yet. Today the material comes from PEM files; a Kubernetes CSR API source can
  * implement the same interface later.
  */
 import { createPrivateKey, X509Certificate } from 'node:crypto';
