@@ -7,7 +7,7 @@ import {
   AcceptingMux, DialingMux, DialError, packetStreamPair, type DialHandler, type PacketStream,
 } from '../lib/mux/index.js';
 import {
-  PacketType, closeRequest, dataPacket, dialResponse, type Packet,
+  PacketType, closeRequest, dataPacket, dialRequest, dialResponse, type Packet,
 } from '../lib/wire/index.js';
 import { ERR_UNKNOWN_CONNECT_ID, ERR_UNRECOGNIZED_CONNECT_ID } from '../lib/wire/protocol.js';
 import { eventually } from './helpers/system.js';
@@ -154,6 +154,59 @@ test('stray DATA that arrives in pieces (one message cut by the transport) is an
   t.is(agent.stats.strayPackets, 4, 'counted once per answer: three runs of stray DATA and the CLOSE_REQ for an unknown id');
 });
 
+test('a peer that sends beyond the window it was given gets that connection closed; the others go on', async (t) => {
+  const echo = await echoServer();
+  // The target of "stalled:1" never reads, so the connection grants no credit back.
+  const stalledTargets: Duplex[] = [];
+  const handler: DialHandler = async (req, signal) => {
+    if (req.address !== 'stalled:1') return tcpHandler(req, signal);
+    const target = new Duplex({ read() {}, write() { /* never done */ } });
+    stalledTargets.push(target);
+    return target;
+  };
+  const [a, b] = packetStreamPair();
+  const window = 64 * 1024;
+  const agent = new AcceptingMux(b, handler, { name: 'agent', flowControl: { sendWindow: window, receiveWindow: window } });
+  const peer = rawPeer(a);
+  peer.send(dialRequest('stalled:1', 1n));
+  peer.send(dialRequest(`127.0.0.1:${echo.port}`, 2n));
+  await eventually(() => peer.received.filter((p) => p.type === PacketType.DIAL_RSP).length === 2, 5_000, 'both dials answered');
+  const idOf = (random: bigint) => (peer.received.find((p) => p.type === PacketType.DIAL_RSP && (p as { random: bigint }).random === random) as { connectID: bigint }).connectID;
+  const [stalled, echoed] = [idOf(1n), idOf(2n)];
+
+  peer.send(dataPacket(stalled, Buffer.alloc(window, 1))); // the whole window: allowed
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  t.is(agent.stats.connections, 2, 'a full window is within the rules');
+  // Far more than the window and what the stalled target took before it stopped reading.
+  for (let i = 0; i < 8; i++) peer.send(dataPacket(stalled, Buffer.alloc(window, 2)));
+  await eventually(() => peer.received.some((p) => p.type === PacketType.CLOSE_RSP && (p as { connectID: bigint }).connectID === stalled), 5_000, 'the overrun connection closed');
+  t.is(agent.stats.connections, 1);
+  t.is(agent.stats.protocolViolations, 1);
+  await eventually(() => stalledTargets[0]!.destroyed, 5_000, 'its target connection is closed too');
+
+  peer.send(dataPacket(echoed, Buffer.from('still here')));
+  await eventually(() => peer.received.some((p) => p.type === PacketType.DATA && (p as { connectID: bigint }).connectID === echoed), 5_000, 'the other connection echoes');
+  const echoedBack = peer.received.filter((p) => p.type === PacketType.DATA && (p as { connectID: bigint }).connectID === echoed).map((p) => Buffer.from((p as { data: Uint8Array }).data).toString());
+  t.is(echoedBack.join(''), 'still here');
+  echo.close();
+});
+
+test('a WINDOW_UPDATE that grants no bytes is a stray packet and takes no credit away', async (t) => {
+  const sink: Buffer[] = [];
+  const { dialer, b } = pair(async () => new Duplex({ read() {}, write(chunk: Buffer, _e, cb) { sink.push(chunk); cb(); } }));
+  const conn = await dialer.dial('sink:1') as TunnelConnection;
+  // As if the accepting end sent them: a negative grant and an empty one.
+  b.write({ type: PacketType.WINDOW_UPDATE, connectID: conn.connectID, bytes: -(2n ** 40n) });
+  b.write({ type: PacketType.WINDOW_UPDATE, connectID: conn.connectID, bytes: 0n });
+  await eventually(() => dialer.stats.strayPackets === 2, 5_000, 'both counted as stray');
+  // Four windows' worth still flows: the sender's credit was not cut.
+  const payload = randomBytes(1024 * 1024);
+  conn.write(payload);
+  await eventually(() => sink.reduce((n, c) => n + c.length, 0) === payload.length, 5_000, 'a megabyte through a 256 KiB window');
+  t.true(Buffer.concat(sink).equals(payload));
+  conn.destroy();
+});
+
 function received(peer: { received: Packet[] }) {
   return peer.received.map((p) => ({ ...p }));
 }
@@ -239,6 +292,7 @@ function recordedConnection(options: { maxDataSize?: number; sendWindow?: number
     sendWindowUpdate: () => undefined,
     closeLocally: () => undefined,
     forget: () => undefined,
+    peerViolation: () => undefined,
     pauseReading: () => undefined,
     resumeReading: () => undefined,
   };

@@ -63,6 +63,8 @@ export class TunnelAgent {
     this.metrics.gauge('open_endpoint_connections', 'Connections open to targets.', () => this.openEndpointConnections);
     this.metrics.gauge('buffered_bytes', 'Bytes held in tunneled connections, waiting for a reader or for window.', () =>
       [...this.connections.values()].reduce((n, c) => n + c.mux.stats.bufferedBytes, 0));
+    this.metrics.gauge('protocol_violations', 'Tunneled connections closed because the server sent beyond the flow-control window it was given.', () =>
+      [...this.connections.values()].reduce((n, c) => n + c.mux.stats.protocolViolations, 0));
     this.metrics.processMetrics();
     this.dialFailures = this.metrics.counter('endpoint_dial_failure_total', 'Failed dials to targets, by reason.');
   }

@@ -39,6 +39,8 @@ export interface MultiplexerStats {
   pendingDials: number;
   strayPackets: number;
   unknownPackets: number;
+  /** Connections closed because the peer broke the protocol on them (sent beyond its window). */
+  protocolViolations: number;
 }
 
 export abstract class Multiplexer extends EventEmitter implements ConnectionLink {
@@ -48,6 +50,7 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
   protected readonly connections = new Map<bigint, TunnelConnection>();
   protected strayPackets = 0;
   protected unknownPackets = 0;
+  private protocolViolations = 0;
 
   private readonly pauseThreshold: number;
   private windows?: FlowControl;
@@ -99,6 +102,7 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
       pendingDials: this.pendingDialCount(),
       strayPackets: this.strayPackets,
       unknownPackets: this.unknownPackets,
+      protocolViolations: this.protocolViolations,
     };
   }
 
@@ -127,6 +131,11 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
   }
 
   abstract closeLocally(conn: TunnelConnection): void;
+
+  peerViolation(conn: TunnelConnection, detail: string): void {
+    this.protocolViolations++;
+    this.log.warn('closing a tunneled connection: the peer broke the protocol', { stream: this.name, connectID: conn.connectID, address: conn.address, detail });
+  }
 
   forget(conn: TunnelConnection): void {
     if (this.connections.get(conn.connectID) === conn) {
@@ -223,7 +232,8 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
       }
       case PacketType.WINDOW_UPDATE: {
         const conn = this.connections.get(packet.connectID);
-        if (conn) conn.grantCredit(Number(packet.bytes));
+        if (packet.bytes <= 0n) this.countStray(packet, 'WINDOW_UPDATE grants no bytes');
+        else if (conn) conn.grantCredit(Number(packet.bytes));
         return;
       }
     }

@@ -26,6 +26,8 @@ export interface ConnectionLink {
   closeLocally(conn: TunnelConnection): void;
   /** The connection is gone: drop it from the table. */
   forget(conn: TunnelConnection): void;
+  /** The peer broke the protocol on this connection (which then closes): say so where operators look. */
+  peerViolation(conn: TunnelConnection, detail: string): void;
   /** Stop or restart reading the shared stream (reference peers only). */
   pauseReading(conn: TunnelConnection): void;
   resumeReading(conn: TunnelConnection): void;
@@ -79,6 +81,8 @@ export class TunnelConnection extends Duplex {
   /** Bytes received from the peer, and bytes granted back, for WINDOW_UPDATE. */
   private received = 0;
   private granted = 0;
+  /** Bytes the peer may have sent in all: the announced window and every grant since. */
+  private allowed: number;
   /** Our receive window: the announced size, grown while the reader keeps up. */
   private window: number;
   private readonly maxWindow: number;
@@ -97,6 +101,7 @@ export class TunnelConnection extends Duplex {
     this.sendCredit = options.flowControl?.sendWindow ?? Number.POSITIVE_INFINITY;
     this.window = options.flowControl?.receiveWindow ?? 0;
     this.maxWindow = this.window * WINDOW_GROWTH;
+    this.allowed = this.window;
   }
 
   get isOpenOnWire(): boolean {
@@ -110,10 +115,20 @@ export class TunnelConnection extends Duplex {
 
   // ---- called by the multiplexer ------------------------------------------------------
 
-  /** DATA from the peer. */
+  /**
+   * DATA from the peer. With flow control, a peer that sends beyond the window it was given
+   * would have this connection buffer without bound: the connection closes instead, and the
+   * others on the stream go on.
+   */
   deliver(data: Uint8Array): void {
     if (!this.wireOpen || this.destroyed) return;
     this.received += data.byteLength;
+    if (this.flowControl && this.received > this.allowed) {
+      const detail = `the peer sent ${this.received - this.allowed} bytes beyond the flow-control window it was given`;
+      this.link.peerViolation(this, detail);
+      this.destroy(new Error(`connection ${this.connectID} to ${this.address}: ${detail}`));
+      return;
+    }
     this.push(asBuffer(data));
     if (!this.flowControl && !this.pausedStream && this.readableLength >= this.pauseThreshold) {
       this.pausedStream = true;
@@ -281,6 +296,7 @@ export class TunnelConnection extends Duplex {
       this.window = grown;
     }
     this.granted += owed;
+    this.allowed += grant;
     this.link.sendWindowUpdate(this, grant);
   }
 }

@@ -206,6 +206,8 @@ export class TunnelServer {
     this.metrics.processMetrics();
     this.metrics.gauge('stray_packets', 'Packets from agents for unknown connections or dials (a run of DATA for one connection counts once).', () =>
       this.registry.all().reduce((n, b) => n + b.mux.stats.strayPackets, 0));
+    this.metrics.gauge('protocol_violations', 'Tunneled connections closed because the agent or gRPC client sent beyond the flow-control window it was given.', () =>
+      [...this.registry.all().map((b) => b.mux), ...this.frontendStreams].reduce((n, mux) => n + mux.stats.protocolViolations, 0));
     return this.metrics.counter('http_connect_requests_total', 'HTTP-CONNECT requests by outcome.');
   }
 }
