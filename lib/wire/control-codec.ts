@@ -6,8 +6,8 @@
  * with the payload field and its fields per type as in proto/client.proto (SHAPES below).
  * These packets are few, but a dial and its close take four of them, each encoded once and
  * decoded once, and the generated classes build several objects and run a long path of
- * library code per packet: in a running server or agent that measured 10 to 17 µs per
- * packet (median), against about 1 µs here.
+ * library code per packet: timed inside a server and an agent under churn, 10 to 17 µs per
+ * packet (median) through them, 2 to 5 µs here. Every tag here fits in one byte.
  *
  * As in data-codec.ts: fields at their proto3 defaults (type DIAL_REQ = 0, "", 0) are left
  * out and fields go in field-number order, as the generated encoder writes them, so both
