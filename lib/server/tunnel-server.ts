@@ -204,7 +204,7 @@ export class TunnelServer {
     this.metrics.gauge('buffered_bytes', 'Bytes held in tunneled connections (to agents and gRPC frontends), waiting for a reader or for window.', () =>
       [...this.registry.all().map((b) => b.mux), ...this.frontendStreams].reduce((n, mux) => n + mux.stats.bufferedBytes, 0));
     this.metrics.processMetrics();
-    this.metrics.gauge('stray_packets', 'Packets from agents for unknown connections or dials (a run of DATA for one connection counts once).', () =>
+    this.metrics.gauge('stray_packets', 'Packets from agents that fit no connection or dial, or that the protocol does not allow there (a run of DATA for one connection counts once).', () =>
       this.registry.all().reduce((n, b) => n + b.mux.stats.strayPackets, 0));
     this.metrics.gauge('protocol_violations', 'Tunneled connections closed because the agent or gRPC client sent beyond the flow-control window it was given.', () =>
       [...this.registry.all().map((b) => b.mux), ...this.frontendStreams].reduce((n, mux) => n + mux.stats.protocolViolations, 0));
