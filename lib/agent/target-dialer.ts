@@ -5,6 +5,7 @@
  */
 import net from 'node:net';
 import dns from 'node:dns';
+import { splitHostPort } from '../transport/host-port.js';
 
 export const DEFAULT_TARGET_DIAL_TIMEOUT_MS = 5_000;
 
@@ -14,12 +15,6 @@ export interface TargetDialerOptions {
   hostAliases?: ReadonlyMap<string, string>;
 }
 
-export function splitHostPort(address: string): { host: string; port: number } {
-  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(address);
-  const port = match ? Number(match[3]) : NaN;
-  if (!match || port > 65535) throw new Error(`dial tcp ${address}: address ${address}: missing port in address`);
-  return { host: match[1] ?? match[2]!, port };
-}
 
 function goErrorText(address: string, host: string, err: NodeJS.ErrnoException): string {
   switch (err.code) {
@@ -40,11 +35,9 @@ function goErrorText(address: string, host: string, err: NodeJS.ErrnoException):
 export function dialTarget(address: string, signal: AbortSignal, options: TargetDialerOptions = {}): Promise<net.Socket> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TARGET_DIAL_TIMEOUT_MS;
   return new Promise((resolve, reject) => {
-    let target: { host: string; port: number };
-    try {
-      target = splitHostPort(address);
-    } catch (err) {
-      reject(err);
+    const target = splitHostPort(address);
+    if (!target) {
+      reject(new Error(`dial tcp ${address}: address ${address}: missing port in address`));
       return;
     }
     const alias = options.hostAliases?.get(target.host);

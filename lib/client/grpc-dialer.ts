@@ -15,7 +15,7 @@ import { GrpcStatus, Metadata, statusName } from '../transport/grpc-metadata.js'
 import type { GrpcPacketStream } from '../transport/grpc-stream.js';
 import { PacketType, type Packet } from '../wire/packet.js';
 import { DEFAULT_SERVER_PORT, PROXY_PATH } from '../wire/protocol.js';
-import { joinHostPort } from './host-port.js';
+import { joinHostPort } from '../transport/host-port.js';
 
 /** How long connecting to the proxy (TCP or unix socket, TLS, HTTP/2 settings) may take. */
 const CONNECT_TIMEOUT_MS = 10_000;

@@ -9,7 +9,7 @@ import tls from 'node:tls';
 import { DEFAULT_DIAL_TIMEOUT_MS } from '../mux/dialing-mux.js';
 import type { TlsMaterial, TlsSource } from '../pki/tls-source.js';
 import { DEFAULT_SERVER_PORT } from '../wire/protocol.js';
-import { joinHostPort } from './host-port.js';
+import { joinHostPort } from '../transport/host-port.js';
 
 const HEAD_END = Buffer.from('\r\n\r\n');
 /** A proxy whose response head is longer than this is not an HTTP-CONNECT proxy. */

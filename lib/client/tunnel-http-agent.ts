@@ -9,7 +9,7 @@ import https from 'node:https';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
-import { joinHostPort } from './host-port.js';
+import { joinHostPort } from '../transport/host-port.js';
 import { TunnelSocket } from './tunnel-socket.js';
 
 const HTTP_PORT = 80;

@@ -10,6 +10,7 @@ import tls from 'node:tls';
 import type { TlsMaterial } from '../pki/tls-source.js';
 import { DEFAULT_MAX_MESSAGE_SIZE } from '../wire/protocol.js';
 import { GrpcPacketStream } from './grpc-stream.js';
+import { joinHostPort, splitHostPort } from './host-port.js';
 import { GrpcStatus, Metadata, decodeGrpcMessage, keepAlive, statusName } from './grpc-metadata.js';
 
 const { NGHTTP2_CANCEL } = http2.constants;
@@ -28,16 +29,10 @@ export interface GrpcConnectOptions {
   onDead?: (reason: string) => void;
 }
 
-function splitHostPort(target: string): { host: string; port: string } {
-  const match = /^\[([^\]]+)\]:(\d+)$/.exec(target) ?? /^([^:]+):(\d+)$/.exec(target);
-  if (!match) throw new Error(`"${target}" is not host:port`);
-  return { host: match[1]!, port: match[2]! };
-}
-
-function tlsSocket(host: string, port: string, material: TlsMaterial, serverName?: string): tls.TLSSocket {
+function tlsSocket(host: string, port: number, material: TlsMaterial, serverName?: string): tls.TLSSocket {
   const name = serverName ?? host;
   const socket = tls.connect({
-    host, port: Number(port), ...material, ALPNProtocols: ['h2'],
+    host, port, ...material, ALPNProtocols: ['h2'],
     // SNI takes names only; an IP is checked against the certificate's IP addresses.
     ...(isIP(name) ? {} : { servername: name }),
     checkServerIdentity: (_host, cert) => tls.checkServerIdentity(name, cert),
@@ -53,8 +48,10 @@ export function connect(o: GrpcConnectOptions): Promise<http2.ClientHttp2Session
   let createConnection: () => net.Socket;
   if (typeof target === 'string') {
     if (!material) return Promise.reject(new Error(`gRPC over TCP to ${target} needs mTLS: a client certificate, key and CA`));
-    const { host, port } = splitHostPort(target);
-    authority = `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    const hostPort = splitHostPort(target);
+    if (!hostPort) return Promise.reject(new Error(`"${target}" is not host:port`));
+    const { host, port } = hostPort;
+    authority = `https://${joinHostPort(host, port)}`;
     createConnection = () => tlsSocket(host, port, material, o.serverName);
   } else {
     authority = 'http://localhost';

@@ -14,6 +14,7 @@ import { AcceptingMux, type DialHandler } from '../../lib/mux/index.js';
 import type { LocalPkiPaths } from '../../lib/pki/local-pki.js';
 import { localPkiTlsSource } from '../../lib/pki/tls-source.js';
 import { announceFlowControl, negotiateFlowControl } from '../../lib/transport/flow-control-metadata.js';
+import { splitHostPort } from '../../lib/transport/host-port.js';
 import { asPacketStream, proxyServiceDefinition } from '../../lib/transport/services.js';
 import { dialRequest, type KnownPacket } from '../../lib/wire/packet.js';
 import { ERR_NO_AGENT } from '../../lib/wire/protocol.js';
@@ -47,15 +48,14 @@ async function listen(server: net.Server, path?: string): Promise<Listening> {
   };
 }
 
-function splitHostPort(address: string): { host: string; port: number } {
-  const match = /^\[?([^\]]*)\]?:(\d+)$/.exec(address);
-  if (!match) throw new Error(`bad address ${address}`);
-  return { host: match[1]!, port: Number(match[2]) };
-}
-
 /** Dials 127.0.0.1 targets; any other host gets the server's "no agent" text. */
 export const dialLocal: DialHandler = (request) => new Promise((resolve, reject) => {
-  const { host, port } = splitHostPort(request.address);
+  const target = splitHostPort(request.address);
+  if (!target) {
+    reject(new Error(`bad address ${request.address}`));
+    return;
+  }
+  const { host, port } = target;
   if (!LOCAL_HOSTS.has(host)) {
     reject(new Error(ERR_NO_AGENT));
     return;
