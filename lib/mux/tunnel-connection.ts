@@ -81,8 +81,6 @@ export class TunnelConnection extends Duplex {
   /** Bytes received from the peer, and bytes granted back, for WINDOW_UPDATE. */
   private received = 0;
   private granted = 0;
-  /** Bytes the peer may have sent in all: the announced window and every grant since. */
-  private allowed: number;
   /** Our receive window: the announced size, grown while the reader keeps up. */
   private window: number;
   private readonly maxWindow: number;
@@ -101,7 +99,6 @@ export class TunnelConnection extends Duplex {
     this.sendCredit = options.flowControl?.sendWindow ?? Number.POSITIVE_INFINITY;
     this.window = options.flowControl?.receiveWindow ?? 0;
     this.maxWindow = this.window * WINDOW_GROWTH;
-    this.allowed = this.window;
   }
 
   get isOpenOnWire(): boolean {
@@ -123,8 +120,10 @@ export class TunnelConnection extends Duplex {
   deliver(data: Uint8Array): void {
     if (!this.wireOpen || this.destroyed) return;
     this.received += data.byteLength;
-    if (this.flowControl && this.received > this.allowed) {
-      const detail = `the peer sent ${this.received - this.allowed} bytes beyond the flow-control window it was given`;
+    // The peer may send what it was granted (the bytes our reader consumed) plus one window.
+    const allowed = this.granted + this.window;
+    if (this.flowControl && this.received > allowed) {
+      const detail = `the peer sent ${this.received - allowed} bytes beyond the flow-control window it was given`;
       this.link.peerViolation(this, detail);
       this.destroy(new Error(`connection ${this.connectID} to ${this.address}: ${detail}`));
       return;
@@ -296,7 +295,6 @@ export class TunnelConnection extends Duplex {
       this.window = grown;
     }
     this.granted += owed;
-    this.allowed += grant;
     this.link.sendWindowUpdate(this, grant);
   }
 }
