@@ -10,7 +10,8 @@
  */
 import { Duplex } from 'node:stream';
 import type http2 from 'node:http2';
-import { decodePacket, encodePacket } from '../wire/codec.js';
+import { decodePacket } from '../wire/codec.js';
+import { encodeControlPacket } from '../wire/control-codec.js';
 import { encodeDataHead, encodeDataPacket, readDataHead } from '../wire/data-codec.js';
 import { PacketType, asBuffer, type DataPacket, type KnownPacket, type Packet } from '../wire/packet.js';
 import { GrpcStatus } from './grpc-metadata.js';
@@ -47,10 +48,7 @@ export function framePacket(packet: KnownPacket): Buffer[] {
     if (data.length < COPY_BELOW) return [withPrefix(encodeDataPacket(packet, PREFIX), 0)];
     return frameDataRun([packet]);
   }
-  const body = encodePacket(packet);
-  const frame = Buffer.allocUnsafe(PREFIX + body.length);
-  frame.set(body, PREFIX);
-  return [withPrefix(frame, 0)];
+  return [withPrefix(encodeControlPacket(packet, PREFIX), 0)];
 }
 
 /**

@@ -6,12 +6,12 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import { decodePacket, encodePacket } from '../wire/codec.js';
-import { asBuffer, type KnownPacket, type Packet } from '../wire/packet.js';
+import type { KnownPacket, Packet } from '../wire/packet.js';
 import type { PacketStream } from '../mux/packet-stream.js';
 import { AGENT_CONNECT_PATH, PROXY_PATH } from '../wire/protocol.js';
 
 export function serializePacket(packet: KnownPacket): Buffer {
-  return asBuffer(encodePacket(packet));
+  return encodePacket(packet);
 }
 
 export function deserializePacket(bytes: Buffer): Packet {

@@ -20,7 +20,7 @@ const EMPTY = new Uint8Array(0);
 /** A protocol violation in an encoded packet (truncated varint, bad wire type, ...). */
 export class PacketDecodeError extends Error {}
 
-export function encodePacket(packet: KnownPacket): Uint8Array {
+export function encodePacket(packet: KnownPacket): Buffer {
   return packet.type === PacketType.DATA ? encodeDataPacket(packet) : encodeControlPacket(packet);
 }
 

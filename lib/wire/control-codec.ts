@@ -32,25 +32,25 @@ interface Shape {
 }
 
 const TAG_TYPE = fieldTag(1, 0);
-const string = (key: string, field: number): Field => ({ key, kind: 'string', tag: fieldTag(field, 2) });
-const int64 = (key: string, field: number): Field => ({ key, kind: 'int64', tag: fieldTag(field, 0) });
+const stringField = (key: string, field: number): Field => ({ key, kind: 'string', tag: fieldTag(field, 2) });
+const int64Field = (key: string, field: number): Field => ({ key, kind: 'int64', tag: fieldTag(field, 0) });
 const shape = (payloadField: number, ...fields: Field[]): Shape => ({ payloadTag: fieldTag(payloadField, 2), fields });
 
 const SHAPES = new Map<number, Shape>([
-  [PacketType.DIAL_REQ, shape(2, string('protocol', 1), string('address', 2), int64('random', 3))],
-  [PacketType.DIAL_RSP, shape(3, string('error', 1), int64('connectID', 2), int64('random', 3))],
-  [PacketType.CLOSE_REQ, shape(5, int64('connectID', 1))],
-  [PacketType.CLOSE_RSP, shape(6, string('error', 1), int64('connectID', 2))],
-  [PacketType.DIAL_CLS, shape(7, int64('random', 1))],
+  [PacketType.DIAL_REQ, shape(2, stringField('protocol', 1), stringField('address', 2), int64Field('random', 3))],
+  [PacketType.DIAL_RSP, shape(3, stringField('error', 1), int64Field('connectID', 2), int64Field('random', 3))],
+  [PacketType.CLOSE_REQ, shape(5, int64Field('connectID', 1))],
+  [PacketType.CLOSE_RSP, shape(6, stringField('error', 1), int64Field('connectID', 2))],
+  [PacketType.DIAL_CLS, shape(7, int64Field('random', 1))],
   [PacketType.DRAIN, shape(8)],
-  [PacketType.WINDOW_UPDATE, shape(64, int64('connectID', 1), int64('bytes', 2))],
+  [PacketType.WINDOW_UPDATE, shape(64, int64Field('connectID', 1), int64Field('bytes', 2))],
 ]);
 const PAYLOAD_TAGS = new Set([...SHAPES.values()].map((s) => s.payloadTag));
 
 type Values = Record<string, string | bigint>;
 
-/** The encoding of a packet other than DATA. */
-export function encodeControlPacket(packet: ControlPacket): Buffer {
+/** The encoding of a packet other than DATA, after `reserve` bytes left for the caller (a gRPC frame prefix). */
+export function encodeControlPacket(packet: ControlPacket, reserve = 0): Buffer {
   const { payloadTag, fields } = SHAPES.get(packet.type)!;
   const values = packet as unknown as Values;
   // Each field's value as written (a string's UTF-8 length, an int64's varint), or undefined at its default.
@@ -69,8 +69,8 @@ export function encodeControlPacket(packet: ControlPacket): Buffer {
     }
   }
   const typeSize = packet.type === PacketType.DIAL_REQ ? 0 : 1 + varintSize(packet.type);
-  const buf = Buffer.allocUnsafe(typeSize + varintSize(payloadTag) + varintSize(inner) + inner);
-  let pos = 0;
+  const buf = Buffer.allocUnsafe(reserve + typeSize + varintSize(payloadTag) + varintSize(inner) + inner);
+  let pos = reserve;
   if (typeSize > 0) {
     buf[pos++] = TAG_TYPE;
     pos = writeVarint(buf, pos, packet.type);
