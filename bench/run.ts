@@ -95,15 +95,14 @@ async function main(): Promise<number> {
   }
   const config = makeConfig(cli.full, limits.soft, scale);
   const selected = SCENARIOS.filter((s) => !cli.only || cli.only.includes(s.name));
-  const names = selected.map((s) => s.name);
-  const plans = selected.map((s) => s.plan(config, names));
+  const plans = selected.map((s) => s.plan(config));
   const progress = new Progress(plans.reduce((n, p) => n + p.length, 0));
   const figures: Figure[] = [];
   const problems: string[] = [];
   const shared = new Map<string, number>();
   const started = new Date();
 
-  process.stderr.write(`tunnel bench (${cli.full ? 'full' : 'quick'}${scale !== 1 ? `, scale ${scale}` : ''}): ${names.join(', ')}; node ${process.version}, ${os.cpus().length} CPUs, ulimit -n ${limits.soft}\n`);
+  process.stderr.write(`tunnel bench (${cli.full ? 'full' : 'quick'}${scale !== 1 ? `, scale ${scale}` : ''}): ${selected.map((s) => s.name).join(', ')}; node ${process.version}, ${os.cpus().length} CPUs, ulimit -n ${limits.soft}\n`);
   let planned = 0;
   for (const [i, scenario] of selected.entries()) {
     planned += plans[i]!.length;

@@ -66,6 +66,6 @@ export interface Scenario {
   name: string;
   title: string;
   /** The step labels the scenario will print, for the progress counter. */
-  plan(config: Config, selected: string[]): string[];
+  plan(config: Config): string[];
   run(ctx: Context): Promise<void>;
 }

@@ -91,12 +91,12 @@ export const closeResponse = (connectID: bigint, error = ''): CloseResponsePacke
   ({ type: PacketType.CLOSE_RSP, error, connectID });
 export const dataPacket = (connectID: bigint, data: Uint8Array): DataPacket =>
   ({ type: PacketType.DATA, connectID, data });
+export const closeDial = (random: bigint): CloseDialPacket => ({ type: PacketType.DIAL_CLS, random });
+export const drain = (): DrainPacket => ({ type: PacketType.DRAIN });
+export const windowUpdate = (connectID: bigint, bytes: number): WindowUpdatePacket =>
+  ({ type: PacketType.WINDOW_UPDATE, connectID, bytes: BigInt(bytes) });
 
 /** The same bytes as a Buffer, without copying. */
 export function asBuffer(bytes: Uint8Array): Buffer {
   return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
-export const closeDial = (random: bigint): CloseDialPacket => ({ type: PacketType.DIAL_CLS, random });
-export const drain = (): DrainPacket => ({ type: PacketType.DRAIN });
-export const windowUpdate = (connectID: bigint, bytes: number): WindowUpdatePacket =>
-  ({ type: PacketType.WINDOW_UPDATE, connectID, bytes: BigInt(bytes) });
