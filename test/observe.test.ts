@@ -2,6 +2,7 @@ import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fullCollection, MemoryReclaimer } from '../lib/observe/memory-reclaim.js';
 import { logger } from '../lib/observe/log.js';
+import { MetricsRegistry } from '../lib/observe/metrics.js';
 
 const log = logger('test');
 
@@ -63,4 +64,27 @@ test('the default collection is a full gc, available without --expose-gc', (t) =
   collect();
   t.true(process.memoryUsage().heapUsed < base + 2 * 1024 * 1024, 'and gone after the collection');
   t.is(garbage, undefined);
+});
+
+/** The value of `series` in a rendered registry, or undefined. */
+function sample(text: string, series: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+test('the process metrics count garbage collections by kind', async (t) => {
+  const registry = new MetricsRegistry('test');
+  registry.processMetrics();
+  const before = sample(registry.render(), 'nodejs_gc_runs_total{kind="major"}') ?? 0;
+  fullCollection()();
+  // The observer hears of a collection after it, on a later turn.
+  await sleep(50);
+  const text = registry.render();
+  t.true((sample(text, 'nodejs_gc_runs_total{kind="major"}') ?? 0) >= before + 1, text);
+  t.true((sample(text, 'nodejs_gc_seconds_total{kind="major"}') ?? 0) > 0);
+  t.regex(text, /# TYPE nodejs_gc_runs_total counter/);
+  // A second registry (server and agent in one process) reports the same counts, not half.
+  const other = new MetricsRegistry('other');
+  other.processMetrics();
+  t.is(sample(other.render(), 'nodejs_gc_runs_total{kind="major"}'), sample(text, 'nodejs_gc_runs_total{kind="major"}'));
 });

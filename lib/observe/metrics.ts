@@ -2,6 +2,7 @@
  * A small Prometheus registry: gauges computed on scrape, and counters. Enough for the
  * tunnel's handful of series without another dependency.
  */
+import { PerformanceObserver, constants, type NodeGCPerformanceDetail, type PerformanceEntry } from 'node:perf_hooks';
 
 type Labels = Record<string, string>;
 
@@ -72,6 +73,9 @@ export class MetricsRegistry {
     memory('nodejs_heap_size_total_bytes', 'V8 heap size in bytes.', () => process.memoryUsage().heapTotal);
     memory('nodejs_heap_size_used_bytes', 'V8 heap used in bytes.', () => process.memoryUsage().heapUsed);
     memory('nodejs_external_memory_bytes', 'Memory of C++ objects bound to JS objects, buffers included, in bytes.', () => process.memoryUsage().external);
+    const gc = gcCounters();
+    this.series.push({ name: 'nodejs_gc_runs_total', help: 'Garbage collections by kind (major: a full mark-compact).', type: 'counter', collect: () => gc.runs.collect() });
+    this.series.push({ name: 'nodejs_gc_seconds_total', help: 'Time in garbage collection pauses by kind, in seconds.', type: 'counter', collect: () => gc.seconds.collect() });
   }
 
   /** The Prometheus text exposition format. */
@@ -83,4 +87,29 @@ export class MetricsRegistry {
     }
     return lines.join('\n') + '\n';
   }
+}
+
+const GC_KINDS: Record<number, string> = {
+  [constants.NODE_PERFORMANCE_GC_MAJOR]: 'major',
+  [constants.NODE_PERFORMANCE_GC_MINOR]: 'minor',
+  [constants.NODE_PERFORMANCE_GC_INCREMENTAL]: 'incremental',
+  [constants.NODE_PERFORMANCE_GC_WEAKCB]: 'weakcb',
+};
+
+let gcCounted: { runs: Counter; seconds: Counter } | undefined;
+
+/** Collections of this process, counted once however many registries report them. */
+function gcCounters(): { runs: Counter; seconds: Counter } {
+  if (!gcCounted) {
+    const counted = { runs: new Counter(), seconds: new Counter() };
+    new PerformanceObserver((list) => {
+      for (const entry of list.getEntries()) {
+        const kind = { kind: GC_KINDS[(entry as PerformanceEntry & { detail?: NodeGCPerformanceDetail }).detail?.kind ?? -1] ?? 'other' };
+        counted.runs.inc(kind);
+        counted.seconds.inc(kind, entry.duration / 1000);
+      }
+    }).observe({ entryTypes: ['gc'] });
+    gcCounted = counted;
+  }
+  return gcCounted;
 }
