@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fullCollection, MemoryReclaimer } from '../lib/observe/memory-reclaim.js';
 import { logger } from '../lib/observe/log.js';
 import { MetricsRegistry } from '../lib/observe/metrics.js';
+import { heapGrowthChosen, widenHeapGrowth } from '../lib/cli/heap-growth.js';
 
 const log = logger('test');
 
@@ -87,4 +88,15 @@ test('the process metrics count garbage collections by kind', async (t) => {
   const other = new MetricsRegistry('other');
   other.processMetrics();
   t.is(sample(other.render(), 'nodejs_gc_runs_total{kind="major"}'), sample(text, 'nodejs_gc_runs_total{kind="major"}'));
+});
+
+test('the binaries widen heap growth unless the operator chose a value', (t) => {
+  t.false(heapGrowthChosen([], ''));
+  t.false(heapGrowthChosen(['--single-threaded-gc'], '--max-old-space-size=512'));
+  t.false(heapGrowthChosen(['--heap-growing-percentage=5'], ''), 'another flag with the same start');
+  t.true(heapGrowthChosen(['--single-threaded-gc', '--heap-growing-percent=50'], ''));
+  t.true(heapGrowthChosen(['--heap_growing_percent=50'], ''), 'V8 takes underscores too');
+  t.true(heapGrowthChosen([], '--max-old-space-size=512  --heap-growing-percent=0'));
+  t.false(widenHeapGrowth(['--heap-growing-percent=50'], ''), 'left as the operator set it');
+  t.true(widenHeapGrowth([], ''));
 });
