@@ -114,3 +114,9 @@ export const serverMetric = (server: TunnelServer, name: string) =>
 
 export const agentMetric = (agent: TunnelAgent, name: string) =>
   metric(agent.healthPort, `konnectivity_network_proxy_agent_${name}`);
+
+/** Full (mark-compact) collections so far in server and agent. */
+export async function fullCollections(tunnel: Tunnel): Promise<{ server: number; agent: number }> {
+  const read = (port: number) => metric(port, 'nodejs_gc_runs_total{kind="major"}').catch(() => 0);
+  return { server: await read(tunnel.server.healthPort), agent: await read(tunnel.agent.healthPort) };
+}

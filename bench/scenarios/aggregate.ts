@@ -6,7 +6,7 @@
 import { startTarget } from '../lib/helpers.js';
 import { httpConnectDialer, type Conn } from '../lib/dialers.js';
 import { download, mbps, formatBytes, medianBy, now, pool, type Transfer } from '../lib/measure.js';
-import { startTunnel } from '../lib/tunnel.js';
+import { fullCollections, startTunnel } from '../lib/tunnel.js';
 import type { Context, Scenario } from '../lib/scenario.js';
 import { timedTransfer, transferNote } from './bulk.js';
 import { cpuMeter, formatCpu } from '../lib/cpu.js';
@@ -55,7 +55,11 @@ export const aggregate: Scenario = {
       await pool(count, 20, async () => { conns.push(await dialer.dial()); });
 
       ctx.step(`${count} concurrent downloads, round ${round} (${formatBytes(config.aggregateBytes)} in all)`);
-      rounds.push(await concurrentDownloads(conns, config.aggregateBytes, config.transferLimitMs, dialer.pids));
+      const gcBefore = await fullCollections(tunnel);
+      const result = await concurrentDownloads(conns, config.aggregateBytes, config.transferLimitMs, dialer.pids);
+      const gcAfter = await fullCollections(tunnel);
+      result.cpu += `; full collections: server ${gcAfter.server - gcBefore.server}, agent ${gcAfter.agent - gcBefore.agent}`;
+      rounds.push(result);
       for (const c of conns) c.destroy();
       ctx.info(`${rounds[rounds.length - 1]!.rate.toFixed(1)} MB/s; CPU: ${rounds[rounds.length - 1]!.cpu}`);
     }
