@@ -59,11 +59,11 @@ export class Proc {
 }
 
 /**
- * Node options of the started binaries: the recommended `--single-threaded-gc` (see the
- * README), then any from TUNNEL_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to
- * profile server and agent under a bench scenario.
+ * Node options of the started binaries: the recommended `--single-threaded-gc` and
+ * `--max-semi-space-size=4` (see the README), then any from TUNNEL_NODE_ARGS, e.g.
+ * "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile server and agent under a bench scenario.
  */
-const NODE_ARGS = ['--single-threaded-gc', ...(process.env.TUNNEL_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [])];
+const NODE_ARGS = ['--single-threaded-gc', '--max-semi-space-size=4', ...(process.env.TUNNEL_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [])];
 
 /**
  * jemalloc for the started binaries, e.g. TUNNEL_JEMALLOC=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
