@@ -4,6 +4,7 @@
  * Assertions are on bytes and completion, never on time.
  */
 import test from 'ava';
+import http2 from 'node:http2';
 import net from 'node:net';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
@@ -14,6 +15,7 @@ import {
 import { dialHttpConnect } from '../lib/client/http-connect-dialer.js';
 import { dialGrpc } from '../lib/client/grpc-dialer.js';
 import { FileTlsSource, type TlsSource } from '../lib/pki/tls-source.js';
+import { PROXY_SERVER_WINDOW } from '../lib/transport/http2-windows.js';
 
 /** The most one connection may hold (--connection-window); it starts at a quarter of this. */
 const WINDOW = 1024 * 1024;
@@ -181,6 +183,27 @@ test.serial('a reference-style peer (no flow-control metadata, one stream) gets 
     t.true(pushed <= 256 * 1024, `the source is held back: it pushed ${pushed} bytes in 500 ms`);
     stalled.destroy();
   } finally {
+    await teardown(r);
+  }
+});
+
+test.serial('the gRPC frontend takes uploads in its raised window, and bulk both ways at once through it completes', async (t) => {
+  const r = await rig();
+  const session = http2.connect('http://localhost', { createConnection: () => net.connect(r.server.grpcUds) });
+  session.on('error', () => undefined);
+  try {
+    const [settings] = await once(session, 'remoteSettings') as [http2.Settings];
+    t.is(settings.initialWindowSize, PROXY_SERVER_WINDOW, 'the stream window, in the settings');
+    await eventually(() => session.state.remoteWindowSize === PROXY_SERVER_WINDOW, 5_000, 'the connection window, in a WINDOW_UPDATE');
+    // The echo sends everything back while the upload is still going: the server writes to
+    // a client that is itself writing, each with data in flight, which would deadlock two
+    // Node HTTP/2 sessions if the client could have more in flight than the kernel holds.
+    const payload = randomBytes(64 * 1024 * 1024);
+    const socket = await dialGrpc({ uds: r.server.grpcUds }, `c1:${r.echo.port}`);
+    t.is(await exchange(socket, payload, payload.length, 60_000), sha256(payload));
+    socket.destroy();
+  } finally {
+    session.destroy();
     await teardown(r);
   }
 });

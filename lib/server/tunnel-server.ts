@@ -11,7 +11,7 @@ import type { TlsSource } from '../pki/tls-source.js';
 import type { AcceptingMux } from '../mux/accepting-mux.js';
 import { GrpcServer, type BidiHandler } from '../transport/grpc-server.js';
 import { AGENT_CONNECT_PATH, PROXY_PATH } from '../wire/protocol.js';
-import { agentStreamWindow } from '../transport/http2-windows.js';
+import { PROXY_SERVER_WINDOW, agentStreamWindow } from '../transport/http2-windows.js';
 import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js';
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
@@ -189,7 +189,7 @@ export class TunnelServer {
 
   /** A gRPC frontend listener: the ProxyService, with mTLS or (on a unix socket) without. */
   private grpcServer(tls: TlsSource | undefined, handler: BidiHandler): GrpcServer {
-    const server = new GrpcServer({ tls, log: this.log });
+    const server = new GrpcServer({ tls, receiveWindow: PROXY_SERVER_WINDOW, log: this.log });
     server.handle(PROXY_PATH, handler);
     this.grpcServers.push(server);
     return server;
