@@ -2,12 +2,14 @@ import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import http2 from 'node:http2';
 import net from 'node:net';
+import tls from 'node:tls';
 import os from 'node:os';
 import { once } from 'node:events';
 import { Duplex } from 'node:stream';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { agentStreamWindow } from '../lib/transport/http2-windows.js';
+import { connectTls } from '../lib/transport/tls-dial.js';
 import { agentServiceDefinition } from '../lib/transport/services.js';
 import { DEFAULT_CONNECTION_WINDOW, announceFlowControl, negotiateFlowControl, peerWindow } from '../lib/transport/flow-control-metadata.js';
 
@@ -363,4 +365,35 @@ test('a batch of DATA packets of one connection goes out as one gRPC message, wr
   new GrpcMessageReader(4 << 20).push(Buffer.concat(written), (p) => sizes.push((p as { data: Uint8Array }).data.length));
   t.deepEqual(sizes, [200 * 1024, 200 * 1024, 200 * 1024]);
   stream.destroy();
+});
+
+test('connectTls checks the server name on the short certificate, then gives Node\'s detailed one back', async (t) => {
+  const server = tls.createServer({
+    key: readFileSync(ws.pki.serverKey), cert: readFileSync(ws.pki.serverCert), ca: readFileSync(ws.pki.caCert), requestCert: true,
+  }, (socket) => socket.on('error', () => undefined));
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as net.AddressInfo).port;
+  const sockets: tls.TLSSocket[] = [];
+  try {
+    const checked: tls.PeerCertificate[] = [];
+    const socket = connectTls({
+      ...agentTls(), host: '127.0.0.1', port, servername: 'localhost',
+      checkServerIdentity: (host, cert) => { checked.push(cert); return tls.checkServerIdentity(host, cert); },
+    });
+    sockets.push(socket);
+    await once(socket, 'secureConnect');
+    t.is(checked.length, 1);
+    t.false('issuerCertificate' in checked[0]!, 'the check got the short form, without the chain');
+    t.regex(checked[0]!.subjectaltname ?? '', /DNS:localhost/);
+    t.truthy(socket.getPeerCertificate(true).issuerCertificate, 'afterwards the detailed form again');
+
+    const wrong = connectTls({ ...agentTls(), host: '127.0.0.1', port, servername: 'not-the-server.example' });
+    sockets.push(wrong);
+    const [err] = await once(wrong, 'error') as [NodeJS.ErrnoException];
+    t.is(err.code, 'ERR_TLS_CERT_ALTNAME_INVALID', 'a name the certificate does not carry is still refused');
+  } finally {
+    for (const s of sockets) s.destroy();
+    server.close();
+  }
 });

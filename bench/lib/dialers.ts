@@ -8,6 +8,7 @@ import type { TlsSource } from '../../lib/pki/tls-source.js';
 import type { Duplex } from 'node:stream';
 import { dialHttpConnect } from '../../lib/client/http-connect-dialer.js';
 import { dialGrpc } from '../../lib/client/grpc-dialer.js';
+import { connectTls } from '../../lib/transport/tls-dial.js';
 import { inCluster, type Tunnel } from './tunnel.js';
 import type { Helper } from './helpers.js';
 
@@ -49,7 +50,10 @@ export function tcpDialer(label: string, target: Helper, via?: Helper): Dialer {
   };
 }
 
-/** Mutual TLS to a TLS-terminating relay (a full handshake per dial), with the client's certificate. */
+/**
+ * Mutual TLS to a TLS-terminating relay (a full handshake per dial), with the client's
+ * certificate, through the same TLS client code as the tunnel's dialers.
+ */
 export function tlsDialer(label: string, target: Helper, relay: Helper, clientTls: TlsSource): Dialer {
   const { key, cert, ca } = clientTls.current();
   const secureContext = tls.createSecureContext({ key, cert, ca });
@@ -57,7 +61,7 @@ export function tlsDialer(label: string, target: Helper, relay: Helper, clientTl
     label,
     pids: { client: process.pid, [relay.name]: relay.pid, target: target.pid },
     dial: () => opened(
-      tls.connect({ host: '127.0.0.1', port: relay.port, secureContext, servername: 'localhost' }),
+      connectTls({ host: '127.0.0.1', port: relay.port, secureContext, servername: 'localhost' }),
       'secureConnect',
       `TLS to 127.0.0.1:${relay.port}`,
     ),

@@ -10,6 +10,7 @@ import { DEFAULT_DIAL_TIMEOUT_MS } from '../mux/dialing-mux.js';
 import type { TlsMaterial, TlsSource } from '../pki/tls-source.js';
 import { DEFAULT_SERVER_PORT } from '../wire/protocol.js';
 import { joinHostPort } from '../transport/host-port.js';
+import { connectTls } from '../transport/tls-dial.js';
 
 const HEAD_END = Buffer.from('\r\n\r\n');
 /** A proxy whose response head is longer than this is not an HTTP-CONNECT proxy. */
@@ -174,7 +175,7 @@ function openProxyConnection(proxy: HttpConnectProxy, label: string): net.Socket
     throw new Error(`HTTP-CONNECT to proxy ${label} over TCP needs mTLS: give a client certificate, key and CA, or use the proxy's unix socket`);
   }
   const host = proxy.host ?? '127.0.0.1';
-  return tls.connect({
+  return connectTls({
     host,
     port: proxy.port ?? DEFAULT_SERVER_PORT,
     secureContext: secureContextFor(proxy.tls.current()),

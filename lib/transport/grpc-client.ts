@@ -11,6 +11,7 @@ import type { TlsMaterial } from '../pki/tls-source.js';
 import { DEFAULT_MAX_MESSAGE_SIZE } from '../wire/protocol.js';
 import { GrpcPacketStream } from './grpc-stream.js';
 import { joinHostPort, splitHostPort } from './host-port.js';
+import { connectTls } from './tls-dial.js';
 import { GrpcStatus, Metadata, decodeGrpcMessage, keepAlive, statusName } from './grpc-metadata.js';
 
 const { NGHTTP2_CANCEL } = http2.constants;
@@ -31,7 +32,7 @@ export interface GrpcConnectOptions {
 
 function tlsSocket(host: string, port: number, material: TlsMaterial, serverName?: string): tls.TLSSocket {
   const name = serverName ?? host;
-  const socket = tls.connect({
+  const socket = connectTls({
     host, port, ...material, ALPNProtocols: ['h2'],
     // SNI takes names only; an IP is checked against the certificate's IP addresses.
     ...(isIP(name) ? {} : { servername: name }),
