@@ -10,7 +10,8 @@
  * nearly every swing started a full collection: 68 of them for 2 GiB, a quarter of the
  * agent's CPU. At V8's own largest growth factor (4, which it picks for large heaps when
  * collections are cheap) the headroom is three times the live heap: 4 to 8 full collections
- * for the same 2 GiB, and 5 to 11% more throughput in the bulk bench (one A/B pair of full runs).
+ * for the same 2 GiB, and 5 to 11% more throughput in the bulk bench (one A/B pair of full
+ * runs).
  */
 import { setFlagsFromString } from 'node:v8';
 
