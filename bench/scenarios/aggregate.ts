@@ -17,6 +17,8 @@ interface Round {
   rate: number;
   notes: string[];
   cpu: string;
+  /** Full collections in server and agent during the round. */
+  collections?: string;
   perConn: number[];
 }
 
@@ -58,10 +60,10 @@ export const aggregate: Scenario = {
       const gcBefore = await fullCollections(tunnel);
       const result = await concurrentDownloads(conns, config.aggregateBytes, config.transferLimitMs, dialer.pids);
       const gcAfter = await fullCollections(tunnel);
-      result.cpu += `; full collections: server ${gcAfter.server - gcBefore.server}, agent ${gcAfter.agent - gcBefore.agent}`;
+      result.collections = `server ${gcAfter.server - gcBefore.server}, agent ${gcAfter.agent - gcBefore.agent}`;
       rounds.push(result);
       for (const c of conns) c.destroy();
-      ctx.info(`${rounds[rounds.length - 1]!.rate.toFixed(1)} MB/s; CPU: ${rounds[rounds.length - 1]!.cpu}`);
+      ctx.info(`${result.rate.toFixed(1)} MB/s; CPU: ${result.cpu}; full collections: ${result.collections}`);
     }
 
     const single = medianBy(singles, (r) => r.rate).rate;
@@ -75,7 +77,7 @@ export const aggregate: Scenario = {
       unit: 'MB/s',
       baseline: { label: '1 conn, same total', value: single },
       target: { on: 'ratio', op: '>=', limit: RATIO_TARGET },
-      note: [...spread, ...chosen.notes, `CPU while transferring: ${chosen.cpu}`].join('; '),
+      note: [...spread, ...chosen.notes, `CPU while transferring: ${chosen.cpu}`, `full collections: ${chosen.collections}`].join('; '),
     });
     if (chosen.perConn.length > 0) {
       ctx.record({

@@ -18,7 +18,7 @@ import { setFlagsFromString } from 'node:v8';
 /** Growth beyond the live heap, in percent: V8's factor of 4. */
 export const HEAP_GROWING_PERCENT = 300;
 
-/** True if the process was started with its own --heap-growing-percent (on the command line or in NODE_OPTIONS). */
+/** True if the process was started with its own --heap-growing-percent (command line or NODE_OPTIONS). */
 export function heapGrowthChosen(execArgv: readonly string[], nodeOptions = ''): boolean {
   return [...execArgv, ...nodeOptions.split(/\s+/)].some((arg) => /^--heap[-_]growing[-_]percent(=|$)/.test(arg));
 }
