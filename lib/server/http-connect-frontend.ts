@@ -106,9 +106,11 @@ function attach(server: http.Server, options: HttpConnectFrontendOptions): void 
 export function createMtlsConnectServer(tls: TlsSource, options: HttpConnectFrontendOptions): https.Server {
   const { key, cert, ca } = tls.current();
   // Every tunneled connection is a TLS connection of its own here, so handshakes are most of
-  // this frontend's cost. Session tickets would add to each one (OpenSSL serializes and
-  // encrypts the session, client certificate included) for clients that do not resume
-  // anyway: kube-apiserver's egress dialer keeps no session cache.
+  // this frontend's cost. Stateless session tickets would add to each one (OpenSSL
+  // serializes and encrypts the session, client certificate included) for clients that do
+  // not resume anyway: kube-apiserver's egress dialer keeps no session cache. Under TLS 1.3
+  // OpenSSL still sends two stateful tickets (session ids); Node offers no way to stop
+  // those short of OpenSSL's configuration (NumTickets, see the README).
   const server = https.createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: true, secureOptions: constants.SSL_OP_NO_TICKET });
   server.on('tlsClientError', (err) => options.log.debug('frontend TLS handshake failed', { err: err.message }));
   attach(server, options);
