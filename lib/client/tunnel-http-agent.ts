@@ -10,6 +10,7 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { joinHostPort } from '../transport/host-port.js';
+import { connectTls } from '../transport/tls-dial.js';
 import { TunnelSocket } from './tunnel-socket.js';
 
 const HTTP_PORT = 80;
@@ -52,7 +53,7 @@ export class TunnelHttpsAgent extends https.Agent {
 
   override createConnection(options: https.RequestOptions, callback?: ConnectionCallback): undefined {
     this.dial(dialAddress(options, HTTPS_PORT)).then(
-      (stream) => callback?.(null, tls.connect({ ...(options as tls.ConnectionOptions), socket: stream })),
+      (stream) => callback?.(null, connectTls({ ...(options as tls.ConnectionOptions), socket: stream })),
       (err: Error) => callback?.(err, undefined as never),
     );
     return undefined;
