@@ -12,7 +12,7 @@ import {
 import { ERR_UNKNOWN_CONNECT_ID, ERR_UNRECOGNIZED_CONNECT_ID } from '../lib/wire/protocol.js';
 import { eventually } from './helpers/system.js';
 import { SOCKET_HIGH_WATER_MARK, raiseSocketHighWaterMark, splice } from '../lib/mux/splice.js';
-import { TunnelConnection } from '../lib/mux/tunnel-connection.js';
+import { GRANT_SHARE, TunnelConnection, WINDOW_GROWTH } from '../lib/mux/tunnel-connection.js';
 
 /** A TCP server on 127.0.0.1 that echoes (or answers with the sha256 of what it got). */
 async function echoServer(): Promise<{ port: number; close(): void; sockets: Set<net.Socket> }> {
@@ -284,21 +284,22 @@ test('splice: what a tunneled connection yields within one turn of the loop reac
 });
 
 /** A tunneled connection whose DATA is recorded, one entry per sendData call (its pieces as given). */
-function recordedConnection(options: { maxDataSize?: number; sendWindow?: number } = {}) {
+function recordedConnection(options: { maxDataSize?: number; sendWindow?: number; receiveWindow?: number } = {}) {
   const sent: Buffer[][] = [];
+  const grants: number[] = [];
   const link = {
     maxDataSize: options.maxDataSize ?? 256 * 1024,
     sendData: (_conn: TunnelConnection, pieces: readonly Buffer[], done: () => void) => { sent.push([...pieces]); done(); },
-    sendWindowUpdate: () => undefined,
+    sendWindowUpdate: (_conn: TunnelConnection, bytes: number) => { grants.push(bytes); },
     closeLocally: () => undefined,
     forget: () => undefined,
     peerViolation: () => undefined,
     pauseReading: () => undefined,
     resumeReading: () => undefined,
   };
-  const flowControl = options.sendWindow === undefined ? undefined : { sendWindow: options.sendWindow, receiveWindow: 64 * 1024 };
+  const flowControl = options.sendWindow === undefined ? undefined : { sendWindow: options.sendWindow, receiveWindow: options.receiveWindow ?? 64 * 1024 };
   const conn = new TunnelConnection(link, { connectID: 1n, address: 'c1:80', pauseThreshold: 1 << 20, flowControl });
-  return { conn, sent };
+  return { conn, sent, grants };
 }
 
 const nextTurn = async () => {
@@ -394,5 +395,40 @@ test('a batch of writes is cut at the packet size and at the credit, by slicing 
   await nextTurn();
   t.deepEqual(sent.slice(3).map((batch) => batch.map((p) => p.length)), [[50]], 'the rest once credit comes');
   t.deepEqual(Buffer.concat(sent.flat()), Buffer.concat(pieces), 'every byte, in order');
+  conn.destroy();
+});
+
+test('credit goes back a sixteenth of the window at a time, and the window grows fourfold while the reader keeps up', async (t) => {
+  const window = 1024 * 1024;
+  const piece = 64 * 1024;
+  const { conn, grants } = recordedConnection({ sendWindow: window, receiveWindow: window });
+  let read = 0;
+  conn.on('data', (chunk: Buffer) => { read += chunk.length; });
+  // The peer sends within the credit it has: the window, plus whatever was granted since.
+  let sent = 0;
+  const credit = () => window + grants.reduce((a, b) => a + b, 0) - sent;
+  while (sent < 8 * window) {
+    t.true(credit() >= piece, `credit left after ${sent} bytes`);
+    conn.deliver(Buffer.alloc(piece));
+    sent += piece;
+    await nextTurn();
+  }
+  t.is(read, sent);
+  t.true(grants.length >= 8 * GRANT_SHARE / WINDOW_GROWTH, `${grants.length} grants for eight windows`);
+  t.true(grants.every((g) => g >= window / GRANT_SHARE), 'no grant below a sixteenth of the announced window');
+  // Everything consumed, less what is not granted yet, plus the growth to four windows.
+  const granted = grants.reduce((a, b) => a + b, 0);
+  t.true(granted > sent + (WINDOW_GROWTH - 1) * window - window / 4 && granted <= sent + (WINDOW_GROWTH - 1) * window, `granted ${granted}`);
+  conn.destroy();
+});
+
+test('a reader that does not read grants nothing and its window does not grow', async (t) => {
+  const window = 1024 * 1024;
+  const { conn, grants } = recordedConnection({ sendWindow: window, receiveWindow: window });
+  conn.pause();
+  for (let sent = 0; sent < window; sent += 64 * 1024) conn.deliver(Buffer.alloc(64 * 1024));
+  await nextTurn();
+  t.deepEqual(grants, []);
+  t.is(conn.bufferedBytes, window, 'the whole window waits for the reader');
   conn.destroy();
 });
