@@ -26,6 +26,7 @@ import {
   echoTarget, fakeConnectProxy, fakeGrpcProxy, httpTarget, httpsTarget, type Listening,
 } from './helpers/fake-proxies.js';
 import { BIN } from './helpers/paths.js';
+import { unusedPort } from './helpers/system.js';
 
 /** Every wait in this file is bounded by this. */
 const WAIT_MS = 10_000;
@@ -269,7 +270,7 @@ test('dialGrpc does not wait for headers that the server sends only with its fir
 test('a refused gRPC dial rejects with the server\'s text', async (t) => {
   const uds = socketPath();
   const proxy = await fakeGrpcProxy({ uds });
-  const closedPort = await freePort();
+  const closedPort = await unusedPort();
   await withServers([proxy], async () => {
     const noAgent = await t.throwsAsync(dialGrpc({ uds }, 'c9:443', { timeoutMs: WAIT_MS }), { instanceOf: DialError });
     t.is(noAgent!.message, 'No agent available');
@@ -455,14 +456,6 @@ test('tunnel-client exits 1 with the proxy\'s error text, and 2 on an unknown fl
 /** Unix-socket handles of this process (the gRPC client's connection among them). */
 function pipeCount(): number {
   return process.getActiveResourcesInfo().filter((name) => name === 'PipeWrap').length;
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 /** Sends a minimal HTTP request over a raw tunneled connection and checks the answer. */

@@ -19,7 +19,7 @@ import {
 import { AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_FLOW_CONTROL, MD_SERVER_COUNT, MD_SERVER_ID, PROXY_PATH } from '../lib/wire/protocol.js';
 import { deserializePacket, serializePacket } from '../lib/transport/services.js';
 import {
-  echoTarget, eventually, httpGet, httpTarget, metric, startAgent, startServer, workspace,
+  echoTarget, eventually, httpGet, httpTarget, metric, startAgent, startServer, unusedPort, workspace,
   type AgentHandle, type Proc, type ServerHandle, type Target, type Workspace,
 } from './helpers/system.js';
 
@@ -154,14 +154,6 @@ async function tunnelGet(ws: Workspace, where: number | string, address: string)
   return sendUntilClosed(reply.socket, 'GET /whoami HTTP/1.1\r\nHost: target\r\nConnection: close\r\n\r\n');
 }
 
-function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1');
-  return once(server, 'listening').then(() => {
-    const { port } = server.address() as net.AddressInfo;
-    return new Promise<number>((resolve) => server.close(() => resolve(port)));
-  });
-}
-
 const isRunning = (proc: Proc) => proc.child.exitCode === null && proc.child.signalCode === null;
 
 /** `promise`, or a rejection naming `what` after timeoutMs. */
@@ -281,7 +273,7 @@ test.serial('CONNECT to a cluster without an agent answers 500 "No agent availab
 });
 
 test.serial('CONNECT to a closed port answers 502 with the agent\'s dial error', async (t) => {
-  const port = await freePort();
+  const port = await unusedPort();
   const reply = await rawConnect(ws, server.connectPort, `c1:${port}`);
   t.is(reply.statusLine, 'HTTP/1.1 502 Bad Gateway');
   t.regex(reply.head, /\r\nConnection: close(\r\n|$)/i);

@@ -9,7 +9,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import {
-  workspace, startServer, startAgent, httpTarget, echoTarget, runToEnd, eventually, metric, exchange, sha256, httpGet,
+  workspace, startServer, startAgent, httpTarget, echoTarget, runToEnd, eventually, metric, exchange, sha256, httpGet, unusedPort,
   type Workspace, type ServerHandle, type AgentHandle, type Target,
 } from './helpers/system.js';
 import { dialHttpConnect, ProxyError } from '../lib/client/http-connect-dialer.js';
@@ -37,14 +37,6 @@ function getOver(socket: net.Socket | NodeJS.ReadWriteStream, address: string, p
     req.on('error', reject);
     req.end();
   });
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((r) => server.close(r));
-  return port;
 }
 
 // ---- seed cases ------------------------------------------------------------------------
@@ -231,7 +223,7 @@ test.serial('integrity: 100 concurrent connections, random sizes up to 8 MiB, bo
 test.serial('life cycle: tunnels come back after the agent restarts and after the server restarts', async (t) => {
   const ws = await workspace();
   const target = await httpTarget('c1');
-  const agentPort = await freePort();
+  const agentPort = await unusedPort();
   let server = await startServer(ws, [`--agent-port=${agentPort}`]);
   let agent = await startAgent(ws, server, 'c1');
   try {

@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -258,4 +258,37 @@ export function exchange(socket: NodeJS.ReadWriteStream & { end(): unknown; dest
     };
     pump();
   });
+}
+
+/**
+ * A port on 127.0.0.1 that nothing listens on, below the kernel's ephemeral range. Tests
+ * running alongside listen on port 0 and connect from ephemeral ports, so they cannot take
+ * it; and a connection to it cannot become a TCP self-connect, which a just-freed ephemeral
+ * port allows (the kernel may pick it as the connection's own source port).
+ */
+export async function unusedPort(): Promise<number> {
+  const low = ephemeralRangeStart();
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = 10_000 + Math.floor(Math.random() * (low - 10_000));
+    const server = net.createServer();
+    const free = await new Promise<boolean>((resolve) => {
+      server.once('error', () => resolve(false));
+      server.listen(port, '127.0.0.1', () => resolve(true));
+    });
+    if (free) {
+      await new Promise((resolve) => server.close(resolve));
+      return port;
+    }
+  }
+  throw new Error('no unused port on 127.0.0.1 below the ephemeral range in 100 tries');
+}
+
+function ephemeralRangeStart(): number {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    if (low > 11_000) return low;
+  } catch {
+    // Not Linux: the IANA range starts at 49152, Linux's default at 32768.
+  }
+  return 32_768;
 }
