@@ -8,7 +8,7 @@
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
-import { fdLimits, reexecWithRaisedLimit } from './lib/limits.js';
+import { BENCH_NODE_ARGS, fdLimits, reexecForBench } from './lib/limits.js';
 import { makeFigure, Progress, renderTable, type Figure } from './lib/results.js';
 import { makeConfig, type Context, type Scenario } from './lib/scenario.js';
 import { installExitHandlers, reapLeftovers, Scope } from './lib/scope.js';
@@ -83,7 +83,7 @@ async function main(): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
-  const reran = reexecWithRaisedLimit();
+  const reran = reexecForBench();
   if (reran !== undefined) return reran;
 
   installExitHandlers();
@@ -102,7 +102,7 @@ async function main(): Promise<number> {
   const shared = new Map<string, number>();
   const started = new Date();
 
-  process.stderr.write(`tunnel bench (${cli.full ? 'full' : 'quick'}${scale !== 1 ? `, scale ${scale}` : ''}): ${selected.map((s) => s.name).join(', ')}; node ${process.version}, ${os.cpus().length} CPUs, ulimit -n ${limits.soft}\n`);
+  process.stderr.write(`tunnel bench (${cli.full ? 'full' : 'quick'}${scale !== 1 ? `, scale ${scale}` : ''}): ${selected.map((s) => s.name).join(', ')}; node ${process.version} (${process.execArgv.join(' ') || 'no flags'}), ${os.cpus().length} CPUs, ulimit -n ${limits.soft}\n`);
   let planned = 0;
   for (const [i, scenario] of selected.entries()) {
     planned += plans[i]!.length;
@@ -146,6 +146,7 @@ async function main(): Promise<number> {
       mode: cli.full ? 'full' : 'quick',
       scale,
       node: process.version,
+      nodeArgs: process.execArgv,
       cpus: os.cpus().length,
       fdLimit: limits.soft,
       config,

@@ -1,11 +1,13 @@
 /**
  * Starts the bench's helper child processes (target, relay, delay relay): compiled scripts
- * next to this file, run with process.execPath, each reporting its port over IPC.
+ * next to this file, run with process.execPath and BENCH_NODE_ARGS, each reporting its port
+ * over IPC.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { stopChild, track, type Scope } from './scope.js';
 import type { LocalPkiPaths } from '../../lib/pki/local-pki.js';
+import { BENCH_NODE_ARGS } from './limits.js';
 
 export interface Helper {
   name: string;
@@ -23,7 +25,7 @@ const SCRIPTS = {
 
 export async function startHelper(scope: Scope, kind: keyof typeof SCRIPTS, args: string[] = [], name: string = kind): Promise<Helper> {
   const script = fileURLToPath(new URL(`./${SCRIPTS[kind]}`, import.meta.url));
-  const child = fork(script, args, { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(script, args, { execArgv: BENCH_NODE_ARGS, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   track(name, child);
   scope.defer(name, () => stopChild(child));
   const port = await new Promise<number>((resolve, reject) => {
