@@ -8,7 +8,7 @@
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
-import { BENCH_NODE_ARGS, fdLimits, reexecForBench } from './lib/limits.js';
+import { fdLimits, reexecForBench } from './lib/limits.js';
 import { makeFigure, Progress, renderTable, type Figure } from './lib/results.js';
 import { makeConfig, type Context, type Scenario } from './lib/scenario.js';
 import { installExitHandlers, reapLeftovers, Scope } from './lib/scope.js';

@@ -7,8 +7,7 @@ import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
 import { parseHostAliases } from '../lib/agent/target-dialer.js';
 import { validateAgentIdentifiers } from '../lib/server/agent-identifiers.js';
 import { DEFAULT_AGENT_PORT } from '../lib/wire/protocol.js';
-import { raiseSocketHighWaterMark } from '../lib/mux/splice.js';
-import { widenHeapGrowth } from '../lib/cli/heap-growth.js';
+import { applyProcessDefaults } from '../lib/cli/process-defaults.js';
 
 const NAME = 'tunnel-agent';
 
@@ -40,8 +39,7 @@ function identifiersFrom(clusterName: string | undefined, explicit: string | und
 }
 
 runMain(NAME, async () => {
-  raiseSocketHighWaterMark();
-  widenHeapGrowth();
+  applyProcessDefaults();
   const flags = parseFlags({ name: NAME, summary: 'The tunnel agent: runs in a managed cluster, dials out to the tunnel server and opens the connections the hub asks for.' }, FLAGS, process.argv.slice(2));
   applyLogLevel(flags['log-level']);
   const identifiers = identifiersFrom(flags['cluster-name'], flags['agent-identifiers']);

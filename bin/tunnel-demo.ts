@@ -3,8 +3,7 @@
 import { onShutdownSignal, parseFlags, parsePort, runMain } from '../lib/cli/flags.js';
 import { defaultStateDir } from '../lib/pki/local-pki.js';
 import { runDemo } from '../lib/demo/demo.js';
-import { raiseSocketHighWaterMark } from '../lib/mux/splice.js';
-import { widenHeapGrowth } from '../lib/cli/heap-growth.js';
+import { applyProcessDefaults } from '../lib/cli/process-defaults.js';
 import { DEFAULT_AGENT_PORT, DEFAULT_SERVER_PORT } from '../lib/wire/protocol.js';
 
 const NAME = 'tunnel-demo';
@@ -18,8 +17,7 @@ const FLAGS = {
 } as const;
 
 runMain(NAME, async () => {
-  raiseSocketHighWaterMark();
-  widenHeapGrowth();
+  applyProcessDefaults();
   const flags = parseFlags({ name: NAME, summary: 'Runs a tunnel server, an agent, a sample target and one request through the tunnel, on loopback.' }, FLAGS, process.argv.slice(2));
   const demo = await runDemo({
     stateDir: flags['state-dir'],

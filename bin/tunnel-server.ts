@@ -6,8 +6,7 @@ import { resolveTls } from '../lib/pki/resolve-tls.js';
 import { parseProxyStrategies } from '../lib/server/proxy-strategies.js';
 import { TunnelServer } from '../lib/server/tunnel-server.js';
 import { DEFAULT_AGENT_PORT, DEFAULT_SERVER_PORT } from '../lib/wire/protocol.js';
-import { raiseSocketHighWaterMark } from '../lib/mux/splice.js';
-import { widenHeapGrowth } from '../lib/cli/heap-growth.js';
+import { applyProcessDefaults } from '../lib/cli/process-defaults.js';
 
 const NAME = 'tunnel-server';
 
@@ -31,8 +30,7 @@ const FLAGS = {
 } as const;
 
 runMain(NAME, async () => {
-  raiseSocketHighWaterMark();
-  widenHeapGrowth();
+  applyProcessDefaults();
   const flags = parseFlags({ name: NAME, summary: 'The tunnel server: agents in managed clusters connect to it; hub clients reach those clusters through it with HTTP-CONNECT or gRPC.' }, FLAGS, process.argv.slice(2));
   applyLogLevel(flags['log-level']);
   let strategies;

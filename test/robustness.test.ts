@@ -6,7 +6,6 @@
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import http2 from 'node:http2';

@@ -15,7 +15,6 @@ export interface TargetDialerOptions {
   hostAliases?: ReadonlyMap<string, string>;
 }
 
-
 function goErrorText(address: string, host: string, err: NodeJS.ErrnoException): string {
   switch (err.code) {
     case 'ECONNREFUSED': return `dial tcp ${address}: connect: connection refused`;

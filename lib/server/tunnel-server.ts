@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import type { TlsSource } from '../pki/tls-source.js';
 import type { AcceptingMux } from '../mux/accepting-mux.js';
+import type { Multiplexer } from '../mux/multiplexer.js';
 import { GrpcServer, type BidiHandler } from '../transport/grpc-server.js';
 import { AGENT_CONNECT_PATH, PROXY_PATH } from '../wire/protocol.js';
 import { PROXY_SERVER_WINDOW, agentStreamWindow } from '../transport/http2-windows.js';
@@ -195,6 +196,11 @@ export class TunnelServer {
     return server;
   }
 
+  /** Every packet stream of the server: to agents, and from gRPC frontend clients. */
+  private allStreams(): Multiplexer[] {
+    return [...this.registry.all().map((b) => b.mux), ...this.frontendStreams];
+  }
+
   private registerMetrics() {
     this.metrics.gauge('ready_backends', 'Connected agents.', () => this.registry.size);
     this.metrics.gauge('agent_streams', 'Open agent streams.', () => this.registry.all().length);
@@ -202,12 +208,12 @@ export class TunnelServer {
     this.metrics.gauge('pending_backend_dials', 'Dials waiting for an agent\'s answer.', () => this.pendingDials);
     this.metrics.gauge('grpc_frontend_streams', 'Open ProxyService streams.', () => this.frontendStreams.size);
     this.metrics.gauge('buffered_bytes', 'Bytes held in tunneled connections (to agents and gRPC frontends), waiting for a reader or for window.', () =>
-      [...this.registry.all().map((b) => b.mux), ...this.frontendStreams].reduce((n, mux) => n + mux.stats.bufferedBytes, 0));
+      this.allStreams().reduce((n, mux) => n + mux.stats.bufferedBytes, 0));
     this.metrics.processMetrics();
     this.metrics.gauge('stray_packets', 'Packets from agents that fit no connection or dial, or that the protocol does not allow there (a run of DATA for one connection counts once).', () =>
       this.registry.all().reduce((n, b) => n + b.mux.stats.strayPackets, 0));
     this.metrics.gauge('protocol_violations', 'Tunneled connections closed because the agent or gRPC client sent beyond the flow-control window it was given.', () =>
-      [...this.registry.all().map((b) => b.mux), ...this.frontendStreams].reduce((n, mux) => n + mux.stats.protocolViolations, 0));
+      this.allStreams().reduce((n, mux) => n + mux.stats.protocolViolations, 0));
     return this.metrics.counter('http_connect_requests_total', 'HTTP-CONNECT requests by outcome.');
   }
 }

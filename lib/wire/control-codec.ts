@@ -16,7 +16,7 @@
  * and the caller falls back to the generated classes.
  */
 import { PacketType, type DataPacket, type KnownPacket } from './packet.js';
-import { fieldTag, int64Varint, int64VarintSize, Reader, varintSize, writeInt64Varint, writeVarint, type Int64Varint } from './wire-format.js';
+import { TAG_TYPE, fieldTag, int64Varint, int64VarintSize, Reader, varintSize, writeInt64Varint, writeVarint, type Int64Varint } from './wire-format.js';
 
 export type ControlPacket = Exclude<KnownPacket, DataPacket>;
 
@@ -31,7 +31,6 @@ interface Shape {
   fields: readonly Field[];
 }
 
-const TAG_TYPE = fieldTag(1, 0);
 const stringField = (key: string, field: number): Field => ({ key, kind: 'string', tag: fieldTag(field, 2) });
 const int64Field = (key: string, field: number): Field => ({ key, kind: 'int64', tag: fieldTag(field, 0) });
 const shape = (payloadField: number, ...fields: Field[]): Shape => ({ payloadTag: fieldTag(payloadField, 2), fields });

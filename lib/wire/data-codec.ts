@@ -11,10 +11,9 @@
  * handle every case of the protobuf rules.
  */
 import { PacketType, type DataPacket } from './packet.js';
-import { int64Varint, int64VarintSize, Reader, fieldTag, varintSize, writeInt64Varint, writeVarint } from './wire-format.js';
+import { TAG_TYPE, int64Varint, int64VarintSize, Reader, fieldTag, varintSize, writeInt64Varint, writeVarint } from './wire-format.js';
 
 const EMPTY = new Uint8Array(0);
-const TAG_TYPE = fieldTag(1, 0);
 const TAG_DATA = fieldTag(4, 2);
 const TAG_CONNECT_ID = fieldTag(1, 0);
 const TAG_ERROR = fieldTag(2, 2);

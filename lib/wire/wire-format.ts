@@ -8,6 +8,9 @@ const MAX_SAFE_ID = BigInt(Number.MAX_SAFE_INTEGER);
 /** A field's tag: its number and wire type (0 varint, 2 length-delimited). */
 export const fieldTag = (field: number, wireType: 0 | 2): number => field * 8 + wireType;
 
+/** Packet.type, field 1 of every packet. */
+export const TAG_TYPE = fieldTag(1, 0);
+
 export function varintSize(n: number): number {
   let size = 1;
   while (n >= 0x80) {
