@@ -42,7 +42,7 @@ export function makeConfig(full: boolean, fdLimit: number, scale = 1): Config {
     memoryConnections: Math.max(100, Math.round((full ? 10_000 : 2_000) * scale)),
     holBytesEach: bytes(full ? 256 * MiB : 64 * MiB),
     holConnections: 10,
-    wanBytes: bytes(full ? 256 * MiB : 64 * MiB),
+    wanBytes: bytes(full ? 1024 * MiB : 256 * MiB),
     wanDelayMs: 25,
     transferLimitMs: full ? 120_000 : 25_000,
     fdLimit,

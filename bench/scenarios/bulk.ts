@@ -50,11 +50,18 @@ export function transferNote(t: Transfer, bytes: number, limitMs: number): strin
   return t.complete ? undefined : `cut short by the ${limitMs / 1000} s limit after ${formatBytes(t.bytes)} of ${formatBytes(bytes)}; rate is over what got through`;
 }
 
-type Run = Awaited<ReturnType<typeof measureTransfer>>;
+export type Run = Awaited<ReturnType<typeof measureTransfer>>;
 
 /** ', round 2 of 3' and so on; one empty label for a single round. */
-function roundLabels(rounds: number): string[] {
+export function roundLabels(rounds: number): string[] {
   return rounds > 1 ? Array.from({ length: rounds }, (_, i) => `, round ${i + 1} of ${rounds}`) : [''];
+}
+
+/** The median of a path's rounds (a failed round counts lowest), and all of them for the note. */
+export function medianRun(runs: Run[]): Run & { spread: string } {
+  const median = medianBy(runs, (r) => r.rate ?? -1);
+  const spread = runs.length > 1 ? `median of ${runs.length} rounds: ${runs.map((r) => (r.rate === null ? 'failed' : r.rate.toFixed(1))).join(', ')} MB/s` : '';
+  return { ...median, spread };
 }
 
 export const bulk: Scenario = {
@@ -90,12 +97,9 @@ export const bulk: Scenario = {
       }
       const rates = new Map<string, number | null>();
       for (const dialer of dialers) {
-        const all = runs.get(dialer.label)!;
-        // A failed run counts lowest.
-        const { rate, note, cpu } = medianBy(all, (r) => r.rate ?? -1);
+        const { rate, note, cpu, spread } = medianRun(runs.get(dialer.label)!);
         rates.set(dialer.label, rate);
         const isTunnel = dialer.label !== 'direct' && dialer.label !== 'relay';
-        const spread = all.length > 1 ? `median of ${all.length} rounds: ${all.map((r) => (r.rate === null ? 'failed' : r.rate.toFixed(1))).join(', ')} MB/s` : '';
         ctx.record({
           figure: `${direction} via ${dialer.label}`,
           value: rate,

@@ -2,14 +2,16 @@
  * 6. wan: the agent reaches the server through a relay that adds 25 ms each way (a WAN link
  * without a bandwidth limit). Bulk download through HTTP-CONNECT, against the same download
  * through the delay relay alone (client -> delay relay -> target): the link's own capacity.
+ * A second tunnel has its --connection-window sized to the link, for what an operator gets
+ * by doing so. As in bulk, the paths take turns round after round and each figure is the
+ * median round.
  */
 import { startDelayRelay, startTarget } from '../lib/helpers.js';
-import { tcpDialer, httpConnectDialer } from '../lib/dialers.js';
+import { tcpDialer, httpConnectDialer, type Dialer } from '../lib/dialers.js';
 import { formatBytes, MiB } from '../lib/measure.js';
 import { clientSide, startTunnelAgent, startTunnelServer, startWorkspace } from '../lib/tunnel.js';
 import type { Context, Scenario } from '../lib/scenario.js';
-import type { FigureInput } from '../lib/results.js';
-import { measureTransfer, timedTransfer } from './bulk.js';
+import { measureTransfer, medianRun, roundLabels, timedTransfer, type Run } from './bulk.js';
 
 const RATIO_TARGET = 0.5;
 /** The per-connection window an operator would give a 50 ms link: about its bandwidth-delay product. */
@@ -17,17 +19,23 @@ const LONG_LINK_WINDOW = 64 * MiB;
 const WARMUP_BYTES = 4 * MiB;
 /** Uploads are an extra figure (no target): small, since the server -> agent direction may be slow. */
 const UPLOAD_BYTES = { quick: 8 * MiB, full: 32 * MiB };
+const RELAY = 'delay relay alone';
+const TUNNEL = 'HTTP-CONNECT via delay relay';
+const WIDE_TUNNEL = 'HTTP-CONNECT via delay relay, 64 MiB window';
+const DOWNLOAD_PATHS = [RELAY, TUNNEL, WIDE_TUNNEL];
+const UPLOAD_PATHS = [RELAY, TUNNEL];
 
 export const wan: Scenario = {
   name: 'wan',
   title: 'agent behind a high-latency link',
-  plan: () => ['start target, delay relays and tunnel (agent via delay relay)', 'warm up', 'download via the delay relay alone', 'download via HTTP-CONNECT, agent behind the delay relay',
-    'upload via the delay relay alone', 'upload via HTTP-CONNECT, agent behind the delay relay', 'the same download with a window for the long link'],
+  plan: (config) => ['start target, delay relays and tunnels (agents via delay relays)', 'warm up every path',
+    ...roundLabels(config.rounds).flatMap((r) => DOWNLOAD_PATHS.map((p) => `download via ${p}${r}`)),
+    ...UPLOAD_PATHS.map((p) => `upload via ${p}`)],
 
   async run(ctx: Context) {
     const { config, scope } = ctx;
     const delay = config.wanDelayMs;
-    ctx.step('start target, delay relays and tunnel (agent via delay relay)');
+    ctx.step('start target, delay relays and tunnels (agents via delay relays)');
     const target = await startTarget(scope);
     const direct = await startDelayRelay(scope, target.port, delay, 'delay relay (baseline)');
     const ws = await startWorkspace(scope);
@@ -40,51 +48,59 @@ export const wan: Scenario = {
       dialer.pids = { ...dialer.pids, link: link.pid };
       return dialer;
     };
-    const paths = [tcpDialer('delay relay alone', target, { ...direct, name: 'relay' }), await tunnelBehindLink('HTTP-CONNECT via delay relay')];
+    const paths = new Map<string, Dialer>([
+      [RELAY, tcpDialer(RELAY, target, { ...direct, name: 'relay' })],
+      [TUNNEL, await tunnelBehindLink(TUNNEL)],
+      [WIDE_TUNNEL, await tunnelBehindLink(WIDE_TUNNEL, [`--connection-window=${LONG_LINK_WINDOW}`])],
+    ]);
 
-    ctx.step('warm up');
-    for (const dialer of paths) await timedTransfer(dialer, 'download', WARMUP_BYTES, config.transferLimitMs);
+    ctx.step('warm up every path');
+    for (const dialer of paths.values()) await timedTransfer(dialer, 'download', WARMUP_BYTES, config.transferLimitMs);
 
-    /** Each path in turn; the tunnel's figure against the delay relay's. */
-    const measurePaths = async (direction: 'download' | 'upload', bytes: number, what: string, target?: FigureInput['target']) => {
-      const rates: Array<number | null> = [];
-      for (const [i, dialer] of paths.entries()) {
-        ctx.step(`${direction} via ${dialer.label} (${formatBytes(bytes)}, ${what})`);
-        const { rate, note } = await measureTransfer(ctx, dialer, direction, bytes);
-        rates.push(rate);
-        ctx.record({
-          figure: `${direction} via ${dialer.label}`,
-          value: rate,
-          unit: 'MB/s',
-          baseline: i === 1 ? { label: 'delay relay', value: rates[0] ?? null } : undefined,
-          target: i === 1 ? target : undefined,
-          note,
-        });
+    const downloads = new Map<string, Run[]>(DOWNLOAD_PATHS.map((p) => [p, []]));
+    for (const round of roundLabels(config.rounds)) {
+      for (const label of DOWNLOAD_PATHS) {
+        ctx.step(`download via ${label}${round} (${formatBytes(config.wanBytes)}, +${delay} ms each way)`);
+        downloads.get(label)!.push(await measureTransfer(ctx, paths.get(label)!, 'download', config.wanBytes));
       }
-      return rates;
-    };
-    const rates = await measurePaths('download', config.wanBytes, `+${delay} ms each way`, { on: 'ratio', op: '>=', limit: RATIO_TARGET });
-    await measurePaths('upload', Math.min(config.wanBytes, config.full ? UPLOAD_BYTES.full : UPLOAD_BYTES.quick), 'no target');
+    }
+    const relay = medianRun(downloads.get(RELAY)!);
+    const baseline = { label: 'delay relay', value: relay.rate };
+    for (const label of DOWNLOAD_PATHS) {
+      const run = label === RELAY ? relay : medianRun(downloads.get(label)!);
+      ctx.record({
+        figure: `download via ${label}`,
+        value: run.rate,
+        unit: 'MB/s',
+        baseline: label === RELAY ? undefined : baseline,
+        target: label === TUNNEL ? { on: 'ratio', op: '>=', limit: RATIO_TARGET } : undefined,
+        note: [run.spread, run.note, label === WIDE_TUNNEL ? `--connection-window=${LONG_LINK_WINDOW} on server and agent` : ''].filter(Boolean).join('; ') || undefined,
+      });
+      if (label === TUNNEL && run.rate !== null) ctx.shared.set('wan.download.HTTP-CONNECT', run.rate);
+    }
 
-    // What an operator gets by sizing --connection-window to the link, on both ends.
-    ctx.step(`the same download with --connection-window=${LONG_LINK_WINDOW}`);
-    const wide = await tunnelBehindLink('HTTP-CONNECT via delay relay, 64 MiB window', [`--connection-window=${LONG_LINK_WINDOW}`]);
-    await timedTransfer(wide, 'download', WARMUP_BYTES, config.transferLimitMs);
-    const widened = await measureTransfer(ctx, wide, 'download', config.wanBytes);
-    ctx.record({
-      figure: `download via ${wide.label}`,
-      value: widened.rate,
-      unit: 'MB/s',
-      baseline: { label: 'delay relay', value: rates[0] ?? null },
-      note: `--connection-window=${LONG_LINK_WINDOW} on server and agent${widened.note ? `; ${widened.note}` : ''}`,
-    });
+    const uploadBytes = Math.min(config.wanBytes, config.full ? UPLOAD_BYTES.full : UPLOAD_BYTES.quick);
+    let uploadBaseline: number | null = null;
+    for (const label of UPLOAD_PATHS) {
+      ctx.step(`upload via ${label} (${formatBytes(uploadBytes)}, no target)`);
+      const { rate, note } = await measureTransfer(ctx, paths.get(label)!, 'upload', uploadBytes);
+      ctx.record({
+        figure: `upload via ${label}`,
+        value: rate,
+        unit: 'MB/s',
+        baseline: label === RELAY ? undefined : { label: 'delay relay', value: uploadBaseline },
+        note,
+      });
+      if (label === RELAY) uploadBaseline = rate;
+    }
 
     // Separates what the latency costs from the tunnel's own limit on loopback.
     const loopback = ctx.shared.get('bulk.download.HTTP-CONNECT');
-    if (loopback !== undefined && rates[1] !== null && rates[1] !== undefined) {
+    const overLink = ctx.shared.get('wan.download.HTTP-CONNECT');
+    if (loopback !== undefined && overLink !== undefined) {
       ctx.record({
         figure: 'HTTP-CONNECT via delay relay vs on loopback',
-        value: rates[1],
+        value: overLink,
         unit: 'MB/s',
         baseline: { label: 'loopback, bulk', value: loopback },
       });
