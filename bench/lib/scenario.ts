@@ -13,6 +13,8 @@ export interface Config {
   aggregateBytes: number;
   aggregateConnections: number;
   churnSeconds: number;
+  /** Cycles each churn path runs before it is measured (see churn.ts). */
+  churnWarmupCycles: number;
   churnConcurrency: number;
   memoryConnections: number;
   holBytesEach: number;
@@ -38,6 +40,7 @@ export function makeConfig(full: boolean, fdLimit: number, scale = 1): Config {
     aggregateBytes: bytes(full ? 1024 * MiB : 256 * MiB),
     aggregateConnections: 100,
     churnSeconds: Math.max(0.5, (full ? 15 : 5) * scale),
+    churnWarmupCycles: Math.max(100, Math.round(4_000 * scale)),
     churnConcurrency: 32,
     memoryConnections: Math.max(100, Math.round((full ? 10_000 : 2_000) * scale)),
     holBytesEach: bytes(full ? 256 * MiB : 64 * MiB),

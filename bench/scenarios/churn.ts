@@ -14,14 +14,13 @@ import type { Context, Scenario } from '../lib/scenario.js';
 const SIZE = KiB;
 const CYCLE_LIMIT_MS = 10_000;
 /**
- * Cycles each path runs before it is measured, so that the figures are of warmed-up
- * processes, as a long-running server's are. V8 optimizes a function once it has run often
- * enough, and a cycle runs the code of a connection's whole life once: from a fresh start,
- * one at a time through the tunnel went from 210 to 280 cycles/s over its first 4,000 cycles
- * (about 15 s), and through the mTLS relay from 311 to 355, then stayed there.
+ * Each path runs config.churnWarmupCycles (4,000) before it is measured, so that the figures
+ * are of warmed-up processes, as a long-running server's are. V8 optimizes a function once it
+ * has run often enough, and a cycle runs the code of a connection's whole life once: from a
+ * fresh start, one at a time through the tunnel went from 210 to 280 cycles/s over its first
+ * 4,000 cycles (about 15 s), and through the mTLS relay from 311 to 355, then stayed there.
+ * WARMUP_LIMIT_S bounds a warm-up on a path too slow to finish it (it is then measured as it is).
  */
-const WARMUP_CYCLES = 4_000;
-/** Bounds a warm-up on a path too slow to finish it (it is then measured as it is). */
 const WARMUP_LIMIT_S = 30;
 const TARGETS: Record<number, number> = { 1: 250, 32: 500 };
 /** What each path is compared with: one more hop, then the same hop with mTLS, then the tunnel. */
@@ -87,9 +86,9 @@ export const churnScenario: Scenario = {
       httpConnectDialer(tunnel, target),
     ];
 
-    ctx.step(`warm up (${WARMUP_CYCLES} cycles per path, ${config.churnConcurrency} at a time)`);
+    ctx.step(`warm up (${config.churnWarmupCycles} cycles per path, ${config.churnConcurrency} at a time)`);
     for (const dialer of dialers) {
-      const warm = await churn(dialer, config.churnConcurrency, WARMUP_LIMIT_S, WARMUP_CYCLES);
+      const warm = await churn(dialer, config.churnConcurrency, WARMUP_LIMIT_S, config.churnWarmupCycles);
       ctx.info(`${dialer.label}: ${warm.cycles} cycles in ${warm.seconds.toFixed(1)} s`);
     }
 
