@@ -75,6 +75,9 @@ const BINARY_ENV = JEMALLOC
   ? { ...process.env, LD_PRELOAD: JEMALLOC, MALLOC_CONF: process.env.MALLOC_CONF ?? 'background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0' }
   : process.env;
 
+/** How the binaries run: their Node options, and the allocator preloaded into them, if any. */
+export const BINARY_RUNTIME: { nodeArgs: readonly string[]; preload?: string } = { nodeArgs: NODE_ARGS, ...(JEMALLOC ? { preload: JEMALLOC } : {}) };
+
 export function run(binary: string, args: string[]): Proc {
   const child = spawn(process.execPath, [...NODE_ARGS, join(BIN, `${binary}.js`), ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: BINARY_ENV });
   return new Proc(binary, child);
