@@ -49,12 +49,17 @@ export const aggregate: Scenario = {
     const target = await startTarget(scope);
     const tunnel = await startTunnel(scope);
     const dialer = httpConnectDialer(tunnel, target);
+    /** `count` connections, destroyed with the scope if the scenario stops first. */
+    const dialAll = async (what: string): Promise<Conn[]> => {
+      const conns: Conn[] = [];
+      scope.defer(what, () => { for (const c of conns) c.destroy(); });
+      await pool(count, 20, async () => { conns.push(await dialer.dial()); });
+      return conns;
+    };
 
     ctx.step(`warm up (${formatBytes(WARMUP_BYTES)} on one connection, then on ${count})`);
     await timedTransfer(dialer, 'download', WARMUP_BYTES, config.transferLimitMs);
-    const warm: Conn[] = [];
-    scope.defer('aggregate warm-up connections', () => { for (const c of warm) c.destroy(); });
-    await pool(count, 20, async () => { warm.push(await dialer.dial()); });
+    const warm = await dialAll('aggregate warm-up connections');
     await concurrentDownloads(warm, WARMUP_BYTES, config.transferLimitMs, dialer.pids);
     for (const c of warm) c.destroy();
 
@@ -67,9 +72,7 @@ export const aggregate: Scenario = {
       ctx.info(`${mbps(t).toFixed(1)} MB/s`);
 
       ctx.step(`dial ${count} connections, round ${round}`);
-      const conns: Conn[] = [];
-      scope.defer(`aggregate connections, round ${round}`, () => { for (const c of conns) c.destroy(); });
-      await pool(count, 20, async () => { conns.push(await dialer.dial()); });
+      const conns = await dialAll(`aggregate connections, round ${round}`);
 
       ctx.step(`${count} concurrent downloads, round ${round} (${formatBytes(config.aggregateBytes)} in all)`);
       const gcBefore = await fullCollections(tunnel);

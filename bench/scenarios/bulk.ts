@@ -62,6 +62,21 @@ export function roundLabels(rounds: number): string[] {
   return rounds > 1 ? Array.from({ length: rounds }, (_, i) => `, round ${i + 1} of ${rounds}`) : [''];
 }
 
+/**
+ * One transfer of `bytes` on each dialer in turn, round after round (config.rounds), so that a
+ * noisy spell of the machine falls on all of them: every dialer's runs, by label.
+ */
+export async function measureInTurns(ctx: Context, dialers: readonly Dialer[], direction: Direction, bytes: number, detail: string): Promise<Map<string, Run[]>> {
+  const runs = new Map<string, Run[]>(dialers.map((d) => [d.label, []]));
+  for (const round of roundLabels(ctx.config.rounds)) {
+    for (const dialer of dialers) {
+      ctx.step(`${direction} via ${dialer.label}${round} (${detail})`);
+      runs.get(dialer.label)!.push(await measureTransfer(ctx, dialer, direction, bytes));
+    }
+  }
+  return runs;
+}
+
 /** The median of a path's rounds (a failed round counts lowest), and all of them for the note. */
 export function medianRun(runs: Run[]): Run & { spread: string } {
   const median = medianBy(runs, (r) => r.rate ?? -1);
@@ -93,13 +108,7 @@ export const bulk: Scenario = {
     }
 
     for (const direction of DIRECTIONS) {
-      const runs = new Map<string, Run[]>(dialers.map((d) => [d.label, []]));
-      for (const round of roundLabels(config.rounds)) {
-        for (const dialer of dialers) {
-          ctx.step(`${direction} via ${dialer.label}${round} (${formatBytes(config.bulkBytes)})`);
-          runs.get(dialer.label)!.push(await measureTransfer(ctx, dialer, direction, config.bulkBytes));
-        }
-      }
+      const runs = await measureInTurns(ctx, dialers, direction, config.bulkBytes, formatBytes(config.bulkBytes));
       const rates = new Map<string, number | null>();
       for (const dialer of dialers) {
         const { rate, note, cpu, spread } = medianRun(runs.get(dialer.label)!);

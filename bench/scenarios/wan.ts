@@ -11,7 +11,7 @@ import { tcpDialer, httpConnectDialer, type Dialer } from '../lib/dialers.js';
 import { formatBytes, MiB } from '../lib/measure.js';
 import { clientSide, startTunnelAgent, startTunnelServer, startWorkspace } from '../lib/tunnel.js';
 import type { Context, Scenario } from '../lib/scenario.js';
-import { measureTransfer, medianRun, roundLabels, timedTransfer, type Run } from './bulk.js';
+import { measureInTurns, measureTransfer, medianRun, roundLabels, timedTransfer } from './bulk.js';
 
 const RATIO_TARGET = 0.5;
 /** The per-connection window an operator would give a 50 ms link: about its bandwidth-delay product. */
@@ -57,13 +57,9 @@ export const wan: Scenario = {
     ctx.step('warm up every path');
     for (const dialer of paths.values()) await timedTransfer(dialer, 'download', WARMUP_BYTES, config.transferLimitMs);
 
-    const downloads = new Map<string, Run[]>(DOWNLOAD_PATHS.map((p) => [p, []]));
-    for (const round of roundLabels(config.rounds)) {
-      for (const label of DOWNLOAD_PATHS) {
-        ctx.step(`download via ${label}${round} (${formatBytes(config.wanBytes)}, +${delay} ms each way)`);
-        downloads.get(label)!.push(await measureTransfer(ctx, paths.get(label)!, 'download', config.wanBytes));
-      }
-    }
+    const downloads = await measureInTurns(ctx, DOWNLOAD_PATHS.map((label) => paths.get(label)!), 'download', config.wanBytes,
+      `${formatBytes(config.wanBytes)}, +${delay} ms each way`);
+    let overLink: number | null = null;
     const relay = medianRun(downloads.get(RELAY)!);
     const baseline = { label: 'delay relay', value: relay.rate };
     for (const label of DOWNLOAD_PATHS) {
@@ -76,7 +72,7 @@ export const wan: Scenario = {
         target: label === TUNNEL ? { on: 'ratio', op: '>=', limit: RATIO_TARGET } : undefined,
         note: [run.spread, run.note, label === WIDE_TUNNEL ? `--connection-window=${LONG_LINK_WINDOW} on server and agent` : ''].filter(Boolean).join('; ') || undefined,
       });
-      if (label === TUNNEL && run.rate !== null) ctx.shared.set('wan.download.HTTP-CONNECT', run.rate);
+      if (label === TUNNEL) overLink = run.rate;
     }
 
     const uploadBytes = Math.min(config.wanBytes, config.full ? UPLOAD_BYTES.full : UPLOAD_BYTES.quick);
@@ -96,8 +92,7 @@ export const wan: Scenario = {
 
     // Separates what the latency costs from the tunnel's own limit on loopback.
     const loopback = ctx.shared.get('bulk.download.HTTP-CONNECT');
-    const overLink = ctx.shared.get('wan.download.HTTP-CONNECT');
-    if (loopback !== undefined && overLink !== undefined) {
+    if (loopback !== undefined && overLink !== null) {
       ctx.record({
         figure: 'HTTP-CONNECT via delay relay vs on loopback',
         value: overLink,
