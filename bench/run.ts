@@ -13,6 +13,7 @@ import { makeFigure, Progress, renderTable, type Figure } from './lib/results.js
 import { makeConfig, type Context, type Scenario } from './lib/scenario.js';
 import { installExitHandlers, reapLeftovers, Scope } from './lib/scope.js';
 import { BINARY_RUNTIME } from '../test/helpers/system.js';
+import { nativeHeapRelease } from '../lib/observe/native-heap.js';
 import { bulk } from './scenarios/bulk.js';
 import { aggregate } from './scenarios/aggregate.js';
 import { churnScenario } from './scenarios/churn.js';
@@ -104,7 +105,10 @@ async function main(): Promise<number> {
   const started = new Date();
 
   process.stderr.write(`tunnel bench (${cli.full ? 'full' : 'quick'}${scale !== 1 ? `, scale ${scale}` : ''}): ${selected.map((s) => s.name).join(', ')}; node ${process.version} (${process.execArgv.join(' ') || 'no flags'}), ${os.cpus().length} CPUs, ulimit -n ${limits.soft}\n`);
-  process.stderr.write(`binaries: ${BINARY_RUNTIME.nodeArgs.join(' ')}; allocator: ${BINARY_RUNTIME.preload ? `${BINARY_RUNTIME.preload} (TUNNEL_JEMALLOC)` : 'the C library\'s'}\n`);
+  // The binaries load the same node_modules, so they release (or not) as this process can.
+  const heap = nativeHeapRelease();
+  const heapRelease = 'release' in heap ? 'malloc_trim after connections close' : `none (${heap.unavailable})`;
+  process.stderr.write(`binaries: ${BINARY_RUNTIME.nodeArgs.join(' ')}; allocator: ${BINARY_RUNTIME.preload ? `${BINARY_RUNTIME.preload} (TUNNEL_JEMALLOC)` : 'the C library\'s'}; free pages returned: ${heapRelease}\n`);
   let planned = 0;
   for (const [i, scenario] of selected.entries()) {
     planned += plans[i]!.length;
@@ -149,7 +153,7 @@ async function main(): Promise<number> {
       scale,
       node: process.version,
       nodeArgs: process.execArgv,
-      binaries: BINARY_RUNTIME,
+      binaries: { ...BINARY_RUNTIME, heapRelease },
       cpus: os.cpus().length,
       fdLimit: limits.soft,
       config,

@@ -1,6 +1,7 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fullCollection, MemoryReclaimer } from '../lib/observe/memory-reclaim.js';
+import { nativeHeapRelease } from '../lib/observe/native-heap.js';
 import { logger } from '../lib/observe/log.js';
 import { MetricsRegistry } from '../lib/observe/metrics.js';
 import { heapGrowthChosen, widenHeapGrowth } from '../lib/cli/heap-growth.js';
@@ -8,9 +9,13 @@ import { heapGrowthChosen, widenHeapGrowth } from '../lib/cli/heap-growth.js';
 const log = logger('test');
 
 function reclaimer(open: { n: number }, minIntervalMs = 0) {
-  let collections = 0;
-  const r = new MemoryReclaimer(() => open.n, log, { intervalMs: 10, quietPolls: 2, minDrop: 1_000, minIntervalMs, collect: () => { collections++; } });
-  return { r, collections: () => collections };
+  const calls: string[] = [];
+  const r = new MemoryReclaimer(() => open.n, log, {
+    intervalMs: 10, quietPolls: 2, minDrop: 1_000, minIntervalMs,
+    collect: () => { calls.push('collect'); },
+    release: () => { calls.push('release'); return true; },
+  });
+  return { r, collections: () => calls.filter((c) => c === 'collect').length, calls };
 }
 
 test('the heap is collected once after most connections closed and the count settled', async (t) => {
@@ -28,6 +33,52 @@ test('the heap is collected once after most connections closed and the count set
   await sleep(80);
   t.is(collections(), 2, 'once, not on every poll');
   r.stop();
+});
+
+test('freed native memory is released after the collection, not before', async (t) => {
+  const open = { n: 2_000 };
+  const { r, calls } = reclaimer(open);
+  await sleep(40);
+  open.n = 0;
+  await sleep(80);
+  t.deepEqual(calls, ['collect', 'collect', 'release']);
+  r.stop();
+});
+
+test('without a release function the reclaimer still collects', async (t) => {
+  const open = { n: 2_000 };
+  let collections = 0;
+  const r = new MemoryReclaimer(() => open.n, log, { intervalMs: 10, quietPolls: 2, minDrop: 1_000, minIntervalMs: 0, collect: () => { collections++; }, release: null });
+  await sleep(40);
+  open.n = 0;
+  await sleep(80);
+  t.is(collections, 2);
+  r.stop();
+});
+
+test('on glibc, malloc_trim gives the free pages between live chunks back to the system', async (t) => {
+  const glibc = (process.report.getReport() as { header: { glibcVersionRuntime?: string } }).header.glibcVersionRuntime;
+  const heap = nativeHeapRelease();
+  if (!glibc) {
+    t.true('unavailable' in heap && heap.unavailable.length > 0, 'says why nothing can be released');
+    return;
+  }
+  if (!('release' in heap)) return t.fail(`glibc ${glibc}, but: ${heap.unavailable}`);
+  t.is(nativeHeapRelease(), heap, 'loaded once');
+  // 100 MB in 2 KB native chunks, of which every 50th stays live: glibc cannot trim the top.
+  let chunks: Buffer[] | undefined = Array.from({ length: 50_000 }, () => Buffer.allocUnsafeSlow(2_000).fill(1));
+  const live = chunks.filter((_, i) => i % 50 === 0);
+  chunks = undefined;
+  const collect = fullCollection();
+  collect();
+  collect();
+  await sleep(300); // backing stores are freed by V8's sweeper, off the main thread
+  const before = process.memoryUsage().rss;
+  t.true(heap.release(), 'malloc_trim released memory');
+  const after = process.memoryUsage().rss;
+  t.true(before - after > 50 * 1024 * 1024, `RSS went from ${(before / 2 ** 20).toFixed(0)} to ${(after / 2 ** 20).toFixed(0)} MiB`);
+  t.is(live.length, 1_000);
+  t.is(chunks, undefined);
 });
 
 test('a few closed connections are not worth a collection', async (t) => {

@@ -7,11 +7,14 @@
  * polls, a full collection runs, at most once per `minIntervalMs`.
  *
  * A full collection of a heap that held 10,000 connections takes tens of milliseconds; it
- * only runs when most connections are gone, when the pause costs least.
+ * only runs when most connections are gone, when the pause costs least. After it, the C
+ * heap's free pages go back to the operating system (native-heap.ts), where glibc would keep
+ * them.
  */
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { Logger } from './log.js';
+import { nativeHeapRelease, type Release } from './native-heap.js';
 
 export interface MemoryReclaimOptions {
   /** How often the connection count is read. */
@@ -23,6 +26,11 @@ export interface MemoryReclaimOptions {
   minIntervalMs?: number;
   /** The full collection; V8's own gc() by default. */
   collect?: () => void;
+  /**
+   * Returns the C heap's free pages to the operating system after the collection: glibc's
+   * malloc_trim by default where it can be loaded, null for none.
+   */
+  release?: Release | null;
 }
 
 /**
@@ -44,7 +52,8 @@ export function fullCollection(): () => void {
 }
 
 export class MemoryReclaimer {
-  private readonly options: Required<MemoryReclaimOptions>;
+  private readonly options: Required<Omit<MemoryReclaimOptions, 'release'>>;
+  private readonly release: Release | null;
   private readonly timer: NodeJS.Timeout;
   private peak = 0;
   private last = -1;
@@ -53,7 +62,9 @@ export class MemoryReclaimer {
   collections = 0;
 
   constructor(private readonly openConnections: () => number, private readonly log: Logger, options: MemoryReclaimOptions = {}) {
-    this.options = { ...DEFAULTS, collect: options.collect ?? fullCollection(), ...stripUndefined(options) };
+    const { release, ...rest } = options;
+    this.options = { ...DEFAULTS, collect: rest.collect ?? fullCollection(), ...stripUndefined(rest) };
+    this.release = release === undefined ? defaultRelease(log) : release;
     this.timer = setInterval(() => this.poll(), this.options.intervalMs);
     this.timer.unref();
   }
@@ -75,6 +86,8 @@ export class MemoryReclaimer {
     // Twice: the first pass runs the finalizers of native handles, which frees what they held.
     this.options.collect();
     this.options.collect();
+    const collected = process.memoryUsage();
+    const released = this.release?.() ?? false;
     this.lastCollection = Date.now();
     this.collections++;
     const after = process.memoryUsage();
@@ -82,11 +95,21 @@ export class MemoryReclaimer {
       closed: dropped,
       open,
       heapMiB: `${(before.heapTotal / MiB).toFixed(0)}->${(after.heapTotal / MiB).toFixed(0)}`,
-      rssMiB: `${(before.rss / MiB).toFixed(0)}->${(after.rss / MiB).toFixed(0)}`,
+      rssMiB: this.release
+        ? `${(before.rss / MiB).toFixed(0)}->${(collected.rss / MiB).toFixed(0)}->${(after.rss / MiB).toFixed(0)} (${released ? 'after malloc_trim' : 'malloc_trim found nothing to release'})`
+        : `${(before.rss / MiB).toFixed(0)}->${(after.rss / MiB).toFixed(0)}`,
       ms: Math.round(performance.now() - started),
     });
     this.peak = open;
   }
+}
+
+/** glibc's malloc_trim, or null (said once in the log) where it cannot be loaded. */
+function defaultRelease(log: Logger): Release | null {
+  const heap = nativeHeapRelease();
+  if ('release' in heap) return heap.release;
+  log.info('memory freed by closed connections may stay with the C allocator', { reason: heap.unavailable });
+  return null;
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
