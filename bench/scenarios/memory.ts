@@ -29,6 +29,12 @@ async function heapOf(healthPort: number): Promise<string> {
   }
 }
 
+/** The fields of the last "collected the heap" line a binary logged (memory-reclaim.ts). */
+function lastReclaim(output: string): string | undefined {
+  const lines = output.match(/collected the heap after connections closed.*$/gm);
+  return lines?.at(-1)?.replace(/^collected the heap after connections closed\s*/, 'collected: ');
+}
+
 interface Snapshot {
   server: Rss;
   agent: Rss;
@@ -139,6 +145,9 @@ export const memory: Scenario = {
     const after = await snapshot(tunnel);
     ctx.info(`closed in ${closeSeconds.toFixed(1)} s; after: server ${(after.server.bytes / MiB).toFixed(1)} MiB, agent ${(after.agent.bytes / MiB).toFixed(1)} MiB`);
     ctx.info(`after: server ${await heapOf(tunnel.server.healthPort)}; agent ${await heapOf(tunnel.agent.healthPort)}`);
+    for (const [name, proc] of [['server', tunnel.server.proc], ['agent', tunnel.agent.proc]] as const) {
+      ctx.info(`${name}: ${lastReclaim(proc.output) ?? 'no collection after the connections closed'}`);
+    }
 
     const perConn = (a: number, b: number) => (opened > 0 ? (a - b) / opened / KiB : null);
     const source = before.server.source === 'proc'
