@@ -104,7 +104,7 @@ export class MemoryReclaimer {
   }
 }
 
-/** glibc's malloc_trim, or null (said once in the log) where it cannot be loaded. */
+/** glibc's malloc_trim, or null where it cannot be loaded (and the log says why). */
 function defaultRelease(log: Logger): Release | null {
   const heap = nativeHeapRelease();
   if ('release' in heap) return heap.release;
