@@ -7,10 +7,11 @@
  * freed, but glibc only gives memory back from the top of each arena, and the top stays in
  * use: the server's resident size stayed at five times its start after its connections
  * closed. `malloc_trim` walks every arena and releases each free page wherever it lies, which
- * brings it back to within a fifth of the start. Node has no binding for it, so it is called
- * through koffi, an optional dependency with prebuilt binaries. Where koffi or glibc is
- * missing (another libc, another platform) nothing is released and the process runs as
- * before; other allocators (musl's, jemalloc) return free pages by themselves.
+ * brings the server back below its start (see the README's memory figures). Node has no
+ * binding for it, so it is called through koffi, an optional dependency with prebuilt
+ * binaries. Where koffi or glibc is missing (another libc, another platform) nothing is
+ * released and the process runs as before; other allocators (musl's, jemalloc) return free
+ * pages by themselves.
  */
 import { createRequire } from 'node:module';
 
