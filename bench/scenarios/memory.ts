@@ -8,6 +8,7 @@ import { httpConnectDialer, type Conn } from '../lib/dialers.js';
 import { now, ping, pool, sleep, waitUntil, KiB, MiB } from '../lib/measure.js';
 import { rssOf, type Rss } from '../lib/rss.js';
 import { metric } from '../../test/helpers/system.js';
+import { RECLAIM_LOG_MESSAGE } from '../../lib/observe/memory-reclaim.js';
 import { agentMetric, serverMetric, startTunnel, type Tunnel } from '../lib/tunnel.js';
 import type { Context, Scenario } from '../lib/scenario.js';
 
@@ -29,10 +30,10 @@ async function heapOf(healthPort: number): Promise<string> {
   }
 }
 
-/** The fields of the last "collected the heap" line a binary logged (memory-reclaim.ts). */
+/** The fields of the last collection a binary logged after its connections closed. */
 function lastReclaim(output: string): string | undefined {
-  const lines = output.match(/collected the heap after connections closed.*$/gm);
-  return lines?.at(-1)?.replace(/^collected the heap after connections closed\s*/, 'collected: ');
+  const line = output.split('\n').filter((l) => l.includes(RECLAIM_LOG_MESSAGE)).at(-1);
+  return line && `collected: ${line.slice(line.indexOf(RECLAIM_LOG_MESSAGE) + RECLAIM_LOG_MESSAGE.length).trim()}`;
 }
 
 interface Snapshot {

@@ -59,11 +59,9 @@ export const wan: Scenario = {
 
     const downloads = await measureInTurns(ctx, DOWNLOAD_PATHS.map((label) => paths.get(label)!), 'download', config.wanBytes,
       `${formatBytes(config.wanBytes)}, +${delay} ms each way`);
-    let overLink: number | null = null;
-    const relay = medianRun(downloads.get(RELAY)!);
-    const baseline = { label: 'delay relay', value: relay.rate };
-    for (const label of DOWNLOAD_PATHS) {
-      const run = label === RELAY ? relay : medianRun(downloads.get(label)!);
+    const medians = new Map(DOWNLOAD_PATHS.map((label) => [label, medianRun(downloads.get(label)!)]));
+    const baseline = { label: 'delay relay', value: medians.get(RELAY)!.rate };
+    for (const [label, run] of medians) {
       ctx.record({
         figure: `download via ${label}`,
         value: run.rate,
@@ -72,26 +70,27 @@ export const wan: Scenario = {
         target: label === TUNNEL ? { on: 'ratio', op: '>=', limit: RATIO_TARGET } : undefined,
         note: [run.spread, run.note, label === WIDE_TUNNEL ? `--connection-window=${LONG_LINK_WINDOW} on server and agent` : ''].filter(Boolean).join('; ') || undefined,
       });
-      if (label === TUNNEL) overLink = run.rate;
     }
 
     const uploadBytes = Math.min(config.wanBytes, config.full ? UPLOAD_BYTES.full : UPLOAD_BYTES.quick);
-    let uploadBaseline: number | null = null;
+    const uploads = new Map<string, Awaited<ReturnType<typeof measureTransfer>>>();
     for (const label of UPLOAD_PATHS) {
       ctx.step(`upload via ${label} (${formatBytes(uploadBytes)}, no target)`);
-      const { rate, note } = await measureTransfer(ctx, paths.get(label)!, 'upload', uploadBytes);
+      uploads.set(label, await measureTransfer(ctx, paths.get(label)!, 'upload', uploadBytes));
+    }
+    for (const [label, { rate, note }] of uploads) {
       ctx.record({
         figure: `upload via ${label}`,
         value: rate,
         unit: 'MB/s',
-        baseline: label === RELAY ? undefined : { label: 'delay relay', value: uploadBaseline },
+        baseline: label === RELAY ? undefined : { label: 'delay relay', value: uploads.get(RELAY)!.rate },
         note,
       });
-      if (label === RELAY) uploadBaseline = rate;
     }
 
     // Separates what the latency costs from the tunnel's own limit on loopback.
     const loopback = ctx.shared.get('bulk.download.HTTP-CONNECT');
+    const overLink = medians.get(TUNNEL)!.rate;
     if (loopback !== undefined && overLink !== null) {
       ctx.record({
         figure: 'HTTP-CONNECT via delay relay vs on loopback',
