@@ -432,3 +432,139 @@ test('a reader that does not read grants nothing and its window does not grow', 
   t.is(conn.bufferedBytes, window, 'the whole window waits for the reader');
   conn.destroy();
 });
+
+// ---- closes never overtake data ------------------------------------------------------------
+
+/** Both ends of a TCP connection on 127.0.0.1: sockets close as real ones do when their peer ends. */
+async function socketPair(): Promise<[net.Socket, net.Socket]> {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const accepted = once(server, 'connection') as Promise<[net.Socket]>;
+  const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+  const [near] = await accepted;
+  await once(client, 'connect');
+  server.close();
+  return [near, client];
+}
+
+/** A target socket whose far end writes `data` and closes right after, as a server that closes after its response. */
+async function closingTarget(data: Buffer): Promise<net.Socket> {
+  const [near, far] = await socketPair();
+  far.end(data);
+  far.resume();
+  return near;
+}
+
+/** A target socket whose far end reads only once `open` resolves, and collects what it got. */
+async function lateReader(open: Promise<void>): Promise<{ target: net.Socket; got: Promise<Buffer> }> {
+  const [near, far] = await socketPair();
+  far.pause();
+  const got = open.then(async () => {
+    const chunks: Buffer[] = [];
+    far.on('data', (d: Buffer) => chunks.push(d));
+    far.resume();
+    await once(far, 'end');
+    far.end();
+    return Buffer.concat(chunks);
+  });
+  return { target: near, got };
+}
+
+for (const flow of [true, false]) {
+  test(`a target that closes right after its last write: every byte reaches a reader that was stalled meanwhile (flow control ${flow ? 'on' : 'off'})`, async (t) => {
+    const data = randomBytes(3 * 1024 * 1024 + 123);
+    const { dialer, acceptor } = pair(() => closingTarget(data), flow);
+    const conn = await dialer.dial('source:1');
+    // A slow reader: the target closes while its last bytes wait for window (or, without
+    // flow control, behind the paused stream).
+    const got: Buffer[] = [];
+    conn.on('data', (d: Buffer) => {
+      got.push(d);
+      conn.pause();
+      setTimeout(() => conn.resume(), 2);
+    });
+    await once(conn, 'end');
+    t.true(Buffer.concat(got).equals(data), `${Buffer.concat(got).length} of ${data.length} bytes`);
+    await eventually(() => dialer.stats.connections === 0 && acceptor.stats.connections === 0, 5_000, 'both tables empty');
+    t.is(dialer.stats.strayPackets + acceptor.stats.strayPackets, 0);
+  });
+
+  test(`a client that half-closes right after its last write: every byte reaches a target that reads late (flow control ${flow ? 'on' : 'off'})`, async (t) => {
+    const data = randomBytes(3 * 1024 * 1024 + 321);
+    let open!: () => void;
+    const sink = await lateReader(new Promise<void>((resolve) => { open = resolve; }));
+    const { dialer, acceptor } = pair(async () => sink.target, flow);
+    // As in a frontend: the client's socket spliced to a connection dialed through the tunnel.
+    const [client, frontend] = await socketPair();
+    splice(await dialer.dial('sink:1'), frontend);
+    client.end(data);
+    client.resume();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    open();
+    const got = await sink.got;
+    t.true(got.equals(data), `${got.length} of ${data.length} bytes`);
+    await eventually(() => dialer.stats.connections === 0 && acceptor.stats.connections === 0, 5_000, 'both tables empty');
+    t.is(dialer.stats.strayPackets + acceptor.stats.strayPackets, 0);
+  });
+}
+
+test('on the wire, the accepting end sends a connection\'s close after its last DATA, never before', async (t) => {
+  const data = randomBytes(2 * 1024 * 1024);
+  const [a, b] = packetStreamPair();
+  const window = 64 * 1024;
+  new AcceptingMux(b, () => closingTarget(data), { name: 'agent', flowControl: { sendWindow: window, receiveWindow: window } });
+  const peer = rawPeer(a);
+  peer.send(dialRequest('source:1', 1n));
+  await eventually(() => peer.received.some((p) => p.type === PacketType.DIAL_RSP), 5_000, 'dial answered');
+  // Grant credit a window at a time, slowly, so the source has ended long before the last DATA.
+  let granted = window;
+  while (!peer.received.some((p) => p.type === PacketType.CLOSE_RSP)) {
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    if (granted < data.length + window) {
+      peer.send({ type: PacketType.WINDOW_UPDATE, connectID: 1n, bytes: BigInt(window) });
+      granted += window;
+    }
+  }
+  const types = peer.received.map((p) => p.type);
+  const close = types.indexOf(PacketType.CLOSE_RSP);
+  t.is(types.lastIndexOf(PacketType.DATA) < close, true, 'no DATA after the close');
+  const sent = Buffer.concat(peer.received.filter((p) => p.type === PacketType.DATA).map((p) => Buffer.from((p as { data: Uint8Array }).data)));
+  t.true(sent.equals(data), `${sent.length} of ${data.length} bytes before the close`);
+});
+
+test('a connection destroyed while its DATA waits for a congested stream sends no DATA after its close', async (t) => {
+  const [a, b] = packetStreamPair();
+  const dialer = new DialingMux(a, { name: 'server' });
+  const peer = rawPeer(b);
+  b.pause(); // the stream congests: DATA queues in the multiplexer
+  const dialing = dialer.dial('c1:80', { random: 7n });
+  b.resume();
+  await eventually(() => peer.received.some((p) => p.type === PacketType.DIAL_REQ), 5_000, 'dial sent');
+  peer.send(dialResponse(7n, 1n));
+  const conn = await dialing;
+  b.pause();
+  for (let i = 0; i < 64; i++) conn.write(Buffer.alloc(64 * 1024, i));
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  conn.destroy();
+  b.resume();
+  await eventually(() => peer.received.some((p) => p.type === PacketType.CLOSE_REQ), 5_000, 'close sent');
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  const types = peer.received.map((p) => p.type);
+  t.true(types.lastIndexOf(PacketType.DATA) < types.indexOf(PacketType.CLOSE_REQ), 'what was still queued is dropped, not sent after the close');
+});
+
+test('a late DATA or CLOSE_REQ for a connection the accepting end closed is no stray: dropped, and the close answered', async (t) => {
+  const [a, b] = packetStreamPair();
+  const agent = new AcceptingMux(b, () => closingTarget(Buffer.from('bye')), { name: 'agent' });
+  const peer = rawPeer(a);
+  peer.send(dialRequest('source:1', 1n));
+  await eventually(() => peer.received.some((p) => p.type === PacketType.CLOSE_RSP), 5_000, 'the target closed');
+  const before = peer.received.length;
+  peer.send(dataPacket(1n, Buffer.from('sent before the close arrived')));
+  peer.send(closeRequest(1n));
+  await eventually(() => peer.received.length > before, 5_000, 'an answer');
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  t.deepEqual(received(peer).slice(before), [{ type: PacketType.CLOSE_RSP, connectID: 1n, error: ERR_UNKNOWN_CONNECT_ID }]);
+  t.is(agent.stats.strayPackets, 0);
+});

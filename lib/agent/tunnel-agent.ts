@@ -65,6 +65,8 @@ export class TunnelAgent {
       [...this.connections.values()].reduce((n, c) => n + c.mux.stats.bufferedBytes, 0));
     this.metrics.gauge('protocol_violations', 'Tunneled connections closed because the server sent beyond the flow-control window it was given.', () =>
       [...this.connections.values()].reduce((n, c) => n + c.mux.stats.protocolViolations, 0));
+    this.metrics.gauge('stray_packets', 'Packets from servers that fit no connection of the stream they came on (a run of DATA for one connection counts once).', () =>
+      [...this.connections.values()].reduce((n, c) => n + c.mux.stats.strayPackets, 0));
     this.metrics.processMetrics();
     this.dialFailures = this.metrics.counter('endpoint_dial_failure_total', 'Failed dials to targets, by reason.');
   }

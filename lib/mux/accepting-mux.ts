@@ -46,7 +46,8 @@ export class AcceptingMux extends Multiplexer {
           this.sendControl(closeResponse(packet.connectID));
           conn.closeFromPeer();
         } else {
-          this.strayPackets++;
+          // Both ends closing at once is no fault of the peer's; the answer is the same.
+          if (!this.closedHere(packet.connectID)) this.strayPackets++;
           this.sendControl(closeResponse(packet.connectID, ERR_UNKNOWN_CONNECT_ID));
         }
         return true;
@@ -63,8 +64,16 @@ export class AcceptingMux extends Multiplexer {
   }
 
   protected strayData(connectID: bigint): void {
+    // DATA the peer sent before our close reached it: dropped, and not answered, since the
+    // peer has our close already or will have it next.
+    if (this.closedHere(connectID)) return;
     this.strayPackets++;
     this.sendControl(closeResponse(connectID, ERR_UNRECOGNIZED_CONNECT_ID));
+  }
+
+  /** Whether `connectID` was a connection of this stream (ids count up and are never reused). */
+  private closedHere(connectID: bigint): boolean {
+    return connectID > 0n && connectID < this.nextConnectID;
   }
 
   protected pendingDialCount(): number {

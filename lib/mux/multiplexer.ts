@@ -119,7 +119,9 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
       return;
     }
     const send = () => {
-      this.writeData(conn.connectID, pieces);
+      // A connection destroyed while its DATA waited has sent its close already: DATA
+      // after it would reach the peer as a stray, so it goes nowhere.
+      if (conn.isOpenOnWire) this.writeData(conn.connectID, pieces);
       sent();
     };
     if (this.congested) this.waiting.push(send);

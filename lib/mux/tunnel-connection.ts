@@ -64,11 +64,12 @@ const MIN_GRANT = 64 * 1024;
 /** Room for what one socket read brings (a 64 KiB read is four TLS records) to go out together. */
 const WRITE_HIGH_WATER_MARK = 64 * 1024;
 /**
- * How long a closing connection may take to flush: after the local end or the peer closed
- * it, a reader that never drains (or a window that never reopens) would otherwise hold the
- * connection and its buffers forever.
+ * How long a closing connection may go without progress while it flushes: after the local
+ * end or the peer closed it, a reader that never drains (or a window that never reopens)
+ * would otherwise hold the connection and its buffers forever. A flush that moves, however
+ * slowly, is never cut short.
  */
-export const CLOSE_LINGER_MS = 5_000;
+export const CLOSE_LINGER_MS = 30_000;
 
 export class TunnelConnection extends Duplex {
   readonly connectID: bigint;
@@ -82,6 +83,9 @@ export class TunnelConnection extends Duplex {
   private pausedStream = false;
 
   private lingerTimer?: NodeJS.Timeout;
+  /** Bytes sent and bytes read so far: what the linger watches for progress. */
+  private moved = 0;
+  private movedAtLastLook = 0;
   private sendCredit: number;
   /** The write being sent: its pieces not sent yet, and their length. */
   private pending?: { pieces: Buffer[]; bytes: number; callback: (err?: Error | null) => void };
@@ -152,13 +156,20 @@ export class TunnelConnection extends Duplex {
     this.pump();
   }
 
-  /** The peer closed the connection (CLOSE_RSP to a dialer, CLOSE_REQ to an acceptor). */
+  /**
+   * The peer closed the connection (CLOSE_RSP to a dialer, CLOSE_REQ to an acceptor). The
+   * reader still gets everything that came before; once it has it all, the connection
+   * closes, as a socket does when its peer ends. What is written meanwhile is held, not
+   * sent (the peer has forgotten the connection) and not completed either, so that a
+   * writer stops instead of spinning on writes that go nowhere.
+   */
   closeFromPeer(): void {
     if (!this.wireOpen) return;
     this.wireOpen = false;
     this.link.forget(this);
     this.releaseStream();
-    this.push(null);
+    this.once('end', () => this.destroy());
+    this.endReadable();
     this.linger();
   }
 
@@ -182,6 +193,7 @@ export class TunnelConnection extends Duplex {
    */
   override read(size?: number): ReturnType<Duplex['read']> {
     const chunk = super.read(size) as ReturnType<Duplex['read']>;
+    if (chunk !== null) this.moved += (chunk as Buffer).byteLength;
     if (this.flowControl) this.maybeGrant();
     return chunk;
   }
@@ -220,7 +232,7 @@ export class TunnelConnection extends Duplex {
   /** The local side ended: no half-close exists, so the whole connection closes. */
   override _final(callback: (err?: Error | null) => void): void {
     this.closeLocallyOnce();
-    this.push(null);
+    this.endReadable();
     callback();
   }
 
@@ -235,11 +247,7 @@ export class TunnelConnection extends Duplex {
 
   // ---- internals ---------------------------------------------------------------------------
 
-  /**
-   * Sends as much of the pending write as credit and the shared stream allow. Once the wire
-   * is closed the pending write is held, not completed: the writer stops (a source that
-   * pushes synchronously would otherwise spin) until the splice tears both sides down.
-   */
+  /** Sends as much of the pending write as credit and the shared stream allow, while the wire is open. */
   private pump(): void {
     while (this.pending && !this.sending && this.wireOpen) {
       const pending = this.pending;
@@ -252,6 +260,7 @@ export class TunnelConnection extends Duplex {
       const size = Math.min(pending.bytes, this.link.maxDataSize, this.sendCredit);
       if (size <= 0) return; // wait for WINDOW_UPDATE
       this.sendCredit -= size;
+      this.moved += size;
       const pieces = size === pending.bytes ? pending.pieces : takeBytes(pending, size);
       if (pieces === pending.pieces) this.pending = undefined;
       const { callback } = pending;
@@ -266,9 +275,32 @@ export class TunnelConnection extends Duplex {
     }
   }
 
+  /**
+   * Ends the readable side. With nothing left to read, 'end' comes at once, even to a
+   * reader that never read: a connection that only wrote would otherwise stay open.
+   */
+  private endReadable(): void {
+    this.push(null);
+    this.read(0);
+  }
+
+  /** Watches a closing connection: one that has moved no byte for CLOSE_LINGER_MS is destroyed. */
   private linger(): void {
     if (this.lingerTimer || this.destroyed) return;
-    this.lingerTimer = setTimeout(() => this.destroy(), CLOSE_LINGER_MS);
+    this.movedAtLastLook = this.moved;
+    this.lingerTimer = setTimeout(() => {
+      if (this.moved !== this.movedAtLastLook) {
+        this.movedAtLastLook = this.moved;
+        this.lingerTimer!.refresh();
+        return;
+      }
+      const unsent = this.wireOpen ? this.writableLength : 0;
+      const unread = this.readableLength;
+      // Quietly when nothing is lost: the peer closed and the reader read it all.
+      this.destroy(unsent + unread === 0 ? undefined : new Error(
+        `connection ${this.connectID} to ${this.address}: closing made no progress for ${CLOSE_LINGER_MS / 1000} s ` +
+        `(${unsent} bytes unsent, waiting for window or a congested stream; ${unread} unread): the ${unsent > 0 ? 'peer' : 'local'} reader stopped reading`));
+    }, CLOSE_LINGER_MS);
     this.lingerTimer.unref();
   }
 

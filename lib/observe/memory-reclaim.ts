@@ -34,8 +34,8 @@ export interface MemoryReclaimOptions {
 }
 
 /**
- * Quiet for 6 s: longer than a closing connection may linger to flush (CLOSE_LINGER_MS), so
- * the collection finds the closed connections unreferenced.
+ * Quiet for 6 s: the count has stopped moving, so a wave of closes is over and the
+ * collection finds its connections unreferenced.
  */
 const DEFAULTS = { intervalMs: 1_000, quietPolls: 6, minDrop: 1_000, minIntervalMs: 30_000 };
 const MiB = 1024 * 1024;
