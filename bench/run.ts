@@ -2,8 +2,10 @@
 /**
  * The benchmark: runs each scenario against our tunnel (the real binaries as child
  * processes) and its baselines in the same run, then prints a table of figures, baselines,
- * ratios and targets. A missed target is reported, not failed: the exit status is 0 unless
- * the bench itself could not run.
+ * ratios and targets. Every connection's bytes are checked where they arrive (length and
+ * sha256); one that lost or changed a byte voids the run and makes the exit status 1. A
+ * missed target is reported, not failed: otherwise the exit status is 0 unless the bench
+ * itself could not run.
  */
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -14,6 +16,7 @@ import { makeConfig, type Context, type Scenario } from './lib/scenario.js';
 import { installExitHandlers, reapLeftovers, Scope } from './lib/scope.js';
 import { BINARY_RUNTIME } from '../test/helpers/system.js';
 import { nativeHeapRelease } from '../lib/observe/native-heap.js';
+import { integrityFailures } from './lib/integrity.js';
 import { bulk } from './scenarios/bulk.js';
 import { aggregate } from './scenarios/aggregate.js';
 import { churnScenario } from './scenarios/churn.js';
@@ -29,6 +32,11 @@ Measures the tunnel (tunnel-server and tunnel-agent as child processes, fresh lo
 scenario) against baselines measured in the same run, and prints a table:
 scenario, figure, value, baseline, ratio, target, ok?. Missed targets are marked MISS; the
 exit status is still 0 (a measurement, not a test). MB/s means 10^6 bytes per second.
+
+Every transfer on every path is checked where it arrives: length and sha256 per connection
+(downloads end with the target closing right after its last byte). A connection that lost
+or changed a byte fails its scenario, voids every verdict of the run (VOID), is listed under
+DATA INTEGRITY FAILED, and makes the exit status 1.
 
   --full         long runs (1 GiB transfers, 10,000 idle connections, 15 s churn)
   --json FILE    also write every figure with its baseline, ratio and target as JSON
@@ -142,9 +150,14 @@ async function main(): Promise<number> {
     }
   }
 
-  const table = renderTable(figures);
+  // A run that lost or changed a byte anywhere has no results: every verdict is void.
+  const lost = integrityFailures();
+  const table = renderTable(lost.length > 0 ? figures.map(voided) : figures);
   process.stdout.write(`\n${table}\n`);
   if (problems.length > 0) process.stdout.write(`\nproblems:\n${problems.map((p) => `  ${p}`).join('\n')}\n`);
+  if (lost.length > 0) {
+    process.stdout.write(`\nDATA INTEGRITY FAILED: ${lost.length} connection(s) lost or changed bytes, so no figure of this run is a result:\n${lost.map((l) => `  ${l}`).join('\n')}\n`);
+  }
   if (cli.json) {
     const report = {
       started: started.toISOString(),
@@ -157,13 +170,19 @@ async function main(): Promise<number> {
       cpus: os.cpus().length,
       fdLimit: limits.soft,
       config,
-      figures,
+      integrity: { ok: lost.length === 0, failures: lost },
+      figures: lost.length > 0 ? figures.map(voided) : figures,
       problems,
     };
     writeFileSync(cli.json, `${JSON.stringify(report, null, 2)}\n`);
     process.stderr.write(`wrote ${cli.json}\n`);
   }
-  return 0;
+  return lost.length > 0 ? 1 : 0;
+}
+
+/** A figure of a run that lost bytes: its target is not met, whatever the number says. */
+function voided(fig: Figure): Figure {
+  return fig.target ? { ...fig, ok: false, void: true } : fig;
 }
 
 main().then((code) => {

@@ -41,8 +41,10 @@ export function relayServer(targetPort: number, join: (client: net.Socket, upstr
 }
 
 /**
- * Connects to 127.0.0.1:targetPort for an accepted client, both without Nagle, torn down
- * together when either fails or closes.
+ * Connects to 127.0.0.1:targetPort for an accepted client, both without Nagle. When one side
+ * fails, both are torn down; when one closes, the other still gets what was on its way to
+ * it: the relay's join ends it once flushed (pipe() does; a half-open join ends it when the
+ * end arrives), and a side that closed without ending ends the other here.
  */
 export function connectUpstream(client: net.Socket, targetPort: number, allowHalfOpen = false): net.Socket {
   const upstream = net.connect({ host: '127.0.0.1', port: targetPort, allowHalfOpen });
@@ -52,7 +54,11 @@ export function connectUpstream(client: net.Socket, targetPort: number, allowHal
     client.destroy();
     upstream.destroy();
   };
-  client.on('error', teardown).on('close', teardown);
-  upstream.on('error', teardown).on('close', teardown);
+  for (const [side, other] of [[client, upstream], [upstream, client]] as const) {
+    side.on('error', teardown);
+    side.on('close', () => {
+      if (!side.readableEnded) other.end();
+    });
+  }
   return upstream;
 }

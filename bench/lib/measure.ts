@@ -1,10 +1,13 @@
 /**
  * Client-side measurements: timed downloads, uploads and request/response cycles over any
- * connection, each bounded in time; plus percentiles, a concurrency pool and units.
+ * connection, each bounded in time and each checked where its bytes arrive (content.ts);
+ * plus percentiles, a concurrency pool and units.
  */
-import { randomFillSync } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { ACK, header } from './protocol.js';
+import { DIGEST_BYTES, header } from './protocol.js';
+import { Received, bytesAt, mismatch, slices, type Payload } from './content.js';
+import { integrityFailure } from './integrity.js';
 import type { Conn } from './dialers.js';
 
 export const MiB = 1024 * 1024;
@@ -24,10 +27,11 @@ export function mbps(t: Pick<Transfer, 'bytes' | 'seconds'>): number {
   return t.seconds > 0 ? t.bytes / t.seconds / 1e6 : 0;
 }
 
-const CHUNK = randomFillSync(Buffer.alloc(256 * KiB));
+/** How long a download waits, after its last byte, for the target's close (and no byte more). */
+const CLOSE_WAIT_MS = 10_000;
 
 /** Settles once, removing listeners; shared by the measurements below. */
-function watch<T>(conn: Conn, limitMs: number, onLimit: () => T, described: () => string) {
+function watch<T>(conn: Conn, limitMs: number, onLimit: () => T, described: () => string, onEnd?: () => T | Error) {
   let settle!: { resolve: (v: T) => void; reject: (e: Error) => void };
   const promise = new Promise<T>((resolve, reject) => { settle = { resolve, reject }; });
   let done = false;
@@ -41,96 +45,116 @@ function watch<T>(conn: Conn, limitMs: number, onLimit: () => T, described: () =
     else settle.resolve(value);
   };
   const onError = (err: Error) => finish(new Error(`${described()}: ${err.message}`));
-  const onClose = () => finish(new Error(`${described()}: the connection closed`));
+  const onClose = () => finish(onEnd?.() ?? new Error(`${described()}: the connection closed`));
   conn.once('error', onError);
   conn.once('close', onClose);
   conn.once('end', onClose);
   cleanups.push(() => conn.off('error', onError).off('close', onClose).off('end', onClose));
-  const timer = setTimeout(() => finish(onLimit()), limitMs);
-  return { promise, finish, isDone: () => done, cleanups };
+  let timer = setTimeout(() => finish(onLimit()), limitMs);
+  return { promise, finish, isDone: () => done, cleanups, restartTimer: (ms: number, onTimeout: () => T | Error) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => finish(onTimeout()), ms);
+  } };
 }
 
 /**
- * Asks the target for `n` bytes and counts them until the last one. Time runs from the call
- * (right after the dial completed) to the last byte.
+ * Asks the target for the payload's bytes and takes them until the target closes. Time runs
+ * from the call (right after the dial completed) to the last byte. The bytes must arrive
+ * whole: exactly the payload's length, with its sha256, and then the close; anything else is
+ * an integrity failure (thrown), and a transfer cut short by the time limit is reported as such.
  */
-export function download(conn: Conn, n: number, limitMs: number): Promise<Transfer> {
+export function download(conn: Conn, expected: Payload, limitMs: number): Promise<Transfer> {
   const start = now();
-  let got = 0;
-  const result = (complete: boolean): Transfer => ({ bytes: got, seconds: (now() - start) / 1000, complete });
-  const w = watch(conn, limitMs, () => result(false), () => `download after ${got}/${n} bytes`);
+  const received = new Received();
+  let seconds = 0;
+  const what = () => `download of ${expected.bytes} bytes from offset ${expected.offset}`;
+  const result = (complete: boolean): Transfer => ({ bytes: received.bytes, seconds: seconds || (now() - start) / 1000, complete });
+  const verdict = (): Transfer | Error => {
+    const problem = mismatch(`${what()}, then the connection ended`, { bytes: received.bytes, sha256: received.digest() }, expected);
+    return problem ? integrityFailure(problem) : result(true);
+  };
+  const w = watch(conn, limitMs, () => result(false), () => `download after ${received.bytes}/${expected.bytes} bytes`, verdict);
   const onData = (chunk: Buffer) => {
-    got += chunk.length;
-    if (got >= n) w.finish(result(true));
+    received.update(chunk);
+    if (seconds === 0 && received.bytes >= expected.bytes) {
+      seconds = (now() - start) / 1000;
+      // The clock has stopped; the close is still to come, and no byte before it.
+      w.restartTimer(CLOSE_WAIT_MS, () => integrityFailure(`${what()}: the target's close did not follow its last byte within ${CLOSE_WAIT_MS / 1000} s`));
+    }
   };
   conn.on('data', onData);
   w.cleanups.push(() => conn.off('data', onData));
-  conn.write(header('D', n));
+  conn.write(header('D', expected.bytes, expected.offset));
   conn.resume();
   return w.promise;
 }
 
 /**
- * Sends `n` bytes at the pace the connection allows and waits for the target's 1-byte ack.
- * Time runs from the call to the ack.
+ * Sends the payload's bytes at the pace the connection allows and waits for the target's
+ * sha256 of what it read, which must be the payload's. Time runs from the call to the answer.
  */
-export function upload(conn: Conn, n: number, limitMs: number): Promise<Transfer> {
+export function upload(conn: Conn, sent: Payload, limitMs: number): Promise<Transfer> {
   const start = now();
   let written = 0;
+  const answer: Buffer[] = [];
+  let answered = 0;
   const result = (complete: boolean): Transfer => ({
-    bytes: complete ? n : Math.max(0, written - conn.writableLength),
+    bytes: complete ? sent.bytes : Math.max(0, written - conn.writableLength),
     seconds: (now() - start) / 1000,
     complete,
   });
-  const w = watch(conn, limitMs, () => result(false), () => `upload after ${written}/${n} bytes`);
+  const w = watch(conn, limitMs, () => result(false), () => `upload after ${written}/${sent.bytes} bytes`);
   const onData = (chunk: Buffer) => {
-    if (chunk.includes(ACK)) w.finish(result(true));
+    answer.push(chunk);
+    answered += chunk.length;
+    if (answered < DIGEST_BYTES) return;
+    const sha256 = Buffer.concat(answer).subarray(0, DIGEST_BYTES).toString('hex');
+    const problem = sha256 === sent.sha256 ? undefined : `upload of ${sent.bytes} bytes from offset ${sent.offset}: the target read bytes whose sha256 differs (${sha256.slice(0, 12)}… for ${sent.sha256.slice(0, 12)}…)`;
+    w.finish(problem ? integrityFailure(problem) : result(true));
   };
   conn.on('data', onData);
+  const pieces = slices(sent.offset, sent.bytes);
   const pump = () => {
-    while (written < n && !w.isDone()) {
-      const size = Math.min(CHUNK.length, n - written);
-      written += size;
-      if (!conn.write(size === CHUNK.length ? CHUNK : CHUNK.subarray(0, size))) {
+    for (let next = pieces.next(); !next.done && !w.isDone(); next = pieces.next()) {
+      written += next.value.length;
+      if (!conn.write(next.value)) {
         conn.once('drain', pump);
         return;
       }
     }
   };
   w.cleanups.push(() => conn.off('data', onData).off('drain', pump));
-  conn.write(header('U', n));
+  conn.write(header('U', sent.bytes, sent.offset));
   conn.resume();
   pump();
   return w.promise;
 }
 
-/** Sends `size` bytes, resolves once `size` bytes came back. */
-export function requestResponse(conn: Conn, size: number, limitMs: number): Promise<void> {
-  let got = 0;
-  const w = watch<void | Error>(conn, limitMs, () => new Error(`no full response within ${limitMs} ms (${got}/${size} bytes)`), () => `request/response after ${got}/${size} bytes`);
-  const onData = (chunk: Buffer) => {
-    got += chunk.length;
-    if (got >= size) w.finish(undefined);
-  };
-  conn.on('data', onData);
-  w.cleanups.push(() => conn.off('data', onData));
-  conn.write(Buffer.concat([header('R', size), CHUNK.subarray(0, size)]));
-  conn.resume();
-  return w.promise.then((v) => { if (v instanceof Error) throw v; });
+/** Sends `size` bytes of the stream from `offset`; resolves once the same bytes came back. */
+export function requestResponse(conn: Conn, size: number, limitMs: number, offset = 0): Promise<void> {
+  return exchange(conn, header('R', size), size, offset, limitMs, 'request/response');
 }
 
 /** Echo round trip of a few bytes: proves the connection works end to end. */
-export function ping(conn: Conn, limitMs: number): Promise<void> {
-  const probe = Buffer.from('ping-pong-16byte');
-  let got = 0;
-  const w = watch<void | Error>(conn, limitMs, () => new Error(`no echo within ${limitMs} ms`), () => 'echo');
+export function ping(conn: Conn, limitMs: number, offset = 0): Promise<void> {
+  return exchange(conn, header('E', 0), 16, offset, limitMs, 'echo');
+}
+
+/** Sends `head` and `size` stream bytes; resolves once exactly those bytes came back (length and sha256). */
+function exchange(conn: Conn, head: Buffer, size: number, offset: number, limitMs: number, what: string): Promise<void> {
+  const body = bytesAt(offset, size);
+  const expected: Payload = { offset, bytes: size, sha256: createHash('sha256').update(body).digest('hex') };
+  const received = new Received();
+  const w = watch<void | Error>(conn, limitMs, () => new Error(`${what}: no full answer within ${limitMs} ms (${received.bytes}/${size} bytes)`), () => `${what} after ${received.bytes}/${size} bytes`);
   const onData = (chunk: Buffer) => {
-    got += chunk.length;
-    if (got >= probe.length) w.finish(undefined);
+    received.update(chunk);
+    if (received.bytes < size) return;
+    const problem = mismatch(what, { bytes: received.bytes, sha256: received.digest() }, expected);
+    w.finish(problem ? integrityFailure(problem) : undefined);
   };
   conn.on('data', onData);
   w.cleanups.push(() => conn.off('data', onData));
-  conn.write(Buffer.concat([header('E', 0), probe]));
+  conn.write(Buffer.concat([head, body]));
   conn.resume();
   return w.promise.then((v) => { if (v instanceof Error) throw v; });
 }

@@ -24,6 +24,8 @@ export interface Figure {
   ok?: boolean;
   /** Anything the reader should know about this figure (cut short by a time limit, errors). */
   note?: string;
+  /** The run lost or changed bytes somewhere: the figure is no result. */
+  void?: boolean;
 }
 
 export interface FigureInput {
@@ -91,6 +93,7 @@ function formatTarget(target: Target | undefined, unit: string): string {
 
 function status(fig: Figure): string {
   if (!fig.target) return '';
+  if (fig.void) return 'VOID';
   if (fig.value === null) return 'FAILED';
   return fig.ok ? 'ok' : 'MISS <--';
 }

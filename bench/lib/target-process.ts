@@ -3,20 +3,21 @@
  * for what a connection asks of it.
  */
 import net from 'node:net';
-import { randomFillSync } from 'node:crypto';
-import { ACK, HEADER_BYTES, parseHeader } from './protocol.js';
+import { createHash } from 'node:crypto';
+import { HEADER_BYTES, parseHeader } from './protocol.js';
+import { slices } from './content.js';
 import { serve } from './helper-main.js';
 
-const CHUNK = randomFillSync(Buffer.alloc(256 * 1024));
-const ACK_BYTE = Buffer.from([ACK]);
-
-function download(socket: net.Socket, total: number): void {
-  let left = total;
+/** Sends `total` bytes of the stream from `offset`, at the pace the socket allows, then closes. */
+function download(socket: net.Socket, total: number, offset: number): void {
+  const pieces = slices(offset, total);
   const pump = () => {
-    while (left > 0 && !socket.destroyed) {
-      const n = Math.min(left, CHUNK.length);
-      left -= n;
-      if (!socket.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n))) {
+    for (let next = pieces.next(); !socket.destroyed; next = pieces.next()) {
+      if (next.done) {
+        socket.end();
+        return;
+      }
+      if (!socket.write(next.value)) {
         socket.once('drain', pump);
         return;
       }
@@ -25,20 +26,20 @@ function download(socket: net.Socket, total: number): void {
   pump();
 }
 
-function counted(socket: net.Socket, total: number, first: Buffer, done: () => void): void {
-  let got = first.length;
-  if (got >= total) {
-    done();
-    return;
-  }
+/** Reads `total` bytes (the first of them in `first`), each to `each`, then calls `done`. */
+function counted(socket: net.Socket, total: number, first: Buffer, each: (chunk: Buffer) => void, done: () => void): void {
+  let got = 0;
   const onData = (chunk: Buffer) => {
-    got += chunk.length;
+    const piece = chunk.subarray(0, total - got);
+    got += piece.length;
+    each(piece);
     if (got >= total) {
       socket.off('data', onData);
       done();
     }
   };
-  socket.on('data', onData);
+  if (first.length > 0 || total === 0) onData(first);
+  if (got < total) socket.on('data', onData);
 }
 
 function handle(socket: net.Socket): void {
@@ -60,14 +61,18 @@ function handle(socket: net.Socket): void {
     switch (request.mode) {
       case 'D':
         socket.on('data', () => undefined);
-        download(socket, request.n);
+        download(socket, request.n, request.offset);
         break;
-      case 'U':
-        counted(socket, request.n, rest, () => socket.write(ACK_BYTE));
+      case 'U': {
+        const hash = createHash('sha256');
+        counted(socket, request.n, rest, (piece) => hash.update(piece), () => socket.write(hash.digest()));
         break;
-      case 'R':
-        counted(socket, request.n, rest, () => download(socket, request.n));
+      }
+      case 'R': {
+        const pieces: Buffer[] = [];
+        counted(socket, request.n, rest, (piece) => pieces.push(piece), () => socket.write(Buffer.concat(pieces)));
         break;
+      }
       case 'E':
         if (rest.length > 0) socket.write(rest);
         socket.pipe(socket);

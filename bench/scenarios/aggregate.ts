@@ -10,6 +10,8 @@ import { fullCollections, startTunnel } from '../lib/tunnel.js';
 import type { Context, Scenario } from '../lib/scenario.js';
 import { timedTransfer, transferNote } from './bulk.js';
 import { cpuMeter, formatCpu } from '../lib/cpu.js';
+import { offsets, payload } from '../lib/content.js';
+import { rethrowIntegrity } from '../lib/integrity.js';
 
 const RATIO_TARGET = 0.9;
 /**
@@ -108,15 +110,20 @@ export const aggregate: Scenario = {
   },
 };
 
-/** Downloads `total` bytes split over `conns` at once: the rate, per-connection rates, notes. */
+/**
+ * Downloads `total` bytes split over `conns` at once, each from its own offset of the stream
+ * and checked where it arrives: the rate, per-connection rates, notes.
+ */
 async function concurrentDownloads(conns: Conn[], total: number, limitMs: number, pids: Record<string, number>): Promise<Round> {
   const count = conns.length;
   const each = Math.floor(total / count);
-  const sizes = conns.map((_, i) => each + (i < total - each * count ? 1 : 0));
+  const starts = offsets(count);
+  const payloads = conns.map((_, i) => payload(each + (i < total - each * count ? 1 : 0), starts[i]));
   const start = now();
   const meter = cpuMeter(pids);
-  const results = await Promise.allSettled(conns.map((c, i) => download(c, sizes[i]!, limitMs)));
+  const results = await Promise.allSettled(conns.map((c, i) => download(c, payloads[i]!, limitMs)));
   const seconds = (now() - start) / 1000;
+  for (const r of results) if (r.status === 'rejected') rethrowIntegrity(r.reason);
   const cpu = formatCpu(meter());
   const done = results.filter((r): r is PromiseFulfilledResult<Transfer> => r.status === 'fulfilled').map((r) => r.value);
   const failed = results.length - done.length;

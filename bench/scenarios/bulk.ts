@@ -9,6 +9,8 @@ import { tcpDialer, httpConnectDialer, grpcDialer, type Dialer } from '../lib/di
 import { download, upload, mbps, formatBytes, medianBy, MiB, type Transfer } from '../lib/measure.js';
 import { cpuMeter, formatCpu, type CpuUse } from '../lib/cpu.js';
 import { startTunnel } from '../lib/tunnel.js';
+import { payload } from '../lib/content.js';
+import { rethrowIntegrity } from '../lib/integrity.js';
 import type { Context, Scenario } from '../lib/scenario.js';
 
 const DIRECTIONS = ['download', 'upload'] as const;
@@ -22,12 +24,16 @@ const PATHS = ['direct', 'relay', 'HTTP-CONNECT', 'gRPC (uds)'];
 const WARMUP_BYTES = 64 * MiB;
 const RATIO_TARGET = 0.3;
 
-/** One timed transfer on a fresh connection, with the CPU use of the processes on the path. */
+/**
+ * One timed transfer on a fresh connection, with the CPU use of the processes on the path.
+ * Its bytes are checked where they arrive; lost or changed ones throw an IntegrityError.
+ */
 export async function timedTransfer(dialer: Dialer, direction: Direction, bytes: number, limitMs: number): Promise<Transfer & { cpu: CpuUse[] }> {
+  const expected = payload(bytes);
   const conn = await dialer.dial();
   try {
     const meter = cpuMeter(dialer.pids);
-    const t = await (direction === 'download' ? download : upload)(conn, bytes, limitMs);
+    const t = await (direction === 'download' ? download : upload)(conn, expected, limitMs);
     return { ...t, cpu: meter() };
   } finally {
     conn.destroy();
@@ -45,6 +51,7 @@ export async function measureTransfer(ctx: Context, dialer: Dialer, direction: D
     ctx.info(`${rate.toFixed(1)} MB/s (${t.seconds.toFixed(2)} s); CPU: ${cpu}${note ? `; ${note}` : ''}`);
     return { rate, note, cpu };
   } catch (err) {
+    rethrowIntegrity(err);
     const note = `failed: ${(err as Error).message}`;
     ctx.info(note);
     return { rate: null, note };

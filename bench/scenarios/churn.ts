@@ -10,6 +10,7 @@ import { now, percentile, requestResponse, KiB } from '../lib/measure.js';
 import { startTunnel } from '../lib/tunnel.js';
 import { cpuMeter, formatCpu, formatCpuPer, type CpuUse } from '../lib/cpu.js';
 import type { Context, Scenario } from '../lib/scenario.js';
+import { rethrowIntegrity } from '../lib/integrity.js';
 
 const SIZE = KiB;
 const CYCLE_LIMIT_MS = 10_000;
@@ -49,10 +50,11 @@ async function churn(dialer: Dialer, concurrency: number, seconds: number, maxCy
       let conn: Conn | undefined;
       try {
         conn = await dialer.dial();
-        await requestResponse(conn, SIZE, CYCLE_LIMIT_MS);
+        await requestResponse(conn, SIZE, CYCLE_LIMIT_MS, started * SIZE);
         result.latenciesMs.push(now() - t0);
         result.cycles++;
       } catch (err) {
+        rethrowIntegrity(err);
         result.errors++;
         result.firstError ??= (err as Error).message;
       } finally {

@@ -10,6 +10,8 @@ import { header } from '../lib/protocol.js';
 import { startTunnel } from '../lib/tunnel.js';
 import type { Context, Scenario } from '../lib/scenario.js';
 import type { Scope } from '../lib/scope.js';
+import { Received, mismatch, offsets, payload } from '../lib/content.js';
+import { integrityFailure, rethrowIntegrity } from '../lib/integrity.js';
 
 const RATIO_TARGET = 0.8;
 /** Effectively endless: the stalled connection's target never runs out of bytes to send. */
@@ -17,6 +19,8 @@ const ENDLESS = 2 ** 50;
 const STALL_SETTLE_MS = 1_500;
 /** After the measurement the stalled reader resumes; this much must then flow within 3 s. */
 const RESUME_CHECK_BYTES = 16 * MiB;
+/** Where the stalled connection's bytes start in the stream: not where any download's do. */
+const STALLED_OFFSET = 12_345;
 
 interface Group {
   rate: number;
@@ -29,9 +33,11 @@ async function downloadGroup(scope: Scope, dialer: Dialer, count: number, bytesE
   scope.defer('hol downloads', () => { for (const c of conns) c.destroy(); });
   try {
     await pool(count, count, async () => { conns.push(await dialer.dial()); });
+    const payloads = offsets(count).map((offset) => payload(bytesEach, offset));
     const start = now();
-    const results = await Promise.allSettled(conns.map((c) => download(c, bytesEach, limitMs)));
+    const results = await Promise.allSettled(conns.map((c, i) => download(c, payloads[i]!, limitMs)));
     const seconds = (now() - start) / 1000;
+    for (const r of results) if (r.status === 'rejected') rethrowIntegrity(r.reason);
     const done = results.filter((r): r is PromiseFulfilledResult<Transfer> => r.status === 'fulfilled').map((r) => r.value);
     const bytes = done.reduce((n, t) => n + t.bytes, 0);
     const problems = [
@@ -72,7 +78,7 @@ export const hol: Scenario = {
     scope.defer('stalled connection', () => stalled.destroy());
     stalled.on('error', () => undefined);
     stalled.pause();
-    stalled.write(header('D', ENDLESS));
+    stalled.write(header('D', ENDLESS, STALLED_OFFSET));
     await sleep(STALL_SETTLE_MS); // let its window and the socket buffers fill up
 
     ctx.step(`${n} downloads beside the stalled one`);
@@ -80,17 +86,17 @@ export const hol: Scenario = {
     ctx.info(`${beside.rate.toFixed(1)} MB/s (${beside.seconds.toFixed(2)} s)`);
 
     ctx.step('resume the stalled connection');
-    let resumed = 0;
-    const onData = (chunk: Buffer) => { resumed += chunk.length; };
-    stalled.on('data', onData);
+    const resumed = new Received();
+    stalled.on('data', (chunk: Buffer) => resumed.update(chunk));
     stalled.resume();
-    const flowing = await (async () => {
-      const deadline = now() + 3_000;
-      while (now() < deadline && resumed < RESUME_CHECK_BYTES) await sleep(50);
-      return resumed;
-    })();
+    const deadline = now() + 3_000;
+    while (now() < deadline && resumed.bytes < RESUME_CHECK_BYTES) await sleep(50);
     stalled.destroy();
-    ctx.info(`the stalled connection delivered ${formatBytes(flowing)} within 3 s of resuming`);
+    const flowing = resumed.bytes;
+    // Everything it held through the stall, and what followed, in order.
+    const problem = mismatch('the stalled connection, after it resumed', { bytes: flowing, sha256: resumed.digest() }, payload(flowing, STALLED_OFFSET));
+    if (problem) throw integrityFailure(problem);
+    ctx.info(`the stalled connection delivered ${formatBytes(flowing)} within 3 s of resuming, intact`);
 
     ctx.step(`${n} downloads alone, again`);
     const alone2 = await downloadGroup(scope, dialer, n, config.holBytesEach, config.transferLimitMs);
