@@ -14,7 +14,7 @@ import { fdLimits, reexecForBench } from './lib/limits.js';
 import { makeFigure, Progress, renderTable, type Figure } from './lib/results.js';
 import { makeConfig, type Context, type Scenario } from './lib/scenario.js';
 import { installExitHandlers, reapLeftovers, Scope } from './lib/scope.js';
-import { BINARY_RUNTIME } from '../test/helpers/system.js';
+import { BINARY_RUNTIME } from '../harness/processes.js';
 import { nativeHeapRelease } from '../lib/observe/native-heap.js';
 import { integrityFailures } from './lib/integrity.js';
 import { bulk } from './scenarios/bulk.js';
@@ -119,7 +119,7 @@ async function main(): Promise<number> {
   process.stderr.write(`binaries: ${BINARY_RUNTIME.nodeArgs.join(' ')}; allocator: ${BINARY_RUNTIME.preload ? `${BINARY_RUNTIME.preload} (TUNNEL_JEMALLOC)` : 'the C library\'s'}; free pages returned: ${heapRelease}\n`);
   let planned = 0;
   for (const [i, scenario] of selected.entries()) {
-    planned += plans[i]!.length;
+    planned += plans[i].length;
     const scope = new Scope();
     const ctx: Context = {
       config,

@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 /** tunnel-agent: flags in, a running TunnelAgent out. */
-import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseOptionalPort, runMain, UsageError } from '../lib/cli/flags.js';
+import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseOptionalPort, runMain } from '../lib/cli/flags.js';
+import { UsageError } from '../lib/common/errors.js';
 import { applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
 import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
 import { parseHostAliases } from '../lib/agent/target-dialer.js';
-import { validateAgentIdentifiers } from '../lib/server/agent-identifiers.js';
+import { validateAgentIdentifiers } from '../lib/wire/agent-identifiers.js';
 import { DEFAULT_AGENT_PORT } from '../lib/wire/protocol.js';
-import { applyProcessDefaults } from '../lib/cli/process-defaults.js';
+import { applyProcessPolicy } from '../lib/cli/process-defaults.js';
+import { logger } from '../lib/observe/log.js';
 
 const NAME = 'tunnel-agent';
 
@@ -39,7 +41,6 @@ function identifiersFrom(clusterName: string | undefined, explicit: string | und
 }
 
 runMain(NAME, async () => {
-  applyProcessDefaults();
   const flags = parseFlags({ name: NAME, summary: 'The tunnel agent: runs in a managed cluster, dials out to the tunnel server and opens the connections the hub asks for.' }, FLAGS, process.argv.slice(2));
   applyLogLevel(flags['log-level']);
   const identifiers = identifiersFrom(flags['cluster-name'], flags['agent-identifiers']);
@@ -65,6 +66,11 @@ runMain(NAME, async () => {
     healthPort: parseOptionalPort('health-port', flags['health-port']),
     singleStream: flags['single-stream'],
   });
-  onShutdownSignal(() => agent.stop());
+  // Before the first socket opens.
+  const policy = applyProcessPolicy(flags, () => agent.openEndpointConnections, logger('agent'));
+  onShutdownSignal(async () => {
+    policy.stop();
+    await agent.stop();
+  });
   await agent.start();
 });

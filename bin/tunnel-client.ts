@@ -7,7 +7,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseCount, parseDuration, parseFlags, parsePort, runMain, UsageError, type FlagSpecs, type FlagValues } from '../lib/cli/flags.js';
+import { parseCount, parseDuration, parseFlags, parsePort, runMain, type FlagSpecs, type FlagValues } from '../lib/cli/flags.js';
+import { UsageError } from '../lib/common/errors.js';
 import {
   DialError, createTunnelDialer, getThroughTunnel, joinHostPort, loadClientTls, tunnelProxyLabel, type TunnelDialerOptions,
 } from '../lib/client/index.js';
@@ -70,7 +71,7 @@ runMain(NAME, async () => {
     const response = await getThroughTunnel({ dial, url, ca: requestCa, rejectUnauthorized: requestCa !== undefined, timeoutMs })
       .catch((err: Error) => {
         const reason = err instanceof DialError && err.kind === 'refused' ? `proxy ${label} could not dial ${err.address}: ${err.message}` : err.message;
-        throw new Error(`GET ${url} failed: ${reason}`);
+        throw new Error(`GET ${url.href} failed: ${reason}`, { cause: err });
       });
     // Like the reference client, any HTTP status is printed: the tunnel itself worked.
     process.stdout.write(`HTML Response:\n${response.body.toString('utf8')}\n`);
@@ -109,6 +110,6 @@ async function readCa(path: string): Promise<Buffer> {
   try {
     return await readFile(path);
   } catch (err) {
-    throw new Error(`cannot read --request-ca-cert ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}. Give the PEM CA bundle that signs the target's certificate.`);
+    throw new Error(`cannot read --request-ca-cert ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}. Give the PEM CA bundle that signs the target's certificate.`, { cause: err });
   }
 }

@@ -5,7 +5,8 @@
  */
 import { isIP } from 'node:net';
 import { join } from 'node:path';
-import { packageVersion, parseFlags, parseList, runMain, UsageError, type FlagSpecs } from '../lib/cli/flags.js';
+import { packageVersion, parseFlags, parseList, runMain, type FlagSpecs } from '../lib/cli/flags.js';
+import { UsageError } from '../lib/common/errors.js';
 import { DEFAULT_LEAF_DAYS } from '../lib/pki/certificates.js';
 import {
   defaultStateDir, describeLocalPki, ensureLocalPki, issueFromLocalCa, localCaFingerprint, type IssueKind,

@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 /** tunnel-server: flags in, a running TunnelServer out. */
-import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseList, parseOptionalPort, parsePort, runMain, UsageError } from '../lib/cli/flags.js';
+import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseList, parseOptionalPort, parsePort, runMain } from '../lib/cli/flags.js';
+import { UsageError } from '../lib/common/errors.js';
 import { applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
 import { parseProxyStrategies } from '../lib/server/proxy-strategies.js';
 import { TunnelServer } from '../lib/server/tunnel-server.js';
 import { DEFAULT_AGENT_PORT, DEFAULT_SERVER_PORT } from '../lib/wire/protocol.js';
-import { applyProcessDefaults } from '../lib/cli/process-defaults.js';
+import { applyProcessPolicy } from '../lib/cli/process-defaults.js';
+import { logger } from '../lib/observe/log.js';
 
 const NAME = 'tunnel-server';
 
@@ -30,7 +32,6 @@ const FLAGS = {
 } as const;
 
 runMain(NAME, async () => {
-  applyProcessDefaults();
   const flags = parseFlags({ name: NAME, summary: 'The tunnel server: agents in managed clusters connect to it; hub clients reach those clusters through it with HTTP-CONNECT or gRPC.' }, FLAGS, process.argv.slice(2));
   applyLogLevel(flags['log-level']);
   let strategies;
@@ -60,6 +61,11 @@ runMain(NAME, async () => {
     connectionWindow: parseCount('connection-window', flags['connection-window'], 0),
     singleStream: flags['single-stream'],
   });
-  onShutdownSignal(() => server.stop());
+  // Before the first socket opens.
+  const policy = applyProcessPolicy(flags, () => server.establishedConnections, logger('server'));
+  onShutdownSignal(async () => {
+    policy.stop();
+    await server.stop();
+  });
   await server.start();
 });

@@ -4,13 +4,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { run } from './helpers/system.js';
+import { DEMO, run } from './helpers/system.js';
 
 const execFileAsync = promisify(execFile);
 
 test('npm start: the demo tunnels a request, prints a curl command that works, and stops on SIGTERM', async (t) => {
   const dir = mkdtempSync(join(os.tmpdir(), 'tunnel-demo-'));
-  const demo = run('tunnel-demo', [`--state-dir=${dir}`, '--agent-port=0', '--server-port=0', '--target-port=0']);
+  const demo = run(DEMO, [`--state-dir=${dir}`, '--agent-port=0', '--server-port=0', '--target-port=0']);
   try {
     await demo.waitFor(/Press Ctrl-C to stop\./, 30_000);
     t.regex(demo.output, /HTML Response:\n<!DOCTYPE html>.*The success test page!/);
@@ -18,7 +18,7 @@ test('npm start: the demo tunnels a request, prints a curl command that works, a
     const command = demo.output.match(/^ {2}(curl -p .*)$/m)?.[1];
     t.truthy(command, 'a curl command is printed');
     const [curl, ...args] = command!.split(' ');
-    const { stdout } = await execFileAsync(curl!, ['--silent', '--show-error', '--max-time', '10', ...args]);
+    const { stdout } = await execFileAsync(curl, ['--silent', '--show-error', '--max-time', '10', ...args]);
     t.regex(stdout, /The success test page!.*Served inside cluster "demo"/s);
   } finally {
     t.is(await demo.stop('SIGTERM'), 0);

@@ -16,7 +16,7 @@ import {
   type DialRequestPacket, type KnownPacket, type Packet,
 } from '../lib/wire/index.js';
 import { AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_FLOW_CONTROL, MD_SERVER_COUNT, MD_SERVER_ID, PROXY_PATH } from '../lib/wire/protocol.js';
-import { deserializePacket, serializePacket } from '../lib/transport/services.js';
+import { deserializePacket, serializePacket } from './helpers/grpc-services.js';
 import {
   echoTarget, eventually, httpGet, httpTarget, metric, startAgent, startServer, unusedPort, workspace,
   type AgentHandle, type Proc, type ServerHandle, type Target, type Workspace,
@@ -58,7 +58,7 @@ function request(socket: Duplex, request: string | Buffer, timeoutMs = 5_000): P
     let headEnd = -1;
     const reply = (): Reply => {
       const head = received.subarray(0, headEnd).toString();
-      return { head, statusLine: head.split('\r\n')[0]!, body: received.subarray(headEnd + 4).toString(), socket };
+      return { head, statusLine: head.split('\r\n')[0], body: received.subarray(headEnd + 4).toString(), socket };
     };
     const finish = () => {
       clearTimeout(timer);
@@ -337,7 +337,7 @@ async function rawGrpc(uds: string, headers: http2.OutgoingHttpHeaders, body: Bu
         status = Number(h[':status']);
         if (h['grpc-status'] !== undefined || status !== 200) resolve(answer(h));
       });
-      stream.on('trailers', (h) => resolve(answer(h)));
+      stream.on('trailers', (h: http2.IncomingHttpHeaders) => resolve(answer(h)));
       stream.on('close', () => resolve({ status }));
       stream.resume();
     }), 5_000, 'the answer to a malformed gRPC request');

@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { agentStreamWindow } from '../lib/transport/http2-windows.js';
 import { connectTls } from '../lib/transport/tls-dial.js';
-import { agentServiceDefinition } from '../lib/transport/services.js';
+import { agentServiceDefinition } from './helpers/grpc-services.js';
 import { DEFAULT_CONNECTION_WINDOW, announceFlowControl, negotiateFlowControl, peerWindow } from '../lib/transport/flow-control-metadata.js';
 
 const AGENT_LISTENER_WINDOW = agentStreamWindow(DEFAULT_CONNECTION_WINDOW);
@@ -67,9 +67,9 @@ test('gRPC framing: packets read back as the same byte streams however the chunk
     t.deepEqual(joinData(got), expected, `chunks of ${size}`);
     if (size === 16_384) t.true(got.length > SAMPLE.length, 'a payload spanning chunks comes out in pieces, without assembling it');
   }
-  const [head, payload] = framePacket(SAMPLE[1]!);
+  const [head, payload] = framePacket(SAMPLE[1]);
   t.is(payload, (SAMPLE[1] as unknown as { data: Buffer }).data, 'a large DATA payload is written from where it lies, not copied');
-  t.true(head!.length < 32);
+  t.true(head.length < 32);
 });
 
 test('gRPC framing: an oversized or compressed message is refused with the status to send', (t) => {
@@ -384,8 +384,8 @@ test('connectTls checks the server name on the short certificate, then gives Nod
     sockets.push(socket);
     await once(socket, 'secureConnect');
     t.is(checked.length, 1);
-    t.false('issuerCertificate' in checked[0]!, 'the check got the short form, without the chain');
-    t.regex(checked[0]!.subjectaltname ?? '', /DNS:localhost/);
+    t.false('issuerCertificate' in checked[0], 'the check got the short form, without the chain');
+    t.regex(checked[0].subjectaltname ?? '', /DNS:localhost/);
     t.truthy(socket.getPeerCertificate(true).issuerCertificate, 'afterwards the detailed form again');
 
     const wrong = connectTls({ ...agentTls(), host: '127.0.0.1', port, servername: 'not-the-server.example' });

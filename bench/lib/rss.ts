@@ -3,7 +3,7 @@
  * exports it, else VmRSS from /proc/<pid>/status.
  */
 import { readFileSync } from 'node:fs';
-import { metric } from '../../test/helpers/system.js';
+import { metric } from '../../harness/processes.js';
 
 export interface Rss {
   bytes: number;

@@ -5,7 +5,7 @@
  * so a failed start leaves nothing behind.
  */
 import { join } from 'node:path';
-import { run, metric, workspace, type Proc, type Workspace } from '../../test/helpers/system.js';
+import { run, metric, workspace, type Proc, type Workspace } from '../../harness/processes.js';
 import { localPkiTlsSource, type TlsSource } from '../../lib/pki/tls-source.js';
 import type { HttpConnectProxy } from '../../lib/client/http-connect-dialer.js';
 import type { GrpcProxy } from '../../lib/client/grpc-dialer.js';
@@ -49,7 +49,7 @@ function startBinary(scope: Scope, binary: string, args: string[]): Proc {
 
 async function addressPort(proc: Proc, service: string): Promise<number> {
   const match = await proc.waitFor(new RegExp(`service=${service} address=(\\S+)`), 30_000);
-  return Number(match[1]!.split(':').pop());
+  return Number(match[1].split(':').pop());
 }
 
 export async function startWorkspace(scope: Scope): Promise<Workspace> {

@@ -7,7 +7,7 @@ import { startTarget } from '../lib/helpers.js';
 import { httpConnectDialer, type Conn } from '../lib/dialers.js';
 import { now, ping, pool, sleep, waitUntil, KiB, MiB } from '../lib/measure.js';
 import { rssOf, type Rss } from '../lib/rss.js';
-import { metric } from '../../test/helpers/system.js';
+import { metric } from '../../harness/processes.js';
 import { RECLAIM_LOG_MESSAGE } from '../../lib/observe/memory-reclaim.js';
 import { agentMetric, serverMetric, startTunnel, type Tunnel } from '../lib/tunnel.js';
 import type { Context, Scenario } from '../lib/scenario.js';

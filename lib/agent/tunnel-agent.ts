@@ -10,7 +10,6 @@ import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
 import { HealthServer } from '../observe/health-server.js';
-import { MemoryReclaimer } from '../observe/memory-reclaim.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
 import { ServerConnection } from './server-connection.js';
 import type { TlsSource } from '../pki/tls-source.js';
@@ -44,7 +43,6 @@ export class TunnelAgent {
   readonly metrics = new MetricsRegistry('konnectivity_network_proxy_agent');
 
   private readonly log = logger('agent');
-  private reclaimer?: MemoryReclaimer;
   private readonly connections = new Map<string, ServerConnection>();
   private readonly backoff: Backoff;
   private readonly dialFailures;
@@ -94,7 +92,6 @@ export class TunnelAgent {
       this.log.info('listening', { service: 'health', address: healthAddress, transport: 'HTTP' });
     }
     this.running = true;
-    this.reclaimer = new MemoryReclaimer(() => this.openEndpointConnections, this.log);
     this.loop = this.syncLoop();
     this.log.info('tunnel agent started', { agentID: this.agentID, identifiers: this.options.agentIdentifiers, server: this.options.serverAddress });
     return healthAddress;
@@ -102,7 +99,6 @@ export class TunnelAgent {
 
   /** Sends DRAIN on every stream, then closes them. */
   async stop(): Promise<void> {
-    this.reclaimer?.stop();
     this.running = false;
     this.wake?.();
     for (const connection of this.connections.values()) connection.drain();

@@ -4,6 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
+import { UsageError } from '../common/errors.js';
 
 export interface FlagSpec {
   type: 'string' | 'boolean';
@@ -25,8 +26,6 @@ export type FlagValues<S extends FlagSpecs> = {
     : S[K]['type'] extends 'boolean' ? boolean : S[K]['default'] extends string ? string : string | undefined;
 };
 
-/** Thrown for a bad command line; the binary prints it and exits with status 2. */
-export class UsageError extends Error {}
 
 export interface CommandInfo {
   name: string;
@@ -46,7 +45,7 @@ export function packageVersion(): string {
 
 export function usage(info: CommandInfo, specs: FlagSpecs): string {
   const rows = Object.entries(specs).map(([name, spec]) => {
-    const left = spec.type === 'boolean' ? `--${name}` : `--${name}=${spec.metavar ?? 'VALUE'}`;
+    const left = spec.type === 'boolean' ? `--${name}${spec.default === true ? '=true|false' : ''}` : `--${name}=${spec.metavar ?? 'VALUE'}`;
     const def = spec.default !== undefined && spec.default !== '' && spec.default !== false
       ? ` (default ${String(spec.default)})` : '';
     const many = spec.multiple ? ' (repeatable)' : '';
@@ -73,21 +72,51 @@ export function parseFlags<S extends FlagSpecs>(info: CommandInfo, specs: S, arg
   }
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = {};
   for (const [name, spec] of Object.entries(specs)) options[name] = { type: spec.type, multiple: spec.multiple ?? false };
+  const { args, switchedOff } = booleanValues(specs, argv, info.name);
   let parsed;
   try {
-    parsed = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
+    parsed = parseArgs({ args, options, strict: true, allowPositionals: false });
   } catch (err) {
     const message = (err as Error).message.replace(/\. To specify a positional argument.*$/s, '');
     throw new UsageError(`${message}. Run '${info.name} --help' for the list of flags.`);
   }
   const values: Record<string, unknown> = {};
   for (const [name, spec] of Object.entries(specs)) {
-    const given = (parsed.values as Record<string, unknown>)[name];
+    const given = switchedOff.has(name) ? false : (parsed.values as Record<string, unknown>)[name];
     if (given !== undefined) values[name] = given;
     else if (spec.multiple) values[name] = [];
     else values[name] = spec.default ?? (spec.type === 'boolean' ? false : undefined);
   }
   return values as FlagValues<S>;
+}
+
+const TRUE_WORDS = new Set(['true', '1', 'yes', 'on']);
+const FALSE_WORDS = new Set(['false', '0', 'no', 'off']);
+
+/**
+ * Boolean flags also take a value, as Go's flags do (`--single-stream=false`): a true value
+ * becomes the bare flag, a false one is taken out of argv and noted.
+ */
+function booleanValues(specs: FlagSpecs, argv: string[], command: string): { args: string[]; switchedOff: Set<string> } {
+  const switchedOff = new Set<string>();
+  const args: string[] = [];
+  for (const arg of argv) {
+    const match = /^--([^=]+)=(.*)$/.exec(arg);
+    if (!match || specs[match[1]]?.type !== 'boolean') {
+      args.push(arg);
+      continue;
+    }
+    const [, name, value] = match as unknown as [string, string, string];
+    if (TRUE_WORDS.has(value.toLowerCase())) {
+      args.push(`--${name}`);
+      switchedOff.delete(name);
+    } else if (FALSE_WORDS.has(value.toLowerCase())) {
+      switchedOff.add(name);
+    } else {
+      throw new UsageError(`--${name}=${value} is not true or false. Run '${command} --help' for the list of flags.`);
+    }
+  }
+  return { args, switchedOff };
 }
 
 /** Parses a TCP port flag: 0 (any free port) to 65535. */

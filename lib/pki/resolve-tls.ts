@@ -2,7 +2,7 @@
  * Where a binary's TLS material comes from: the certificate flags when given (all of them,
  * or none), otherwise the local PKI in the state directory, created on first use.
  */
-import { UsageError } from '../cli/flags.js';
+import { UsageError } from '../common/errors.js';
 import { ensureLocalPki } from './local-pki.js';
 import { FileTlsSource, localPkiTlsSource, type TlsSource } from './tls-source.js';
 

@@ -14,7 +14,7 @@ import { GrpcStatus, Metadata } from '../transport/grpc-metadata.js';
 import type { BidiHandler, ServerCall } from '../transport/grpc-server.js';
 import { announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
 import type { Logger } from '../observe/log.js';
-import { parseAgentIdentifiers } from './agent-identifiers.js';
+import { parseAgentIdentifiers } from '../wire/agent-identifiers.js';
 import type { AgentRegistry } from './agent-registry.js';
 import type { Backend } from './backend.js';
 

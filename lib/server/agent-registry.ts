@@ -4,7 +4,7 @@
  */
 import { BehaviorSubject } from 'rxjs';
 import type { Backend } from './backend.js';
-import { hostKeys } from './agent-identifiers.js';
+import { hostKeys } from '../wire/agent-identifiers.js';
 
 export class AgentRegistry {
   private readonly byAgent = new Map<string, Backend[]>();
@@ -29,7 +29,7 @@ export class AgentRegistry {
 
   /** The stream each agent's dials go to: its oldest. */
   primaries(): Backend[] {
-    return [...this.byAgent.values()].map((list) => list[0]!);
+    return [...this.byAgent.values()].map((list) => list[0]);
   }
 
   all(): Backend[] {

@@ -3,7 +3,7 @@
  * DialingMux that carries its connections.
  */
 import type { DialingMux } from '../mux/dialing-mux.js';
-import type { AgentIdentifiers } from './agent-identifiers.js';
+import type { AgentIdentifiers } from '../wire/agent-identifiers.js';
 
 export interface Backend {
   readonly agentID: string;

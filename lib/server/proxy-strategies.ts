@@ -5,7 +5,7 @@
  */
 import type { AgentRegistry } from './agent-registry.js';
 import { isDraining, type Backend } from './backend.js';
-import { dialHost } from './agent-identifiers.js';
+import { dialHost } from '../wire/agent-identifiers.js';
 
 export const PROXY_STRATEGIES = ['destHost', 'default', 'defaultRoute'] as const;
 export type ProxyStrategy = (typeof PROXY_STRATEGIES)[number];

@@ -17,7 +17,6 @@ import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
 import { HealthServer } from '../observe/health-server.js';
-import { MemoryReclaimer } from '../observe/memory-reclaim.js';
 import { AgentRegistry } from './agent-registry.js';
 import { agentConnectHandler } from './agent-listener.js';
 import { dialRouter } from './dial-router.js';
@@ -84,7 +83,6 @@ export class TunnelServer {
   readonly metrics = new MetricsRegistry('konnectivity_network_proxy_server');
 
   private readonly log = logger('server');
-  private reclaimer?: MemoryReclaimer;
   private readonly grpcServers: GrpcServer[] = [];
   private readonly httpServers: http.Server[] = [];
   private readonly frontendStreams = new Set<AcceptingMux>();
@@ -108,7 +106,6 @@ export class TunnelServer {
     const window = o.connectionWindow === 0 ? undefined : (o.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
     const dial = dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS);
     const outcomes = this.registerMetrics();
-    this.reclaimer = new MemoryReclaimer(() => this.establishedConnections, this.log);
 
     const agentServer = new GrpcServer({ tls: o.tls, receiveWindow: agentStreamWindow(window), log: this.log });
     agentServer.handle(AGENT_CONNECT_PATH, agentConnectHandler({
@@ -174,7 +171,6 @@ export class TunnelServer {
   }
 
   async stop(): Promise<void> {
-    this.reclaimer?.stop();
     for (const mux of this.frontendStreams) mux.close();
     for (const backend of this.registry.all()) backend.mux.close(new Error('the tunnel server is shutting down'));
     for (const server of this.grpcServers) server.close();

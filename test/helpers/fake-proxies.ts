@@ -15,7 +15,7 @@ import type { LocalPkiPaths } from '../../lib/pki/local-pki.js';
 import { localPkiTlsSource } from '../../lib/pki/tls-source.js';
 import { announceFlowControl, negotiateFlowControl } from '../../lib/transport/flow-control-metadata.js';
 import { splitHostPort } from '../../lib/transport/host-port.js';
-import { asPacketStream, proxyServiceDefinition } from '../../lib/transport/services.js';
+import { asPacketStream, proxyServiceDefinition } from './grpc-services.js';
 import { dialRequest, type KnownPacket } from '../../lib/wire/packet.js';
 import { ERR_NO_AGENT } from '../../lib/wire/protocol.js';
 

@@ -1,7 +1,5 @@
-import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
+import { ROOT } from '../../harness/processes.js';
 
-/** The repository root (tests run from dist/test/...). */
-export const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+export { ROOT, BIN } from '../../harness/processes.js';
 export const FIXTURES = join(ROOT, 'test', 'fixtures');
-export const BIN = join(ROOT, 'dist', 'bin');

@@ -53,7 +53,7 @@ function serve(socket: net.Socket, uploads: Map<string, Received>): void {
       let bytes = rest.length;
       socket.on('data', (d: Buffer) => { hash.update(d); bytes += d.length; });
       socket.once('end', () => {
-        uploads.set(arg1!, { bytes, sha256: hash.digest('hex') });
+        uploads.set(arg1, { bytes, sha256: hash.digest('hex') });
         socket.end();
       });
     } else if (verb === 'echo') {
@@ -118,7 +118,7 @@ export interface TransferResult {
 export function transferPlans(count: number, maxBytes: number, prefix: string): TransferPlan[] {
   const kinds = ['get', 'put', 'echo'] as const;
   return Array.from({ length: count }, (_, i) => ({
-    kind: kinds[i % kinds.length]!,
+    kind: kinds[i % kinds.length],
     bytes: 1 + Math.floor(Math.random() * maxBytes),
     slow: i % 4 === 1,
     id: `${prefix}-${i}`,

@@ -1,14 +1,14 @@
 /**
  * grpc-js bindings of the two konnectivity services, serialised with our packet codec. The
  * paths have no package prefix, exactly as the reference's .proto files declare them. The
- * tunnel itself speaks gRPC on node:http2 (grpc-server.ts, grpc-client.ts); these serve
- * code that wants a grpc-js peer, as the tests do to stand in for the reference.
+ * tunnel itself speaks gRPC on node:http2 (lib/transport/grpc-server.ts, grpc-client.ts);
+ * these let the tests stand a grpc-js peer in for the reference.
  */
 import type * as grpc from '@grpc/grpc-js';
-import { decodePacket, encodePacket } from '../wire/codec.js';
-import type { KnownPacket, Packet } from '../wire/packet.js';
-import type { PacketStream } from '../mux/packet-stream.js';
-import { AGENT_CONNECT_PATH, PROXY_PATH } from '../wire/protocol.js';
+import { decodePacket, encodePacket } from '../../lib/wire/codec.js';
+import type { KnownPacket, Packet } from '../../lib/wire/packet.js';
+import type { PacketStream } from '../../lib/mux/packet-stream.js';
+import { AGENT_CONNECT_PATH, PROXY_PATH } from '../../lib/wire/protocol.js';
 
 export function serializePacket(packet: KnownPacket): Buffer {
   return encodePacket(packet);
@@ -25,9 +25,9 @@ function bidiMethod(path: string, originalName: string): grpc.MethodDefinition<K
     requestStream: true,
     responseStream: true,
     requestSerialize: serializePacket,
-    requestDeserialize: deserializePacket as (bytes: Buffer) => KnownPacket,
+    requestDeserialize: deserializePacket,
     responseSerialize: serializePacket,
-    responseDeserialize: deserializePacket as (bytes: Buffer) => KnownPacket,
+    responseDeserialize: deserializePacket,
   };
 }
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-/** tunnel-demo (`npm start`): the whole tunnel on loopback, no Kubernetes needed. */
+/** The demo (`npm start`): the whole tunnel on loopback, no Kubernetes needed. */
 import { onShutdownSignal, parseFlags, parsePort, runMain } from '../lib/cli/flags.js';
 import { defaultStateDir } from '../lib/pki/local-pki.js';
-import { runDemo } from '../lib/demo/demo.js';
+import { runDemo } from './demo.js';
 import { applyProcessDefaults } from '../lib/cli/process-defaults.js';
 import { DEFAULT_AGENT_PORT, DEFAULT_SERVER_PORT } from '../lib/wire/protocol.js';
 

@@ -43,7 +43,7 @@ export function validateAgentIdentifiers(query: string): void {
 /** The host part of a dial address: `host:port`, `[v6]:port` or a bare IPv6 literal. */
 export function dialHost(address: string): string {
   const bracketed = /^\[([^\]]+)\](?::\d*)?$/.exec(address);
-  if (bracketed) return bracketed[1]!;
+  if (bracketed) return bracketed[1];
   const colons = address.split(':').length - 1;
   if (colons === 1) return address.slice(0, address.lastIndexOf(':'));
   return address; // a bare name, or a bare IPv6 literal

@@ -6,11 +6,11 @@
 import http from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { ensureLocalPki } from '../pki/local-pki.js';
-import { localPkiTlsSource } from '../pki/tls-source.js';
-import { TunnelServer } from '../server/tunnel-server.js';
-import { TunnelAgent } from '../agent/tunnel-agent.js';
-import { dialHttpConnect } from '../client/http-connect-dialer.js';
+import { ensureLocalPki } from '../lib/pki/local-pki.js';
+import { localPkiTlsSource } from '../lib/pki/tls-source.js';
+import { TunnelServer } from '../lib/server/tunnel-server.js';
+import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
+import { dialHttpConnect } from '../lib/client/http-connect-dialer.js';
 
 export interface DemoOptions {
   stateDir: string;
