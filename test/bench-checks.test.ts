@@ -55,7 +55,7 @@ async function dial(port: number): Promise<net.Socket> {
 
 const flip = (data: Buffer) => {
   const copy = Buffer.from(data);
-  copy[copy.length >> 1]! ^= 1;
+  copy[copy.length >> 1] ^= 1;
   return copy;
 };
 
@@ -63,11 +63,11 @@ test('a whole download, upload and request/response pass their checks', async (t
   const honest = await target((_mode, data) => data);
   try {
     const conns = await Promise.all([dial(honest.port), dial(honest.port), dial(honest.port)]);
-    const d = await download(conns[0]!, payload(3 * 1024 * 1024 + 5, 777), 10_000);
+    const d = await download(conns[0], payload(3 * 1024 * 1024 + 5, 777), 10_000);
     t.true(d.complete);
     t.is(d.bytes, 3 * 1024 * 1024 + 5);
-    t.true((await upload(conns[1]!, payload(2 * 1024 * 1024, 99), 10_000)).complete);
-    await t.notThrowsAsync(requestResponse(conns[2]!, 1024, 10_000, 4242));
+    t.true((await upload(conns[1], payload(2 * 1024 * 1024, 99), 10_000)).complete);
+    await t.notThrowsAsync(requestResponse(conns[2], 1024, 10_000, 4242));
     for (const c of conns) c.destroy();
   } finally {
     honest.close();

@@ -152,9 +152,9 @@ test('a 500 with a body becomes a ProxyError with status, body and an operator m
   const proxy = await fakeConnectProxy({ pki, refuse: { status: 500, message: 'Internal Server Error', body: NO_AGENT_BODY } });
   await withServers([proxy], async () => {
     const err = await t.throwsAsync(dialHttpConnect({ host: '127.0.0.1', port: proxy.port, tls: source }, 'c1:443', { timeoutMs: WAIT_MS }), { instanceOf: ProxyError });
-    t.is(err!.statusCode, 500);
-    t.is(err!.body, NO_AGENT_BODY);
-    t.is(err!.message, `proxy 127.0.0.1:${proxy.port} refused CONNECT c1:443: 500 Internal Server Error: ${NO_AGENT_BODY}`);
+    t.is(err.statusCode, 500);
+    t.is(err.body, NO_AGENT_BODY);
+    t.is(err.message, `proxy 127.0.0.1:${proxy.port} refused CONNECT c1:443: 500 Internal Server Error: ${NO_AGENT_BODY}`);
   });
 });
 
@@ -163,9 +163,9 @@ test('an error body without Content-Length is read until the proxy closes', asyn
   const proxy = await fakeConnectProxy({ path, refuse: { status: 502, message: 'Bad Gateway', body: 'dial tcp 10.0.0.1:443: connect: connection refused', contentLength: false } });
   await withServers([proxy], async () => {
     const err = await t.throwsAsync(dialHttpConnect({ path }, 'c1:443', { timeoutMs: WAIT_MS }), { instanceOf: ProxyError });
-    t.is(err!.statusCode, 502);
-    t.is(err!.body, 'dial tcp 10.0.0.1:443: connect: connection refused');
-    t.regex(err!.message, new RegExp(`^proxy unix:${path} refused CONNECT c1:443: 502 Bad Gateway: dial tcp`));
+    t.is(err.statusCode, 502);
+    t.is(err.body, 'dial tcp 10.0.0.1:443: connect: connection refused');
+    t.regex(err.message, new RegExp(`^proxy unix:${path} refused CONNECT c1:443: 502 Bad Gateway: dial tcp`));
   });
 });
 
@@ -197,7 +197,7 @@ test('the mTLS proxy refuses a client certificate from another CA, and a client 
     const strangerTls = await FileTlsSource.load({ ca: pki.caCert, cert: stranger.clientCert, key: stranger.clientKey, role: 'stranger' });
     const err = await t.throwsAsync(dialHttpConnect({ host: '127.0.0.1', port: proxy.port, tls: strangerTls }, 'c1:443', { timeoutMs: WAIT_MS }));
     // TLS 1.3 servers reject the certificate after the client's handshake, often with no alert seen.
-    t.regex(err!.message, new RegExp(`^proxy 127\\.0\\.0\\.1:${proxy.port} (refused the TLS handshake|closed the connection .*TLS client certificate)`));
+    t.regex(err.message, new RegExp(`^proxy 127\\.0\\.0\\.1:${proxy.port} (refused the TLS handshake|closed the connection .*TLS client certificate)`));
 
     const bare = tls.connect({ host: '127.0.0.1', port: proxy.port, ca: readFileSync(pki.caCert) });
     bare.on('error', () => undefined);
@@ -215,11 +215,11 @@ test('a proxy that does not answer, or is not there, fails with the proxy addres
   const proxy = await fakeConnectProxy({ path, silent: true });
   await withServers([proxy], async () => {
     const err = await t.throwsAsync(dialHttpConnect({ path }, 'c1:443', { timeoutMs: 200 }));
-    t.regex(err!.message, new RegExp(`^no answer from proxy unix:${path} to CONNECT c1:443 within 200 ms`));
+    t.regex(err.message, new RegExp(`^no answer from proxy unix:${path} to CONNECT c1:443 within 200 ms`));
     const abort = new AbortController();
     setTimeout(() => abort.abort(), 50);
     const cancelled = await t.throwsAsync(dialHttpConnect({ path }, 'c1:443', { signal: abort.signal, timeoutMs: WAIT_MS }));
-    t.is(cancelled!.message, `CONNECT c1:443 through proxy unix:${path} was cancelled`);
+    t.is(cancelled.message, `CONNECT c1:443 through proxy unix:${path} was cancelled`);
   });
   const closed = net.createServer().listen(0, '127.0.0.1');
   await once(closed, 'listening');
@@ -227,9 +227,9 @@ test('a proxy that does not answer, or is not there, fails with the proxy addres
   await new Promise((resolve) => closed.close(resolve));
   const { tls: source } = await clientTls();
   const refused = await t.throwsAsync(dialHttpConnect({ host: '127.0.0.1', port, tls: source }, 'c1:443', { timeoutMs: WAIT_MS }));
-  t.regex(refused!.message, new RegExp(`cannot connect to proxy 127\\.0\\.0\\.1:${port}: connection refused`));
+  t.regex(refused.message, new RegExp(`cannot connect to proxy 127\\.0\\.0\\.1:${port}: connection refused`));
   const missing = await t.throwsAsync(dialHttpConnect({ path: join(workDir, 'missing.sock') }, 'c1:443', { timeoutMs: WAIT_MS }));
-  t.regex(missing!.message, /unix socket does not exist/);
+  t.regex(missing.message, /unix socket does not exist/);
 });
 
 // ---- gRPC dialer ------------------------------------------------------------------------
@@ -245,10 +245,10 @@ test.serial('dialGrpc over a unix socket echoes 1 MiB with negotiated windows an
     // A window smaller than the payload: if either side failed to negotiate, the echo stalls.
     t.true(await echoes(conn, 1024 * 1024));
     // The announced window is where a connection starts: a quarter of the most it may hold.
-    t.is(proxy.metadata[0]!.get(MD_FLOW_CONTROL)[0], `window=${window / WINDOW_GROWTH}`);
+    t.is(proxy.metadata[0].get(MD_FLOW_CONTROL)[0], `window=${window / WINDOW_GROWTH}`);
     conn.end();
     await bounded(once(conn, 'close'), 'the connection to close');
-    const mux = proxy.muxes[0]!;
+    const mux = proxy.muxes[0];
     await eventually(() => mux.stats.connections === 0 && mux.isClosed, 'the server side to drop the connection and the stream');
     // Well before the client's 10 s close timeout: the stream is cancelled once CLOSE_RSP is in.
     await eventually(() => pipeCount() <= pipesBefore, 'the gRPC client socket to close', CLOSE_WAIT_MS);
@@ -273,12 +273,12 @@ test('a refused gRPC dial rejects with the server\'s text', async (t) => {
   const closedPort = await unusedPort();
   await withServers([proxy], async () => {
     const noAgent = await t.throwsAsync(dialGrpc({ uds }, 'c9:443', { timeoutMs: WAIT_MS }), { instanceOf: DialError });
-    t.is(noAgent!.message, 'No agent available');
+    t.is(noAgent.message, 'No agent available');
     const refused = await t.throwsAsync(dialGrpc({ uds }, `127.0.0.1:${closedPort}`, { timeoutMs: WAIT_MS }), { instanceOf: DialError });
-    t.regex(refused!.message, /ECONNREFUSED/);
+    t.regex(refused.message, /ECONNREFUSED/);
   });
   const gone = await t.throwsAsync(dialGrpc({ uds: join(workDir, 'missing-grpc.sock') }, 'c1:443', { timeoutMs: WAIT_MS }));
-  t.regex(gone!.message, /^gRPC proxy unix:\/\/\/.*missing-grpc\.sock failed before answering the dial of c1:443: UNAVAILABLE: .*listening on this socket\?$/);
+  t.regex(gone.message, /^gRPC proxy unix:\/\/\/.*missing-grpc\.sock failed before answering the dial of c1:443: UNAVAILABLE: .*listening on this socket\?$/);
 });
 
 test('dialGrpc over mTLS TCP', async (t) => {
@@ -289,7 +289,7 @@ test('dialGrpc over mTLS TCP', async (t) => {
     const conn = await dialGrpc({ host: '127.0.0.1', port: proxy.port, tls: source }, `127.0.0.1:${echo.port}`, { timeoutMs: WAIT_MS });
     t.true(await echoes(conn, 200_000));
     conn.destroy();
-    await eventually(() => proxy.muxes[0]!.stats.connections === 0, 'the server side to drop the connection');
+    await eventually(() => proxy.muxes[0].stats.connections === 0, 'the server side to drop the connection');
   });
 });
 

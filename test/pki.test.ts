@@ -141,7 +141,7 @@ function tlsExchange(port: number, options: tls.ConnectionOptions): Promise<{ da
     const socket = tls.connect({ host: '127.0.0.1', port, ...options });
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => { data += chunk; });
-    socket.on('error', (error) => resolve({ data, error }));
+    socket.on('error', (error: Error) => resolve({ data, error }));
     socket.on('close', () => resolve({ data }));
   });
 }
@@ -196,7 +196,7 @@ test('the local PKI is ECDSA P-256, and openssl verifies each leaf for its purpo
 
   const verify = (purpose: string, path: string) => openssl(['verify', '-CAfile', shared.caCert, '-purpose', purpose, path]);
   for (const [purpose, path] of [['sslserver', shared.serverCert], ['sslclient', shared.serverCert], ['sslclient', shared.agentCert], ['sslclient', shared.clientCert]]) {
-    const run = verify(purpose!, path!);
+    const run = verify(purpose, path);
     t.is(run.code, 0, `${purpose} ${path}: ${run.output}`);
     t.true(run.output.includes(`${path}: OK`), run.output);
   }
@@ -211,10 +211,10 @@ test('mutual TLS on 127.0.0.1 with a fresh ECDSA P-256 CA, server and client cer
 
   const dir = freshDir('mtls');
   for (const [name, pem] of [['ca.pem', ca.certPem], ['server.pem', serverPair.certPem], ['client.pem', clientPair.certPem]]) {
-    writeFileSync(join(dir, name!), pem!);
+    writeFileSync(join(dir, name), pem);
   }
   for (const [purpose, name] of [['sslserver', 'server.pem'], ['sslclient', 'client.pem']]) {
-    const run = openssl(['verify', '-CAfile', join(dir, 'ca.pem'), '-purpose', purpose!, join(dir, name!)]);
+    const run = openssl(['verify', '-CAfile', join(dir, 'ca.pem'), '-purpose', purpose, join(dir, name)]);
     t.is(run.code, 0, run.output);
   }
 
@@ -338,8 +338,8 @@ test('a new SAN reissues only the server certificate and keeps its old SANs', as
   t.not(after['server.crt'], before['server.crt']);
   t.not(after['server.key'], before['server.key']);
   for (const name of PKI_FILES.filter((file) => !file.startsWith('server.'))) t.is(after[name], before[name], name);
-  assertIssuedBy(t, after['ca.crt']!, after['server.crt']!);
-  t.deepEqual(certificateSans(after['server.crt']!), {
+  assertIssuedBy(t, after['ca.crt'], after['server.crt']);
+  t.deepEqual(certificateSans(after['server.crt']), {
     dnsNames: ['localhost', 'tunnel.example.com'],
     ips: ['127.0.0.1', '::1', '10.1.2.3'],
   });

@@ -36,14 +36,14 @@ function delayed(from: net.Socket, to: net.Socket): void {
   };
   const schedule = () => {
     if (timer || head >= queue.length) return;
-    timer = setTimeout(flush, Math.max(0, queue[head]!.due - performance.now()));
+    timer = setTimeout(flush, Math.max(0, queue[head].due - performance.now()));
   };
   const flush = () => {
     timer = undefined;
     const now = performance.now();
     to.cork();
-    while (head < queue.length && queue[head]!.due <= now) {
-      const { chunk } = queue[head++]!;
+    while (head < queue.length && queue[head].due <= now) {
+      const { chunk } = queue[head++];
       if (chunk === null) {
         to.end();
       } else if (!to.destroyed) {

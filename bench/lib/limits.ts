@@ -43,7 +43,7 @@ export function reexecForBench(): number | undefined {
   const options = { stdio: 'inherit' as const, env: { ...process.env, [REEXEC_ENV]: '1' } };
   const result = raise
     ? spawnSync('sh', ['-c', `ulimit -n ${want} && exec "$0" "$@"`, ...node], options)
-    : spawnSync(node[0]!, node.slice(1), options);
+    : spawnSync(node[0], node.slice(1), options);
   if (result.error) return undefined; // could not re-run: carry on as we are
   return result.status ?? 1;
 }

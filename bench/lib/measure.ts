@@ -164,7 +164,7 @@ export function percentile(samples: number[], p: number): number {
   if (samples.length === 0) return NaN;
   const sorted = [...samples].sort((a, b) => a - b);
   const rank = Math.ceil((p / 100) * sorted.length);
-  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1]!;
+  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1];
 }
 
 /** Runs `task(i)` for i in [0, count) with at most `concurrency` at once; results in order. */
@@ -205,5 +205,5 @@ export function formatBytes(bytes: number): string {
 
 /** The item with the median value (the lower middle of an even count). */
 export function medianBy<T>(items: T[], value: (item: T) => number): T {
-  return [...items].sort((a, b) => value(a) - value(b))[Math.floor((items.length - 1) / 2)]!;
+  return [...items].sort((a, b) => value(a) - value(b))[Math.floor((items.length - 1) / 2)];
 }

@@ -27,7 +27,7 @@ export function header(mode: Mode, n: number, offset = 0): Buffer {
 }
 
 export function parseHeader(buf: Buffer): { mode: Mode; n: number; offset: number } {
-  const mode = String.fromCharCode(buf[0]!) as Mode;
+  const mode = String.fromCharCode(buf[0]) as Mode;
   if (!'DURE'.includes(mode)) throw new Error(`unknown mode ${JSON.stringify(mode)}`);
   const safe = (v: bigint) => (v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v));
   return { mode, n: safe(buf.readBigUInt64BE(1)), offset: safe(buf.readBigUInt64BE(9)) };

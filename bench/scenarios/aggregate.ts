@@ -102,9 +102,9 @@ export const aggregate: Scenario = {
     if (chosen.perConn.length > 0) {
       ctx.record({
         figure: 'slowest / fastest connection',
-        value: chosen.perConn[0]!,
+        value: chosen.perConn[0],
         unit: 'MB/s',
-        baseline: { label: 'fastest', value: chosen.perConn[chosen.perConn.length - 1]! },
+        baseline: { label: 'fastest', value: chosen.perConn[chosen.perConn.length - 1] },
       });
     }
   },
@@ -121,7 +121,7 @@ async function concurrentDownloads(conns: Conn[], total: number, limitMs: number
   const payloads = conns.map((_, i) => payload(each + (i < total - each * count ? 1 : 0), starts[i]));
   const start = now();
   const meter = cpuMeter(pids);
-  const results = await Promise.allSettled(conns.map((c, i) => download(c, payloads[i]!, limitMs)));
+  const results = await Promise.allSettled(conns.map((c, i) => download(c, payloads[i], limitMs)));
   const seconds = (now() - start) / 1000;
   for (const r of results) if (r.status === 'rejected') rethrowIntegrity(r.reason);
   const cpu = formatCpu(meter());

@@ -109,7 +109,7 @@ export const churnScenario: Scenario = {
         const baselineLabel = BASELINE_OF[dialer.label];
         const base = baselineLabel ? by.get(baselineLabel) : undefined;
         const isTunnel = dialer.label === 'HTTP-CONNECT';
-        const target = TARGETS[concurrency] ?? TARGETS[32]!;
+        const target = TARGETS[concurrency] ?? TARGETS[32];
         const note = [failed, isTunnel ? cpu : ''].filter(Boolean).join('; ') || undefined;
         ctx.record({
           figure: `${dialer.label}, ${concurrency} at a time: rate`,

@@ -35,7 +35,7 @@ async function downloadGroup(scope: Scope, dialer: Dialer, count: number, bytesE
     await pool(count, count, async () => { conns.push(await dialer.dial()); });
     const payloads = offsets(count).map((offset) => payload(bytesEach, offset));
     const start = now();
-    const results = await Promise.allSettled(conns.map((c, i) => download(c, payloads[i]!, limitMs)));
+    const results = await Promise.allSettled(conns.map((c, i) => download(c, payloads[i], limitMs)));
     const seconds = (now() - start) / 1000;
     for (const r of results) if (r.status === 'rejected') rethrowIntegrity(r.reason);
     const done = results.filter((r): r is PromiseFulfilledResult<Transfer> => r.status === 'fulfilled').map((r) => r.value);

@@ -106,11 +106,11 @@ export class ServerConnection {
       const mux = new AcceptingMux(stream, o.dialHandler, {
         name: `server ${serverID[0]} at ${o.target}`, flowControl: windows, log: o.log,
       });
-      return new ServerConnection(serverID[0]!, Math.max(1, Number(serverCount[0])), mux, sessions);
+      return new ServerConnection(serverID[0], Math.max(1, Number(serverCount[0])), mux, sessions);
     } catch (err) {
       for (const stream of streams) stream.destroy();
       for (const session of sessions) session.destroy();
-      throw new Error(`cannot open a tunnel stream to ${o.target}: ${(err as Error).message}`);
+      throw new Error(`cannot open a tunnel stream to ${o.target}: ${(err as Error).message}`, { cause: err });
     }
   }
 }

@@ -199,7 +199,7 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
   /** One DATA packet per piece, written in one batch: a transport may frame a run of them as one. */
   private writeData(connectID: bigint, pieces: readonly Buffer[]): void {
     if (pieces.length === 1) {
-      this.write(dataPacket(connectID, pieces[0]!));
+      this.write(dataPacket(connectID, pieces[0]));
       return;
     }
     this.stream.cork();

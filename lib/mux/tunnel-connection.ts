@@ -192,8 +192,8 @@ export class TunnelConnection extends Duplex {
    * push, which the peer cannot send until it gets the credit.
    */
   override read(size?: number): ReturnType<Duplex['read']> {
-    const chunk = super.read(size) as ReturnType<Duplex['read']>;
-    if (chunk !== null) this.moved += (chunk as Buffer).byteLength;
+    const chunk = super.read(size) as Buffer | null;
+    if (chunk !== null) this.moved += chunk.byteLength;
     if (this.flowControl) this.maybeGrant();
     return chunk;
   }
@@ -348,7 +348,7 @@ function takeBytes(pending: { pieces: Buffer[]; bytes: number }, size: number): 
   const taken: Buffer[] = [];
   let left = size;
   while (left > 0) {
-    const first = pending.pieces[0]!;
+    const first = pending.pieces[0];
     if (first.byteLength <= left) {
       taken.push(first);
       pending.pieces.shift();

@@ -49,7 +49,8 @@ let v8Collect: (() => void) | undefined;
 export function fullCollection(): () => void {
   if (!v8Collect) {
     if (typeof globalThis.gc !== 'function') setFlagsFromString('--expose-gc');
-    v8Collect = (globalThis.gc as (() => void) | undefined) ?? (runInNewContext('gc') as () => void);
+    const exposed: (() => void) | undefined = typeof globalThis.gc === 'function' ? () => void globalThis.gc!() : undefined;
+    v8Collect = exposed ?? (runInNewContext('gc') as () => void);
   }
   return v8Collect;
 }

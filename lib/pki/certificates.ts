@@ -279,7 +279,7 @@ function encodeName(attributes: forge.pki.CertificateField[]): Asn1 {
 function encodeExtensions(extensions: object[]): Asn1 {
   const draft = forge.pki.createCertificate();
   draft.setExtensions(extensions);
-  return (forge.pki as typeof forge.pki & ForgePkiExtras).certificateExtensionsToAsn1(draft.extensions);
+  return (forge.pki as typeof forge.pki & ForgePkiExtras).certificateExtensionsToAsn1(draft.extensions as object[]);
 }
 
 /** Part of forge.pki that @types/node-forge does not declare. */
@@ -364,7 +364,7 @@ function oid(id: string): Asn1 {
 }
 
 function explicit(tag: number, inner: Asn1): Asn1 {
-  return asn1.create(asn1.Class.CONTEXT_SPECIFIC, tag as forge.asn1.Type, true, [inner]);
+  return asn1.create(asn1.Class.CONTEXT_SPECIFIC, tag, true, [inner]);
 }
 
 function time(date: Date): Asn1 {
@@ -379,7 +379,7 @@ function time(date: Date): Asn1 {
  */
 function randomSerial(): string {
   const bytes = randomBytes(SERIAL_BYTES);
-  bytes[0] = (bytes[0]! & 0x3f) | 0x40;
+  bytes[0] = (bytes[0] & 0x3f) | 0x40;
   return bytes.toString('binary');
 }
 

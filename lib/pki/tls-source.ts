@@ -145,7 +145,7 @@ async function readMaterial(paths: TlsFilePaths): Promise<TlsMaterial> {
   try {
     privateKey = createPrivateKey(key);
   } catch (err) {
-    throw new Error(`${paths.key} is not a usable PEM private key for ${paths.role}: ${(err as Error).message}. Give the unencrypted PEM key that belongs to certificate ${paths.cert}.`);
+    throw new Error(`${paths.key} is not a usable PEM private key for ${paths.role}: ${(err as Error).message}. Give the unencrypted PEM key that belongs to certificate ${paths.cert}.`, { cause: err });
   }
   if (!x509.checkPrivateKey(privateKey)) {
     throw new Error(`private key ${paths.key} does not match certificate ${paths.cert} for ${paths.role}. Give the key that was created together with this certificate.`);
@@ -162,7 +162,7 @@ async function readPem(path: string, what: string, role: string): Promise<Buffer
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     const reason = code ? `${code} (${ERRNO_TEXT[code] ?? (err as Error).message})` : (err as Error).message;
-    throw new Error(`cannot read ${what} ${path} for ${role}: ${reason}. Give an existing PEM file, or omit the certificate flags to use the local PKI in the state directory.`);
+    throw new Error(`cannot read ${what} ${path} for ${role}: ${reason}. Give an existing PEM file, or omit the certificate flags to use the local PKI in the state directory.`, { cause: err });
   }
 }
 
@@ -170,7 +170,7 @@ function parseCertificate(pem: Buffer, path: string, role: string): X509Certific
   try {
     return new X509Certificate(pem);
   } catch (err) {
-    throw new Error(`${path} is not a PEM certificate for ${role}: ${(err as Error).message}. Give a file that starts with -----BEGIN CERTIFICATE-----.`);
+    throw new Error(`${path} is not a PEM certificate for ${role}: ${(err as Error).message}. Give a file that starts with -----BEGIN CERTIFICATE-----.`, { cause: err });
   }
 }
 

@@ -141,7 +141,7 @@ export function startCall(session: http2.ClientHttp2Session, path: string, metad
     h2.once('response', (response: http2.IncomingHttpHeaders) => {
       stream.off('close', closed);
       const status = response[':status'];
-      const refusal = Number(status) !== 200 ? new Error(`HTTP status ${status} (is this a gRPC server?)`) : statusOf(response);
+      const refusal = Number(status) !== 200 ? new Error(`HTTP status ${String(status)} (is this a gRPC server?)`) : statusOf(response);
       if (refusal) {
         stream.destroy(refusal);
         reject(refusal);

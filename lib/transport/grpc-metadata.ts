@@ -61,10 +61,10 @@ export class Metadata {
   static fromRawHeaders(raw: string[]): Metadata {
     const md = new Metadata();
     for (let i = 0; i + 1 < raw.length; i += 2) {
-      const key = raw[i]!.toLowerCase();
+      const key = raw[i].toLowerCase();
       if (!isMetadata(key)) continue;
       const list = md.values.get(key) ?? [];
-      list.push(raw[i + 1]!);
+      list.push(raw[i + 1]);
       md.values.set(key, list);
     }
     return md;

@@ -59,7 +59,7 @@ export function framePacket(packet: KnownPacket): Buffer[] {
 function frameDataRun(packets: readonly DataPacket[]): Buffer[] {
   let length = 0;
   for (const { data } of packets) length += data.length;
-  const buffers = [withPrefix(encodeDataHead(packets[0]!, PREFIX, length), length)];
+  const buffers = [withPrefix(encodeDataHead(packets[0], PREFIX, length), length)];
   for (const { data } of packets) buffers.push(asBuffer(data));
   return buffers;
 }
@@ -71,12 +71,12 @@ function frameDataRun(packets: readonly DataPacket[]): Buffer[] {
  * (4 MiB by default in gRPC).
  */
 function dataRunLength(packets: readonly KnownPacket[], start: number): number {
-  const first = packets[start]!;
+  const first = packets[start];
   if (first.type !== PacketType.DATA || first.error) return 1;
   let bytes = first.data.length;
   let end = start + 1;
   while (end < packets.length) {
-    const next = packets[end]!;
+    const next = packets[end];
     if (next.type !== PacketType.DATA || next.connectID !== first.connectID || next.error) break;
     bytes += next.data.length;
     if (bytes > RUN_BYTES) break;
@@ -227,7 +227,7 @@ export class GrpcPacketStream extends Duplex {
     h2.cork();
     for (let i = 0; i < packets.length;) {
       const run = dataRunLength(packets, i);
-      const buffers = run > 1 ? frameDataRun(packets.slice(i, i + run) as DataPacket[]) : framePacket(packets[i]!);
+      const buffers = run > 1 ? frameDataRun(packets.slice(i, i + run) as DataPacket[]) : framePacket(packets[i]);
       for (const buf of buffers) h2.write(buf);
       i += run;
     }

@@ -12,5 +12,5 @@ export function joinHostPort(host: string, port: number | string): string {
 export function splitHostPort(address: string): { host: string; port: number } | undefined {
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(address);
   const port = match ? Number(match[3]) : NaN;
-  return match && port <= 65535 ? { host: match[1] ?? match[2]!, port } : undefined;
+  return match && port <= 65535 ? { host: match[1] ?? match[2], port } : undefined;
 }

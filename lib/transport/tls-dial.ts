@@ -13,6 +13,7 @@
  */
 import tls from 'node:tls';
 
+// eslint-disable-next-line @typescript-eslint/unbound-method -- always called on a socket, with .call()
 const nodeGetPeerCertificate = tls.TLSSocket.prototype.getPeerCertificate;
 
 function shortPeerCertificate(this: tls.TLSSocket): tls.PeerCertificate {

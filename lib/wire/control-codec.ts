@@ -84,7 +84,7 @@ export function encodeControlPacket(packet: ControlPacket, reserve = 0): Buffer 
       pos = writeVarint(buf, pos, value as number);
       pos += buf.write(values[field.key] as string, pos, 'utf8');
     } else {
-      pos = writeInt64Varint(buf, pos, value as Int64Varint);
+      pos = writeInt64Varint(buf, pos, value);
     }
   });
   return buf;
@@ -122,7 +122,7 @@ export function decodeControlPacket(bytes: Uint8Array): ControlPacket | undefine
       const index = shape.fields.findIndex((f) => f.tag === tag);
       if (index < 0 || seen & (1 << index)) return undefined;
       seen |= 1 << index;
-      const field = shape.fields[index]!;
+      const field = shape.fields[index];
       const value = field.kind === 'string' ? inner.string() : inner.int64();
       if (value === undefined) return undefined;
       packet[field.key] = value;

@@ -73,7 +73,7 @@ export class Reader {
     let result = 0;
     let scale = 1;
     for (let i = 0; i < 7 && this.pos < this.end; i++) {
-      const b = this.bytes[this.pos++]!;
+      const b = this.bytes[this.pos++];
       result += (b & 0x7f) * scale;
       if (b < 0x80) return result;
       scale *= 128;
@@ -90,7 +90,7 @@ export class Reader {
     let result = 0n;
     let shift = 0n;
     for (let i = 0; i < 10 && this.pos < this.end; i++) {
-      const b = this.bytes[this.pos++]!;
+      const b = this.bytes[this.pos++];
       result |= BigInt(b & 0x7f) << shift;
       if (b < 0x80) return BigInt.asIntN(64, result);
       shift += 7n;
