@@ -66,7 +66,7 @@ export class Proc {
 
 /**
  * Node options of the started binaries: the recommended `--single-threaded-gc` and
- * `--max-semi-space-size=4` (see the README), then any from TUNNEL_NODE_ARGS, e.g.
+ * `--max-semi-space-size=4` (see the README and docs/performance.md), then any from TUNNEL_NODE_ARGS, e.g.
  * "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile server and agent under a bench scenario.
  */
 const NODE_ARGS = ['--single-threaded-gc', '--max-semi-space-size=4', ...(process.env.TUNNEL_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [])];
@@ -74,7 +74,7 @@ const NODE_ARGS = ['--single-threaded-gc', '--max-semi-space-size=4', ...(proces
 /**
  * jemalloc for the started binaries, e.g. TUNNEL_JEMALLOC=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
  * (Debian's libjemalloc2), with purging in a background thread: how a deployment that wants
- * memory freed after a mass close back from the process runs them (see the README).
+ * memory freed after a mass close back from the process runs them (see docs/performance.md).
  */
 const JEMALLOC = process.env.TUNNEL_JEMALLOC;
 const BINARY_ENV = JEMALLOC

@@ -6,7 +6,7 @@
  * inherit the raised limit.
  *
  * The bench's client and helpers (targets, relays) run with BENCH_NODE_ARGS, as the tunnel
- * binaries do (see the README): on a machine with few cores, a collector's helper threads
+ * binaries do (see docs/performance.md): on a machine with few cores, a collector's helper threads
  * take CPU from the processes being measured. With V8's default collector the bench's
  * client spent 1.55 to 1.85 ms of CPU per MiB it downloaded, 0.6 to 0.8 of them in those
  * threads; with `--single-threaded-gc`, 0.93 to 1.04. Flags go on Node's command line, so

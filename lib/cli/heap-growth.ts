@@ -2,16 +2,14 @@
  * How far V8 lets the heap grow between full collections, set by the binaries at start-up
  * (a program that embeds the library owns its runtime, so the library leaves it alone).
  *
- * After a full collection V8 sets the next one's threshold from the live heap: for a heap as
- * small as the tunnel's (10 to 20 MB of code and connection objects) about 16 MB above it.
- * Memory outside the heap counts against that headroom too, from buffers to TLS and HTTP/2
- * state, and buffers pass through the tunnel at hundreds of MB/s: in the agent, at 100
- * concurrent downloads, it swings between 15 and 63 MiB as young collections free it. So
- * nearly every swing started a full collection: 68 of them for 2 GiB, a quarter of the
- * agent's CPU. At V8's own largest growth factor (4, which it picks for large heaps when
- * collections are cheap) the headroom is three times the live heap: 4 to 8 full collections
- * for the same 2 GiB, and 5 to 11% more throughput in the bulk bench (one A/B pair of full
- * runs).
+ * After a full collection V8 sets the next one's threshold from the live heap, and a heap as
+ * small as the tunnel's (code and connection objects) gets little headroom. Memory outside
+ * the heap counts against that headroom too, from buffers to TLS and HTTP/2 state, and
+ * buffers pass through the tunnel at hundreds of MB/s, so nearly every swing of buffered
+ * bytes started a full collection. At V8's own largest growth factor (4, which it picks for
+ * large heaps when collections are cheap) the headroom is three times the live heap and
+ * full collections become rare. The bulk and aggregate scenarios of bench/ report them;
+ * docs/performance.md has the A/B.
  */
 import { setFlagsFromString } from 'node:v8';
 

@@ -54,10 +54,9 @@ const READ_HIGH_WATER_MARK = 64 * 1024;
 export const WINDOW_GROWTH = 4;
 /**
  * Credit goes back in pieces of this share of the window. Finer grants keep the sender's
- * window fuller and its bursts shorter: on a 50 ms link, with a 16 MiB window, sixteenths
- * moved 225 to 235 MB/s against 200 to 210 with quarters, at one WINDOW_UPDATE per MiB.
- * Small windows grant a quarter, or 64 KiB, at a time, so that grants never shrink to a
- * few packets' worth.
+ * window fuller and its bursts shorter, which is what a long link needs (bench scenario
+ * wan; docs/performance.md has the comparison with quarters). Small windows grant a
+ * quarter, or 64 KiB, at a time, so that grants never shrink to a few packets' worth.
  */
 export const GRANT_SHARE = 16;
 const MIN_GRANT = 64 * 1024;

@@ -5,9 +5,9 @@
  * for its socket) is allocated by glibc's malloc in chunks of a few KiB, interleaved with
  * whatever else was allocated at the time. When 10,000 connections close, their chunks are
  * freed, but glibc only gives memory back from the top of each arena, and the top stays in
- * use: the server's resident size stayed at five times its start after its connections
- * closed. `malloc_trim` walks every arena and releases each free page wherever it lies, which
- * brings the server back below its start (see the README's memory figures). Node has no
+ * use, so the server's resident size stayed far above its start after its connections
+ * closed. `malloc_trim` walks every arena and releases each free page wherever it lies
+ * (bench scenario memory, "RSS after close"; docs/performance.md). Node has no
  * binding for it, so it is called through koffi, an optional dependency with prebuilt
  * binaries. Where koffi or glibc is missing (another libc, another platform) nothing is
  * released and the process runs as before; other allocators (musl's, jemalloc) return free

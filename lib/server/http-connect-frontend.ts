@@ -110,7 +110,7 @@ export function createMtlsConnectServer(tls: TlsSource, options: HttpConnectFron
   // serializes and encrypts the session, client certificate included) for clients that do
   // not resume anyway: kube-apiserver's egress dialer keeps no session cache. Under TLS 1.3
   // OpenSSL still sends two stateful tickets (session ids); Node offers no way to stop
-  // those short of OpenSSL's configuration (NumTickets, see the README).
+  // those short of OpenSSL's configuration (NumTickets, see docs/performance.md).
   const server = https.createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: true, secureOptions: constants.SSL_OP_NO_TICKET });
   server.on('tlsClientError', (err) => options.log.debug('frontend TLS handshake failed', { err: err.message }));
   attach(server, options);

@@ -26,8 +26,8 @@ const COPY_BELOW = 1024;
  * How much may queue in the HTTP/2 stream before a writer waits for it to drain. Node's
  * stream reports itself full at its high-water mark (16 KiB by default, 64 KiB in the
  * binaries); waiting each time hands nghttp2 one packet at a time, while a little more lets
- * it send in larger batches (8 to 12% more throughput in the bulk bench). Kept small: the
- * queue is shared by every connection on the stream.
+ * it send in larger batches (bench scenario bulk). Kept small: the queue is shared by every
+ * connection on the stream.
  */
 const SEND_QUEUE_BYTES = 256 * 1024;
 

@@ -42,8 +42,8 @@ export const PROXY_CLIENT_WINDOW = 16 * 1024 * 1024;
  * more: it stays below what the kernel buffers for one connection (a unix socket's send
  * buffer is 208 KiB by default), so a Node client's writes always complete and it keeps
  * reading, while the server sends it as much as PROXY_CLIENT_WINDOW allows. At Node's
- * default the server sent a WINDOW_UPDATE every 20 KiB of upload and the client waited for
- * each: 51 writes per MiB in the server, and one upload over the unix socket moved 230 to
- * 290 MB/s; with 128 KiB, 29 writes per MiB and 320 to 440 MB/s.
+ * default the server sends a WINDOW_UPDATE every 20 KiB of upload and the client waits for
+ * each; twice the window nearly halves the server's writes per MiB (bench scenario bulk,
+ * upload via gRPC; docs/performance.md).
  */
 export const PROXY_SERVER_WINDOW = 128 * 1024;
