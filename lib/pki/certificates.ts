@@ -10,12 +10,12 @@
  * may still have an RSA key: issuing from it keeps working, signed sha256WithRSAEncryption.
  * Reading goes through node:crypto's X509Certificate, which understands any key type.
  */
-import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, sign, X509Certificate, type KeyObject } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, randomBytes, sign, X509Certificate, type KeyObject } from 'node:crypto';
 import { isIP, SocketAddress } from 'node:net';
-import forge from 'node-forge';
-
-const { asn1 } = forge;
-type Asn1 = forge.asn1.Asn1;
+import {
+  asn1, bytesOf, child, childrenOf, encodeExtensions, encodeName, explicit, isContextTag, keyIdentifierOf, oid, parseDer, primitive, sequence, time,
+  type Asn1,
+} from './asn1.js';
 
 const EC_CURVE = 'prime256v1';
 const OID_ECDSA_WITH_SHA256 = '1.2.840.10045.4.3.2';
@@ -23,8 +23,6 @@ const OID_SHA256_WITH_RSA = '1.2.840.113549.1.1.11';
 const OID_SUBJECT_KEY_IDENTIFIER = '2.5.29.14';
 /** The version field of an X.509 v3 certificate (the one with extensions) holds 2. */
 const X509_V3 = 2;
-/** RFC 5280 4.1.2.5: validity dates through 2049 are UTCTime, later ones GeneralizedTime. */
-const FIRST_GENERALIZED_TIME_YEAR = 2050;
 export const DEFAULT_CA_DAYS = 3650;
 export const DEFAULT_LEAF_DAYS = 365;
 /** Backdating notBefore tolerates clock skew between the hub and managed clusters. */
@@ -51,6 +49,8 @@ export interface LeafRequest {
   dnsNames?: string[];
   ips?: string[];
   days?: number;
+  /** Lifetime in seconds, for short-lived certificates; takes precedence over days. */
+  lifetimeSeconds?: number;
 }
 
 export interface CertificateSans {
@@ -77,7 +77,7 @@ export function createCa(commonName: string, days: number = DEFAULT_CA_DAYS): Ce
   const certPem = buildCertificate(self, {
     subject,
     publicKeyInfo: key.publicKeyInfo,
-    days,
+    lifetimeMs: days * DAY_MS,
     extensions: [
       { name: 'basicConstraints', cA: true, critical: true },
       { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
@@ -89,35 +89,56 @@ export function createCa(commonName: string, days: number = DEFAULT_CA_DAYS): Ce
 
 /** Issues a leaf certificate with a fresh key, signed by ca (whose key may be EC or, from an earlier version, RSA). */
 export function issueCertificate(ca: CertificateAndKey, request: LeafRequest): CertificateAndKey {
+  const key = generateEcKey();
+  return { certPem: buildLeaf(ca, request, key.publicKeyInfo, key.keyIdentifier), keyPem: key.keyPem };
+}
+
+/**
+ * Signs a leaf certificate for a public key held elsewhere (a certificate request's), given
+ * as a DER SubjectPublicKeyInfo: what a signer does once it has approved a request.
+ */
+export function signCertificate(ca: CertificateAndKey, request: LeafRequest, publicKeyInfoDer: Buffer): string {
+  const publicKeyInfo = parseDer(publicKeyInfoDer.toString('binary'));
+  return buildLeaf(ca, request, publicKeyInfo, keyIdentifierOf(publicKeyInfo));
+}
+
+function buildLeaf(ca: CertificateAndKey, request: LeafRequest, publicKeyInfo: Asn1, keyIdentifier: string): string {
   requireCommonName(request.commonName);
-  const days = request.days ?? DEFAULT_LEAF_DAYS;
-  requireDays(days);
+  const lifetimeMs = leafLifetimeMs(request);
   const dnsNames = (request.dnsNames ?? []).map(checkDnsName);
   const ips = (request.ips ?? []).map(normalizeIp);
   const issuer = readIssuer(ca);
-  const key = generateEcKey();
   const altNames = [
     ...dnsNames.map((value) => ({ type: SAN_TYPE_DNS, value })),
     ...ips.map((ip) => ({ type: SAN_TYPE_IP, ip })),
   ];
-  const certPem = buildCertificate(issuer, {
+  return buildCertificate(issuer, {
     subject: encodeName([
       ...(request.organization ?? []).map((value) => ({ name: 'organizationName', value })),
       { name: 'commonName', value: request.commonName },
     ]),
-    publicKeyInfo: key.publicKeyInfo,
-    days,
+    publicKeyInfo,
+    lifetimeMs,
     extensions: [
       { name: 'basicConstraints', cA: false, critical: true },
       // An ECDSA key only signs; keyEncipherment is for RSA key transport.
       { name: 'keyUsage', digitalSignature: true, critical: true },
       { name: 'extKeyUsage', serverAuth: request.usage !== 'client', clientAuth: request.usage !== 'server' },
       ...(altNames.length > 0 ? [{ name: 'subjectAltName', altNames }] : []),
-      subjectKeyIdentifier(key.keyIdentifier),
+      subjectKeyIdentifier(keyIdentifier),
       { name: 'authorityKeyIdentifier', keyIdentifier: issuer.keyIdentifier },
     ],
   });
-  return { certPem, keyPem: key.keyPem };
+}
+
+function leafLifetimeMs(request: LeafRequest): number {
+  if (request.lifetimeSeconds !== undefined) {
+    if (!Number.isInteger(request.lifetimeSeconds) || request.lifetimeSeconds <= 0) throw new Error(`certificate lifetime must be a whole number of seconds > 0, got ${request.lifetimeSeconds}`);
+    return request.lifetimeSeconds * 1000;
+  }
+  const days = request.days ?? DEFAULT_LEAF_DAYS;
+  requireDays(days);
+  return days * DAY_MS;
 }
 
 /** The DNS and IP subject alternative names; IPs in canonical form (e.g. ::1, not 0:0:...:1). */
@@ -196,7 +217,7 @@ interface Issuer {
 interface CertificateContent {
   subject: Asn1;
   publicKeyInfo: Asn1;
-  days: number;
+  lifetimeMs: number;
   /** Extensions as forge describes them (see forge.pki.Certificate.setExtensions). */
   extensions: object[];
 }
@@ -242,7 +263,9 @@ function buildCertificate(issuer: Issuer, content: CertificateContent): string {
     primitive(asn1.Type.INTEGER, randomSerial()),
     algorithm,
     issuer.name,
-    sequence([time(new Date(now - BACKDATE_MS)), time(new Date(now + content.days * DAY_MS))]),
+    // Backdated for clock skew, by a tenth of the lifetime at most: a short-lived
+    // certificate's renewal schedule runs from its notBefore.
+    sequence([time(new Date(now - Math.min(BACKDATE_MS, content.lifetimeMs / 10))), time(new Date(now + content.lifetimeMs))]),
     content.subject,
     content.publicKeyInfo,
     encodeExtensions(content.extensions),
@@ -268,25 +291,6 @@ function signatureAlgorithm(key: KeyObject): Asn1 {
   }
 }
 
-/** forge encodes the Name: attribute OIDs and string types as it always has. */
-function encodeName(attributes: forge.pki.CertificateField[]): Asn1 {
-  const draft = forge.pki.createCertificate();
-  draft.setSubject(attributes);
-  return forge.pki.distinguishedNameToAsn1(draft.subject);
-}
-
-/** forge encodes the extensions, as the [3] EXPLICIT Extensions field of a TBSCertificate. */
-function encodeExtensions(extensions: object[]): Asn1 {
-  const draft = forge.pki.createCertificate();
-  draft.setExtensions(extensions);
-  return (forge.pki as typeof forge.pki & ForgePkiExtras).certificateExtensionsToAsn1(draft.extensions as object[]);
-}
-
-/** Part of forge.pki that @types/node-forge does not declare. */
-interface ForgePkiExtras {
-  certificateExtensionsToAsn1(extensions: object[]): Asn1;
-}
-
 /**
  * The subjectKeyIdentifier extension with its value given: without one, forge would hash the
  * (RSA) public key of its draft certificate, which does not exist here.
@@ -295,19 +299,12 @@ function subjectKeyIdentifier(keyIdentifier: string): object {
   return { name: 'subjectKeyIdentifier', value: primitive(asn1.Type.OCTETSTRING, keyIdentifier) };
 }
 
-/** RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING, without its unused-bits byte. */
-function keyIdentifierOf(publicKeyInfo: Asn1): string {
-  const subjectPublicKey = bytesOf(child(publicKeyInfo, 1));
-  return createHash('sha1').update(Buffer.from(subjectPublicKey.slice(1), 'binary')).digest('binary');
-}
-
 /** The fields of a parsed certificate's TBSCertificate that an issuer needs. */
 function readTbs(certificate: Asn1): { subject: Asn1; publicKeyInfo: Asn1; extensions: Asn1[] } {
   const fields = childrenOf(child(certificate, 0));
-  const isTagged = (node: Asn1 | undefined, tag: number) => node?.tagClass === asn1.Class.CONTEXT_SPECIFIC && node.type === tag;
-  // version [0] is absent in v1 certificates; then come serial, signature, issuer, validity.
-  const subjectIndex = isTagged(fields[0], 0) ? 5 : 4;
-  const extensions = fields.find((field) => isTagged(field, 3));
+    // version [0] is absent in v1 certificates; then come serial, signature, issuer, validity.
+  const subjectIndex = isContextTag(fields[0], 0) ? 5 : 4;
+  const extensions = fields.find((field) => isContextTag(field, 3));
   return {
     subject: child(fields, subjectIndex),
     publicKeyInfo: child(fields, subjectIndex + 1),
@@ -324,53 +321,6 @@ function subjectKeyIdentifierIn(extensions: Asn1[]): string | undefined {
     return bytesOf(parseDer(bytesOf(child(parts, parts.length - 1))));
   }
   return undefined;
-}
-
-/**
- * Parses DER with forge, keeping BIT STRING contents as plain bytes: by default forge tries to
- * read them as nested ASN.1, which a public key or signature may happen to look like.
- */
-function parseDer(der: string): Asn1 {
-  const fromDer = asn1.fromDer as typeof asn1.fromDer & ((bytes: string, options: { decodeBitStrings: boolean }) => Asn1);
-  return fromDer(der, { decodeBitStrings: false });
-}
-
-function childrenOf(node: Asn1): Asn1[] {
-  if (!Array.isArray(node.value)) throw new Error('malformed certificate: expected a constructed ASN.1 value');
-  return node.value;
-}
-
-function child(parent: Asn1 | Asn1[], index: number): Asn1 {
-  const node = (Array.isArray(parent) ? parent : childrenOf(parent))[index];
-  if (!node) throw new Error(`malformed certificate: ASN.1 value ${index} is missing`);
-  return node;
-}
-
-function bytesOf(node: Asn1): string {
-  if (typeof node.value !== 'string') throw new Error('malformed certificate: expected a primitive ASN.1 value');
-  return node.value;
-}
-
-function sequence(items: Asn1[]): Asn1 {
-  return asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, items);
-}
-
-function primitive(type: forge.asn1.Type, bytes: string): Asn1 {
-  return asn1.create(asn1.Class.UNIVERSAL, type, false, bytes);
-}
-
-function oid(id: string): Asn1 {
-  return primitive(asn1.Type.OID, asn1.oidToDer(id).getBytes());
-}
-
-function explicit(tag: number, inner: Asn1): Asn1 {
-  return asn1.create(asn1.Class.CONTEXT_SPECIFIC, tag, true, [inner]);
-}
-
-function time(date: Date): Asn1 {
-  return date.getUTCFullYear() < FIRST_GENERALIZED_TIME_YEAR
-    ? primitive(asn1.Type.UTCTIME, asn1.dateToUtcTime(date))
-    : primitive(asn1.Type.GENERALIZEDTIME, asn1.dateToGeneralizedTime(date));
 }
 
 /**
