@@ -52,7 +52,7 @@ runMain(NAME, async () => {
   }
   const tls = await resolveTls(
     { ca: ['ca-cert', flags['ca-cert']], cert: ['agent-cert', flags['agent-cert']], key: ['agent-key', flags['agent-key']] },
-    { role: 'agent', purpose: 'tunnel-agent connection to the server', stateDir: flags['state-dir'] },
+    { role: 'agent', purpose: 'tunnel-agent connection to the server', stateDir: flags['state-dir'], agentCluster: flags['cluster-name'] ?? new URLSearchParams(identifiers).get('host') ?? undefined },
   );
   const agent = new TunnelAgent({
     serverAddress: flags['tunnelserver-addr'],

@@ -6,6 +6,10 @@ import { applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
 import { parseProxyStrategies } from '../lib/server/proxy-strategies.js';
 import { TunnelServer } from '../lib/server/tunnel-server.js';
+import { DEFAULT_AGENT_IDENTITY, parseAgentIdentityRule } from '../lib/server/agent-identity.js';
+import { refuseAgentCertificates } from '../lib/server/client-policy.js';
+import { AGENT_ORGANIZATION } from '../lib/pki/identities.js';
+import { fileCaBundle, withTrust } from '../lib/pki/tls-source.js';
 import { DEFAULT_AGENT_PORT, DEFAULT_SERVER_PORT } from '../lib/wire/protocol.js';
 import { applyProcessPolicy } from '../lib/cli/process-defaults.js';
 import { logger } from '../lib/observe/log.js';
@@ -20,6 +24,10 @@ const FLAGS = {
   'uds-name': { type: 'string', metavar: 'PATH', help: 'serve the gRPC frontend (ProxyService, as kube-apiserver\'s egress selector uses it) on this unix socket' },
   'grpc-port': { type: 'string', metavar: 'PORT', help: 'serve the gRPC frontend on this TCP port with mTLS (off unless given)' },
   'ca-cert': { type: 'string', metavar: 'PATH', help: 'CA that client and agent certificates must chain to' },
+  'cluster-ca-cert': { type: 'string', metavar: 'PATH', help: 'CA that agents\' certificates must chain to, when not --ca-cert (as the reference names it)' },
+  'server-ca-cert': { type: 'string', metavar: 'PATH', help: 'CA that HTTP-CONNECT and gRPC clients\' certificates must chain to, when not --ca-cert (as the reference names it)' },
+  'agent-identity': { type: 'string', default: DEFAULT_AGENT_IDENTITY, metavar: 'RULE', help: 'what an agent\'s certificate lets it serve: cn-prefix:PREFIX (CN is PREFIX<cluster>; it may announce that cluster only), cn (CN is the cluster), or off (anything, as the reference)' },
+  'agent-organization': { type: 'string', default: AGENT_ORGANIZATION, metavar: 'O', help: 'the O an agent\'s certificate must have, and a client\'s must not ("" for no such role check)' },
   'server-cert': { type: 'string', metavar: 'PATH', help: 'server certificate (PEM)' },
   'server-key': { type: 'string', metavar: 'PATH', help: 'server private key (PEM)' },
   'cert-dns-names': { type: 'string', metavar: 'a,b', help: 'extra DNS names for the local PKI\'s server certificate' },
@@ -44,6 +52,16 @@ runMain(NAME, async () => {
     { ca: ['ca-cert', flags['ca-cert']], cert: ['server-cert', flags['server-cert']], key: ['server-key', flags['server-key']] },
     { role: 'server', purpose: 'tunnel-server listeners', stateDir: flags['state-dir'], dnsNames: parseList(flags['cert-dns-names']), ips: parseList(flags['cert-ips']) },
   );
+  let agentIdentity;
+  try {
+    agentIdentity = parseAgentIdentityRule(flags['agent-identity'], flags['agent-organization']);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const trusting = async (flag: 'cluster-ca-cert' | 'server-ca-cert', purpose: string) => {
+    const path = flags[flag];
+    return path ? withTrust(tls, await fileCaBundle(path, purpose)) : tls;
+  };
   const server = new TunnelServer({
     bindAddress: flags['bind-address'],
     agentPort: parsePort('agent-port', flags['agent-port']),
@@ -53,7 +71,10 @@ runMain(NAME, async () => {
     grpcPort: parseOptionalPort('grpc-port', flags['grpc-port']),
     healthBindAddress: flags['health-bind-address'],
     healthPort: parseOptionalPort('health-port', flags['health-port']),
-    tls,
+    tls: await trusting('server-ca-cert', 'tunnel-server frontends (--server-ca-cert)'),
+    agentTls: await trusting('cluster-ca-cert', 'tunnel-server agent port (--cluster-ca-cert)'),
+    agentIdentity,
+    clientPolicy: refuseAgentCertificates(flags['agent-organization']),
     proxyStrategies: strategies,
     serverID: flags['server-id'],
     serverCount: parseCount('server-count', flags['server-count'], 1),

@@ -7,7 +7,7 @@ import http from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { ensureLocalPki } from '../lib/pki/local-pki.js';
-import { localPkiTlsSource } from '../lib/pki/tls-source.js';
+import { localAgentTlsSource, localPkiTlsSource } from '../lib/pki/tls-source.js';
 import { TunnelServer } from '../lib/server/tunnel-server.js';
 import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
 import { dialHttpConnect } from '../lib/client/http-connect-dialer.js';
@@ -61,7 +61,7 @@ export async function runDemo(o: DemoOptions): Promise<RunningDemo> {
 
   const agent = new TunnelAgent({
     serverAddress: addresses.agent,
-    tls: await localPkiTlsSource(pki, 'agent'),
+    tls: await localAgentTlsSource(o.stateDir, o.clusterName),
     agentIdentifiers: new URLSearchParams({ host: o.clusterName }).toString(),
     // The sample target stands in for the cluster's service named like the cluster.
     target: { hostAliases: new Map([[o.clusterName, LOOPBACK]]) },

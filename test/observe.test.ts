@@ -8,29 +8,38 @@ import { heapGrowthChosen, widenHeapGrowth } from '../lib/cli/heap-growth.js';
 
 const log = logger('test');
 
+/**
+ * A reclaimer polling every 10 ms, with `afterPolls(n)` to wait for n more of its polls:
+ * tests count polls, not milliseconds, so a loaded machine cannot make them fail.
+ */
 function reclaimer(open: { n: number }, minIntervalMs = 0) {
   const calls: string[] = [];
-  const r = new MemoryReclaimer(() => open.n, log, {
+  let polls = 0;
+  const r = new MemoryReclaimer(() => { polls++; return open.n; }, log, {
     intervalMs: 10, quietPolls: 2, minDrop: 1_000, minIntervalMs,
     collect: () => { calls.push('collect'); },
     release: () => { calls.push('release'); return true; },
   });
-  return { r, collections: () => calls.filter((c) => c === 'collect').length, calls };
+  const afterPolls = async (n: number) => {
+    const target = polls + n;
+    while (polls < target) await sleep(5);
+  };
+  return { r, collections: () => calls.filter((c) => c === 'collect').length, calls, afterPolls };
 }
 
 test('the heap is collected once after most connections closed and the count settled', async (t) => {
   const open = { n: 0 };
-  const { r, collections } = reclaimer(open);
+  const { r, collections, afterPolls } = reclaimer(open);
   open.n = 5_000;
-  await sleep(60);
+  await afterPolls(6);
   t.is(collections(), 0, 'nothing closed yet');
   open.n = 3_000; // 2,000 closed, but more than half still open
-  await sleep(60);
+  await afterPolls(6);
   t.is(collections(), 0, 'most connections are still open');
   open.n = 10;
-  await sleep(80);
+  await afterPolls(8);
   t.is(collections(), 2, 'one collection, of two passes');
-  await sleep(80);
+  await afterPolls(8);
   t.is(collections(), 2, 'once, not on every poll');
   r.stop();
 });
@@ -43,11 +52,11 @@ async function until(done: () => boolean, ms = 5_000): Promise<boolean> {
 
 test('freed native memory is released after the collection, not before', async (t) => {
   const open = { n: 2_000 };
-  const { r, calls } = reclaimer(open);
-  await sleep(40);
+  const { r, calls, afterPolls } = reclaimer(open);
+  await afterPolls(4);
   open.n = 0;
   t.true(await until(() => calls.includes('release')), 'released once the count settled');
-  await sleep(50);
+  await afterPolls(5);
   t.deepEqual(calls, ['collect', 'collect', 'release']);
   r.stop();
 });
@@ -55,8 +64,9 @@ test('freed native memory is released after the collection, not before', async (
 test('without a release function the reclaimer still collects', async (t) => {
   const open = { n: 2_000 };
   let collections = 0;
-  const r = new MemoryReclaimer(() => open.n, log, { intervalMs: 10, quietPolls: 2, minDrop: 1_000, minIntervalMs: 0, collect: () => { collections++; }, release: null });
-  await sleep(40);
+  let polls = 0;
+  const r = new MemoryReclaimer(() => { polls++; return open.n; }, log, { intervalMs: 10, quietPolls: 2, minDrop: 1_000, minIntervalMs: 0, collect: () => { collections++; }, release: null });
+  t.true(await until(() => polls >= 4), 'the peak was seen');
   open.n = 0;
   t.true(await until(() => collections === 2), 'collected once the count settled');
   r.stop();
@@ -89,25 +99,25 @@ test('on glibc, malloc_trim gives the free pages between live chunks back to the
 
 test('a few closed connections are not worth a collection', async (t) => {
   const open = { n: 900 };
-  const { r, collections } = reclaimer(open);
-  await sleep(40);
+  const { r, collections, afterPolls } = reclaimer(open);
+  await afterPolls(4);
   open.n = 0;
-  await sleep(80);
+  await afterPolls(8);
   t.is(collections(), 0);
   r.stop();
 });
 
 test('collections are at least minIntervalMs apart', async (t) => {
   const open = { n: 2_000 };
-  const { r, collections } = reclaimer(open, 60_000);
-  await sleep(40);
+  const { r, collections, afterPolls } = reclaimer(open, 60_000);
+  await afterPolls(4);
   open.n = 0;
-  await sleep(80);
+  await afterPolls(8);
   t.is(collections(), 2);
   open.n = 2_000;
-  await sleep(40);
+  await afterPolls(4);
   open.n = 0;
-  await sleep(80);
+  await afterPolls(8);
   t.is(collections(), 2, 'the second drop comes too soon after the first');
   r.stop();
 });

@@ -13,7 +13,7 @@ import forge from 'node-forge';
 import { firstValueFrom, timeout } from 'rxjs';
 import { setLogLevel } from '../lib/observe/log.js';
 import { certificateExpiry, certificateSans, createCa, issueCertificate, type CertificateAndKey } from '../lib/pki/certificates.js';
-import { ensureLocalPki, type LocalPkiPaths } from '../lib/pki/local-pki.js';
+import { ensureLocalPki, localAgentCertificate, localAgentPaths, type LocalPkiPaths } from '../lib/pki/local-pki.js';
 import { FileTlsSource, localPkiTlsSource } from '../lib/pki/tls-source.js';
 
 const BIN = fileURLToPath(new URL('../bin/tunnel-pki.js', import.meta.url));
@@ -23,19 +23,22 @@ const DAY_MS = 86_400_000;
 const OPENSSL = '/usr/bin/openssl';
 /** AlgorithmIdentifier { ecdsa-with-SHA256 } with the parameters absent (RFC 5758), not NULL. */
 const ECDSA_WITH_SHA256_DER = Buffer.from('300a06082a8648ce3d040302', 'hex');
-const PKI_FILES = ['ca.crt', 'ca.key', 'server.crt', 'server.key', 'agent.crt', 'agent.key', 'client.crt', 'client.key'];
+const PKI_FILES = ['ca.crt', 'ca.key', 'server.crt', 'server.key', 'client.crt', 'client.key', 'agents/c1.crt', 'agents/c1.key'];
 
 setLogLevel('error');
 
 let root: string;
 let sharedStateDir: string;
 let shared: LocalPkiPaths;
+/** The local PKI's certificate for the agent of cluster c1. */
+let agent: { cert: string; key: string };
 
 /** One PKI shared by the read-only tests, so most tests need not create their own. */
 test.before(async () => {
   root = mkdtempSync(join(tmpdir(), 'tunnel-pki-test-'));
   sharedStateDir = join(root, 'shared');
   shared = await ensureLocalPki({ stateDir: sharedStateDir });
+  agent = await localAgentCertificate(sharedStateDir, 'c1');
 });
 
 test.after.always(() => {
@@ -150,17 +153,17 @@ test('the local CA verifies every local certificate, with the right SANs and key
   const ca = new X509Certificate(read(shared.caCert));
   t.true(ca.ca);
   t.true(ca.checkIssued(ca));
-  for (const cert of [shared.serverCert, shared.agentCert, shared.clientCert]) assertIssuedBy(t, read(shared.caCert), read(cert));
+  for (const cert of [shared.serverCert, agent.cert, shared.clientCert]) assertIssuedBy(t, read(shared.caCert), read(cert));
 
   const server = new X509Certificate(read(shared.serverCert));
   t.false(server.ca);
-  t.is(server.subject, 'CN=tunnel-server');
+  t.is(server.subject, 'O=tunnel:server\nCN=tunnel-server');
   t.deepEqual([...server.keyUsage].sort(), [SERVER_AUTH, CLIENT_AUTH]);
   t.deepEqual(certificateSans(read(shared.serverCert)), { dnsNames: ['localhost'], ips: ['127.0.0.1', '::1'] });
 
-  for (const [path, cn] of [[shared.agentCert, 'tunnel-agent'], [shared.clientCert, 'tunnel-client']] as const) {
+  for (const [path, subject] of [[agent.cert, 'O=tunnel:agents\nCN=tunnel:agent:c1'], [shared.clientCert, 'O=tunnel:clients\nCN=tunnel-client']] as const) {
     const cert = new X509Certificate(read(path));
-    t.is(cert.subject, `CN=${cn}`);
+    t.is(cert.subject, subject);
     t.deepEqual(cert.keyUsage, [CLIENT_AUTH]);
     t.deepEqual(certificateSans(read(path)), { dnsNames: [], ips: [] });
   }
@@ -170,7 +173,7 @@ test('the local PKI is ECDSA P-256, and openssl verifies each leaf for its purpo
   const pairs = {
     ca: { certPem: read(shared.caCert), keyPem: read(shared.caKey) },
     server: { certPem: read(shared.serverCert), keyPem: read(shared.serverKey) },
-    agent: { certPem: read(shared.agentCert), keyPem: read(shared.agentKey) },
+    agent: { certPem: read(agent.cert), keyPem: read(agent.key) },
     client: { certPem: read(shared.clientCert), keyPem: read(shared.clientKey) },
   };
   for (const pair of Object.values(pairs)) {
@@ -195,7 +198,7 @@ test('the local PKI is ECDSA P-256, and openssl verifies each leaf for its purpo
   t.regex(text, /Key Usage: critical\n\s+Digital Signature\n/);
 
   const verify = (purpose: string, path: string) => openssl(['verify', '-CAfile', shared.caCert, '-purpose', purpose, path]);
-  for (const [purpose, path] of [['sslserver', shared.serverCert], ['sslclient', shared.serverCert], ['sslclient', shared.agentCert], ['sslclient', shared.clientCert]]) {
+  for (const [purpose, path] of [['sslserver', shared.serverCert], ['sslclient', shared.serverCert], ['sslclient', agent.cert], ['sslclient', shared.clientCert]]) {
     const run = verify(purpose, path);
     t.is(run.code, 0, `${purpose} ${path}: ${run.output}`);
     t.true(run.output.includes(`${path}: OK`), run.output);
@@ -256,12 +259,13 @@ test('an RSA CA from an earlier version still issues ECDSA leaves that verify', 
   writeFileSync(join(stateDir, 'pki', 'ca.key'), rsaCa.keyPem, { mode: 0o600 });
 
   const paths = await ensureLocalPki({ stateDir });
+  await localAgentCertificate(stateDir, 'c1');
   t.is(read(paths.caCert), rsaCa.certPem, 'the RSA CA is kept');
   const ca = new X509Certificate(rsaCa.certPem);
   t.is(ca.publicKey.asymmetricKeyType, 'rsa');
   for (const [certPath, keyPath, purpose] of [
     [paths.serverCert, paths.serverKey, 'sslserver'],
-    [paths.agentCert, paths.agentKey, 'sslclient'],
+    [localAgentPaths(stateDir, 'c1').cert, localAgentPaths(stateDir, 'c1').key, 'sslclient'],
     [paths.clientCert, paths.clientKey, 'sslclient'],
   ] as const) {
     assertP256(t, { certPem: read(certPath), keyPem: read(keyPath) });
@@ -280,15 +284,15 @@ test('a leaf with an RSA key from an earlier version is reissued as ECDSA P-256'
   const stateDir = freshDir('rsa-leaf');
   const paths = await ensureLocalPki({ stateDir });
   const dir = freshDir('rsa-leaf-csr');
-  const csr = join(dir, 'agent.csr');
-  let run = openssl(['req', '-new', '-newkey', 'rsa:2048', '-nodes', '-keyout', paths.agentKey, '-out', csr, '-subj', '/CN=tunnel-agent']);
+  const csr = join(dir, 'client.csr');
+  let run = openssl(['req', '-new', '-newkey', 'rsa:2048', '-nodes', '-keyout', paths.clientKey, '-out', csr, '-subj', '/O=tunnel:clients/CN=tunnel-client']);
   t.is(run.code, 0, run.output);
-  run = openssl(['x509', '-req', '-in', csr, '-CA', paths.caCert, '-CAkey', join(stateDir, 'pki', 'ca.key'), '-out', paths.agentCert, '-days', '100', '-set_serial', '77']);
+  run = openssl(['x509', '-req', '-in', csr, '-CA', paths.caCert, '-CAkey', join(stateDir, 'pki', 'ca.key'), '-out', paths.clientCert, '-days', '100', '-set_serial', '77']);
   t.is(run.code, 0, run.output);
-  t.is(new X509Certificate(read(paths.agentCert)).publicKey.asymmetricKeyType, 'rsa');
+  t.is(new X509Certificate(read(paths.clientCert)).publicKey.asymmetricKeyType, 'rsa');
 
   await ensureLocalPki({ stateDir });
-  assertP256(t, { certPem: read(paths.agentCert), keyPem: read(paths.agentKey) });
+  assertP256(t, { certPem: read(paths.clientCert), keyPem: read(paths.clientKey) });
 });
 
 test('issueCertificate refuses a CA key that does not belong to the CA certificate', (t) => {
@@ -323,7 +327,7 @@ test('ensureLocalPki reuses the same files and keeps keys private', async (t) =>
   t.deepEqual(again, shared);
   t.deepEqual(snapshot(shared.dir), before);
   t.is(statSync(shared.dir).mode & 0o777, 0o700);
-  for (const key of [shared.caKey, shared.serverKey, shared.agentKey, shared.clientKey]) {
+  for (const key of [shared.caKey, shared.serverKey, agent.key, shared.clientKey]) {
     t.is(statSync(key).mode & 0o777, 0o600, key);
   }
 });
@@ -356,7 +360,7 @@ test('two tunnel-pki init processes racing on one fresh state dir agree on one C
   const caPem = read(join(stateDir, 'pki', 'ca.crt'));
   const fingerprint = new X509Certificate(caPem).fingerprint256;
   for (const run of runs) t.true(run.stdout.includes(`caFingerprintSha256: ${fingerprint}`), run.stdout);
-  for (const leaf of ['server', 'agent', 'client']) {
+  for (const leaf of ['server', 'client']) {
     const certPem = read(join(stateDir, 'pki', `${leaf}.crt`));
     assertIssuedBy(t, caPem, certPem);
     const key = readFileSync(join(stateDir, 'pki', `${leaf}.key`));
@@ -376,7 +380,7 @@ test('mTLS with the local certificates: a client certificate is required', async
   try {
     const ok = await tlsExchange(port, { key: readFileSync(shared.clientKey), cert: readFileSync(shared.clientCert), ca });
     t.is(ok.error, undefined);
-    t.is(ok.data, 'hello CN=tunnel-client');
+    t.is(ok.data, 'hello O=tunnel:clients\nCN=tunnel-client');
 
     const refused = once(server, 'tlsClientError');
     const anonymous = await tlsExchange(port, { ca });
@@ -393,8 +397,8 @@ test('FileTlsSource explains a missing file and a key that does not match', asyn
   await t.throwsAsync(FileTlsSource.load({ key: shared.serverKey, cert: missing, ca: shared.caCert, role: 'tunnel-server agent listener' }), {
     message: `cannot read certificate ${missing} for tunnel-server agent listener: ENOENT (no such file). Give an existing PEM file, or omit the certificate flags to use the local PKI in the state directory.`,
   });
-  await t.throwsAsync(FileTlsSource.load({ key: shared.agentKey, cert: shared.serverCert, ca: shared.caCert, role: 'tunnel-server agent listener' }), {
-    message: new RegExp(`^private key ${shared.agentKey} does not match certificate ${shared.serverCert} for tunnel-server agent listener\\.`),
+  await t.throwsAsync(FileTlsSource.load({ key: agent.key, cert: shared.serverCert, ca: shared.caCert, role: 'tunnel-server agent listener' }), {
+    message: new RegExp(`^private key ${agent.key} does not match certificate ${shared.serverCert} for tunnel-server agent listener\\.`),
   });
   await t.throwsAsync(FileTlsSource.load({ key: shared.serverKey, cert: shared.serverKey, ca: shared.caCert, role: 'r' }), {
     message: new RegExp(`^${shared.serverKey} is not a PEM certificate for r`),
@@ -444,7 +448,7 @@ test('tunnel-pki issue writes a certificate the local CA verifies', async (t) =>
   t.true(run.stdout.includes(`key: ${join(outDir, 'cluster-a.key')}`), run.stdout);
   assertIssuedBy(t, read(shared.caCert), read(certPath));
   const cert = new X509Certificate(read(certPath));
-  t.is(cert.subject, 'CN=cluster-a');
+  t.is(cert.subject, 'O=tunnel:agents\nCN=tunnel:agent:cluster-a', 'an agent certificate names its cluster');
   t.deepEqual(cert.keyUsage, [CLIENT_AUTH]);
   t.deepEqual(certificateSans(read(certPath)).ips, ['10.9.8.7']);
   t.is(statSync(join(outDir, 'cluster-a.key')).mode & 0o777, 0o600);
@@ -453,9 +457,10 @@ test('tunnel-pki issue writes a certificate the local CA verifies', async (t) =>
 test('tunnel-pki show prints subject, SANs and expiry of each certificate', async (t) => {
   const run = await runBin(['show', '--state-dir', sharedStateDir]);
   t.is(run.code, 0, run.stderr);
-  t.true(run.stdout.includes(`${shared.serverCert}\n  subject:  CN=tunnel-server\n`), run.stdout);
+  t.true(run.stdout.includes(`${shared.serverCert}\n  subject:  O=tunnel:server, CN=tunnel-server\n`), run.stdout);
+  t.true(run.stdout.includes(`${agent.cert}\n  subject:  O=tunnel:agents, CN=tunnel:agent:c1\n`), run.stdout);
   t.regex(run.stdout, /ips: +127\.0\.0\.1, ::1/);
-  t.is(run.stdout.match(/expires: +\d{4}-/g)?.length, 4);
+  t.is(run.stdout.match(/expires: +\d{4}-/g)?.length, 4, 'CA, server, client and the agent of c1');
 });
 
 test('tunnel-pki rejects unknown flags and sub-commands with status 2', async (t) => {

@@ -3,6 +3,7 @@
  * leaks. One workspace, server and agent (`c1`) are shared by every test, so the tests run
  * serially and the last one checks that everything before it left nothing behind.
  */
+import { localAgentCertificate } from '../lib/pki/local-pki.js';
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -196,8 +197,9 @@ class RogueAgent {
     this.ended = new Promise((resolve) => call.once('status', resolve));
   }
 
-  static connect(ws: Workspace, agentPort: number, host: string): RogueAgent {
-    const credentials = grpc.credentials.createSsl(readFileSync(ws.pki.caCert), readFileSync(ws.pki.agentKey), readFileSync(ws.pki.agentCert));
+  static async connect(ws: Workspace, agentPort: number, host: string): Promise<RogueAgent> {
+    const agent = await localAgentCertificate(ws.dir, host);
+    const credentials = grpc.credentials.createSsl(readFileSync(ws.pki.caCert), readFileSync(agent.key), readFileSync(agent.cert));
     const client = new grpc.Client(`127.0.0.1:${agentPort}`, credentials, { 'grpc.use_local_subchannel_pool': 1 });
     const metadata = new grpc.Metadata();
     metadata.set(MD_AGENT_ID, `rogue-${randomUUID()}`);
@@ -367,7 +369,7 @@ test.serial('malformed gRPC on the frontend gets a status and ends only its own 
 });
 
 test.serial('a reference-style agent: stray packets get the protocol\'s answers, a tunnel works, an oversized frame ends only its stream', async (t) => {
-  const rogue = RogueAgent.connect(ws, server.agentPort, 'rogue');
+  const rogue = await RogueAgent.connect(ws, server.agentPort, 'rogue');
   cleanups.push(() => rogue.destroy());
 
   const headers = await within(rogue.headers, 5_000, 'the server\'s response headers');
@@ -431,7 +433,7 @@ test.serial('when an agent dies, its open connections close and its pending dial
   cleanups.push(() => stop(server2));
   const agent2 = await startAgent(ws, server2, 'c2');
   cleanups.push(() => stop(agent2));
-  const rogue = RogueAgent.connect(ws, server2.agentPort, 'rogue');
+  const rogue = await RogueAgent.connect(ws, server2.agentPort, 'rogue');
   cleanups.push(() => rogue.destroy());
   await within(rogue.headers, 5_000, 'the server\'s response headers');
 

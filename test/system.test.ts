@@ -164,7 +164,8 @@ test.serial('routing: default falls back to any agent, defaultRoute only to agen
   const ws = await workspace();
   const targets = await twoTargets();
   const withDefault = await startServer(ws, ['--proxy-strategies=destHost,default'], 'default');
-  const withRoute = await startServer(ws, ['--proxy-strategies=destHost,defaultRoute'], 'route');
+  // An agent that announces the default route holds no cluster certificate for it: the reference's rule.
+  const withRoute = await startServer(ws, ['--proxy-strategies=destHost,defaultRoute', '--agent-identity=off'], 'route');
   const agents: AgentHandle[] = [];
   try {
     agents.push(await startAgent(ws, withDefault, 'c1'));

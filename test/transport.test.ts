@@ -1,4 +1,5 @@
 import test from 'ava';
+import { localAgentCertificate } from '../lib/pki/local-pki.js';
 import * as grpc from '@grpc/grpc-js';
 import http2 from 'node:http2';
 import net from 'node:net';
@@ -6,7 +7,8 @@ import tls from 'node:tls';
 import os from 'node:os';
 import { once } from 'node:events';
 import { Duplex } from 'node:stream';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { certificateSerial, createCa, issueCertificate } from '../lib/pki/certificates.js';
 import { join } from 'node:path';
 import { agentStreamWindow } from '../lib/transport/http2-windows.js';
 import { connectTls } from '../lib/transport/tls-dial.js';
@@ -23,7 +25,7 @@ import { PacketType, closeRequest, dataPacket, dialRequest, windowUpdate, type K
 import { AGENT_CONNECT_PATH, PROXY_PATH } from '../lib/wire/protocol.js';
 import type { PacketStream } from '../lib/mux/packet-stream.js';
 import { workspace, type Workspace } from './helpers/system.js';
-import { localPkiTlsSource } from '../lib/pki/tls-source.js';
+import { FileTlsSource, localPkiTlsSource } from '../lib/pki/tls-source.js';
 import { encodePacket, decodePacket } from '../lib/wire/codec.js';
 
 const framePacketBody = (p: KnownPacket) => Buffer.from(encodePacket(p));
@@ -140,13 +142,15 @@ function failure(stream: PacketStream): Promise<Error> {
 }
 
 let ws: Workspace;
+let agent: { cert: string; key: string };
 test.before(async () => {
   ws = await workspace();
+  agent = await localAgentCertificate(ws.dir, 'c1');
 });
 test.after.always(() => ws?.cleanup());
 
 function agentTls() {
-  return { ca: readFileSync(ws.pki.caCert), cert: readFileSync(ws.pki.agentCert), key: readFileSync(ws.pki.agentKey) };
+  return { ca: readFileSync(ws.pki.caCert), cert: readFileSync(agent.cert), key: readFileSync(agent.key) };
 }
 
 test('our gRPC client and a grpc-js server (a reference-style one): metadata, packets both ways, statuses', async (t) => {
@@ -395,5 +399,53 @@ test('connectTls checks the server name on the short certificate, then gives Nod
   } finally {
     for (const s of sockets) s.destroy();
     server.close();
+  }
+});
+
+test('a TLS listener takes its source\'s new certificate for new handshakes, and open streams carry on', async (t) => {
+  const dir = mkdtempSync(join(os.tmpdir(), 'tunnel-reload-'));
+  const ca = createCa('reload CA');
+  const issue = () => issueCertificate(ca, { commonName: 'tunnel-server', dnsNames: ['localhost'], ips: ['127.0.0.1'], usage: 'both' });
+  const files = { key: join(dir, 'server.key'), cert: join(dir, 'server.crt'), ca: join(dir, 'ca.crt') };
+  const write = (pair: { certPem: string; keyPem: string }) => {
+    // As a certificate manager replaces files: whole, by rename.
+    writeFileSync(`${files.key}.new`, pair.keyPem, { mode: 0o600 });
+    writeFileSync(`${files.cert}.new`, pair.certPem);
+    renameSync(`${files.key}.new`, files.key);
+    renameSync(`${files.cert}.new`, files.cert);
+  };
+  const first = issue();
+  write(first);
+  writeFileSync(files.ca, ca.certPem);
+  const source = await FileTlsSource.load({ ...files, role: 'test listener' }, { watchIntervalMs: 20 });
+  const server = echoServer({ log, tls: source });
+  const port = await server.listen({ host: '127.0.0.1', port: 0 });
+  const client = issueCertificate(ca, { commonName: 'tunnel-client', usage: 'client' });
+  const clientTls = { ca: Buffer.from(ca.certPem), cert: Buffer.from(client.certPem), key: Buffer.from(client.keyPem) };
+  const servedSerial = async () => {
+    const socket = connectTls({ host: '127.0.0.1', port, ...clientTls, servername: 'localhost', ALPNProtocols: ['h2'] });
+    await once(socket, 'secureConnect');
+    const serial = socket.getPeerX509Certificate()!.serialNumber;
+    socket.destroy();
+    return serial;
+  };
+  try {
+    t.is(await servedSerial(), certificateSerial(first.certPem));
+    const session = await connect({ target: `127.0.0.1:${port}`, tls: clientTls, timeoutMs: 5_000 });
+    const { stream } = await openCall(session, PROXY_PATH, new Metadata(), 5_000);
+    const second = issue();
+    const swapped = new Promise((resolve) => source.changes.subscribe(resolve));
+    write(second);
+    await swapped;
+    t.is(await servedSerial(), certificateSerial(second.certPem), 'a new handshake gets the new certificate');
+    stream.write(dataPacket(1n, Buffer.from('still open')));
+    const [echoed] = await readUntil(stream, (got) => got.length >= 1);
+    t.like(echoed, { type: PacketType.DATA, connectID: 1n }, 'the stream opened before the swap still carries packets');
+    stream.destroy();
+    session.destroy();
+  } finally {
+    server.close();
+    source.close();
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -3,4 +3,4 @@
  */
 export * from './tunnel-agent.js';
 export type { TargetDialerOptions } from './target-dialer.js';
-export type { BackoffOptions } from './backoff.js';
+export type { BackoffOptions } from '../common/backoff.js';

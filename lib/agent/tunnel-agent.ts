@@ -10,7 +10,7 @@ import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
 import { HealthServer } from '../observe/health-server.js';
-import { Backoff, type BackoffOptions } from './backoff.js';
+import { Backoff, type BackoffOptions } from '../common/backoff.js';
 import { ServerConnection } from './server-connection.js';
 import type { TlsSource } from '../pki/tls-source.js';
 import { dialTarget, type TargetDialerOptions } from './target-dialer.js';

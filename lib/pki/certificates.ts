@@ -152,6 +152,11 @@ export function certificateSans(certPem: string | Buffer): CertificateSans {
   return sans;
 }
 
+/** The serial number as openssl prints it (hex), to tell certificates apart in logs. */
+export function certificateSerial(certPem: string | Buffer): string {
+  return new X509Certificate(certPem).serialNumber;
+}
+
 export function certificateExpiry(certPem: string | Buffer): Date {
   return new Date(new X509Certificate(certPem).validTo);
 }

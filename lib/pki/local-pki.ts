@@ -14,13 +14,14 @@ import {
   certificateExpiry, certificateSans, createCa, describeCertificate, issueCertificate, normalizeIp,
   type CertificateAndKey, type CertificateSans, type CertificateSummary, type CertificateUsage,
 } from './certificates.js';
+import {
+  AGENT_ORGANIZATION, CLIENT_COMMON_NAME, CLIENT_ORGANIZATION, SERVER_COMMON_NAME, SERVER_ORGANIZATION, agentCommonName, checkClusterName,
+} from './identities.js';
 
 const PKI_SUBDIR = 'pki';
 const LOCK_FILE = '.lock';
 const CA_COMMON_NAME = 'tke-anp-tunnel local CA';
-const SERVER_COMMON_NAME = 'tunnel-server';
-const AGENT_COMMON_NAME = 'tunnel-agent';
-const CLIENT_COMMON_NAME = 'tunnel-client';
+const AGENTS_SUBDIR = 'agents';
 const SERVER_DEFAULT_DNS = ['localhost'];
 const SERVER_DEFAULT_IPS = ['127.0.0.1', '::1'];
 const LOCK_RETRY_MS = 25;
@@ -35,14 +36,16 @@ const CERT_MODE = 0o644;
 
 const log = logger('pki');
 
+/**
+ * The local PKI's files. Agents' certificates are per cluster (an agent may serve only the
+ * cluster its certificate names), in agents/<cluster>.crt; see localAgentCertificate.
+ */
 export interface LocalPkiPaths {
   dir: string;
   caCert: string;
   caKey: string;
   serverCert: string;
   serverKey: string;
-  agentCert: string;
-  agentKey: string;
   clientCert: string;
   clientKey: string;
 }
@@ -79,6 +82,7 @@ export interface LocalCertificateSummary extends CertificateSummary {
 /** Profile of each leaf certificate in the local PKI. */
 interface LeafProfile {
   commonName: string;
+  organization: string[];
   usage: CertificateUsage;
   certPath: string;
   keyPath: string;
@@ -86,6 +90,7 @@ interface LeafProfile {
 
 /** Profile of each kind tunnel-pki issue can produce; server matches the local server cert. */
 const ISSUE_USAGE: Record<IssueKind, CertificateUsage> = { client: 'client', agent: 'client', server: 'both' };
+const ISSUE_ORGANIZATION: Record<IssueKind, string> = { client: CLIENT_ORGANIZATION, agent: AGENT_ORGANIZATION, server: SERVER_ORGANIZATION };
 
 /** $TUNNEL_STATE_DIR, else the XDG state directory of this user. */
 export function defaultStateDir(): string {
@@ -102,7 +107,6 @@ export function localPkiPaths(stateDir: string): LocalPkiPaths {
     dir,
     caCert: file('ca.crt'), caKey: file('ca.key'),
     serverCert: file('server.crt'), serverKey: file('server.key'),
-    agentCert: file('agent.crt'), agentKey: file('agent.key'),
     clientCert: file('client.crt'), clientKey: file('client.key'),
   };
 }
@@ -121,16 +125,39 @@ export async function ensureLocalPki(options: EnsureLocalPkiOptions): Promise<Lo
       dnsNames: unique([...(options.dnsNames ?? []), ...SERVER_DEFAULT_DNS]),
       ips: unique([...(options.ips ?? []), ...SERVER_DEFAULT_IPS].map(normalizeIp)),
     };
-    await ensureLeaf(ca, { commonName: SERVER_COMMON_NAME, usage: 'both', certPath: paths.serverCert, keyPath: paths.serverKey }, serverSans);
-    await ensureLeaf(ca, { commonName: AGENT_COMMON_NAME, usage: 'client', certPath: paths.agentCert, keyPath: paths.agentKey });
-    await ensureLeaf(ca, { commonName: CLIENT_COMMON_NAME, usage: 'client', certPath: paths.clientCert, keyPath: paths.clientKey });
+    await ensureLeaf(ca, { commonName: SERVER_COMMON_NAME, organization: [SERVER_ORGANIZATION], usage: 'both', certPath: paths.serverCert, keyPath: paths.serverKey }, serverSans);
+    await ensureLeaf(ca, { commonName: CLIENT_COMMON_NAME, organization: [CLIENT_ORGANIZATION], usage: 'client', certPath: paths.clientCert, keyPath: paths.clientKey });
   });
   return paths;
 }
 
+/** Where the local PKI keeps the certificate of the agent for `cluster`. */
+export function localAgentPaths(stateDir: string, cluster: string): IssuedPaths {
+  const dir = join(localPkiPaths(stateDir).dir, AGENTS_SUBDIR);
+  return { cert: join(dir, `${cluster}.crt`), key: join(dir, `${cluster}.key`) };
+}
+
+/**
+ * The certificate of the agent for `cluster` (CN tunnel:agent:<cluster>, O tunnel:agents),
+ * issued from the local CA on first use and reissued as the server's is.
+ */
+export async function localAgentCertificate(stateDir: string, cluster: string): Promise<IssuedPaths> {
+  checkClusterName(cluster);
+  const paths = await ensureLocalPki({ stateDir });
+  const out = localAgentPaths(stateDir, cluster);
+  await fs.mkdir(join(paths.dir, AGENTS_SUBDIR), { recursive: true, mode: DIR_MODE });
+  await withLock(join(paths.dir, LOCK_FILE), async () => {
+    const ca = await readPair(paths.caCert, paths.caKey);
+    await ensureLeaf(ca, { commonName: agentCommonName(cluster), organization: [AGENT_ORGANIZATION], usage: 'client', certPath: out.cert, keyPath: out.key });
+  });
+  return out;
+}
+
 /**
  * Issues an extra certificate from the local CA (creating the PKI if needed) and writes
- * <outDir>/<commonName>.crt and .key.
+ * <outDir>/<name>.crt and .key. The subject carries the kind's role: an agent's `name` is its
+ * cluster (CN tunnel:agent:<name>, O tunnel:agents); servers get O tunnel:server, clients
+ * O tunnel:clients.
  */
 export async function issueFromLocalCa(stateDir: string, options: IssueOptions): Promise<IssuedPaths> {
   if (/[/\\]|^\.\.?$/.test(options.commonName)) {
@@ -138,8 +165,10 @@ export async function issueFromLocalCa(stateDir: string, options: IssueOptions):
   }
   const paths = await ensureLocalPki({ stateDir });
   const ca = await readPair(paths.caCert, paths.caKey);
+  if (options.kind === 'agent') checkClusterName(options.commonName);
   const issued = issueCertificate(ca, {
-    commonName: options.commonName,
+    commonName: options.kind === 'agent' ? agentCommonName(options.commonName) : options.commonName,
+    organization: [ISSUE_ORGANIZATION[options.kind]],
     usage: ISSUE_USAGE[options.kind],
     dnsNames: options.dnsNames,
     ips: options.ips,
@@ -157,7 +186,9 @@ export async function issueFromLocalCa(stateDir: string, options: IssueOptions):
 export async function describeLocalPki(stateDir: string): Promise<LocalCertificateSummary[]> {
   const paths = localPkiPaths(stateDir);
   const summaries: LocalCertificateSummary[] = [];
-  for (const path of [paths.caCert, paths.serverCert, paths.agentCert, paths.clientCert]) {
+  const agents = await fs.readdir(join(paths.dir, AGENTS_SUBDIR)).catch(() => [] as string[]);
+  const agentCerts = agents.filter((name) => name.endsWith('.crt')).sort().map((name) => join(paths.dir, AGENTS_SUBDIR, name));
+  for (const path of [paths.caCert, paths.serverCert, paths.clientCert, ...agentCerts]) {
     const pem = await fs.readFile(path).catch((err: NodeJS.ErrnoException) => {
       throw new Error(`cannot read ${path}: ${err.code ?? err.message}. Run 'tunnel-pki init' to create the local PKI in ${stateDir}.`);
     });
@@ -189,10 +220,10 @@ async function ensureCa(paths: LocalPkiPaths): Promise<CertificateAndKey> {
 /** Keeps the leaf certificate if it is still good, otherwise issues it again and says why. */
 async function ensureLeaf(ca: CertificateAndKey, profile: LeafProfile, wantedSans?: CertificateSans): Promise<void> {
   const current = await readPair(profile.certPath, profile.keyPath).catch(() => undefined);
-  const reason = current ? reissueReason(ca, current, wantedSans) : 'missing';
+  const reason = current ? reissueReason(ca, current, profile, wantedSans) : 'missing';
   if (reason === undefined) return;
   const sans = wantedSans && withExistingSans(current, wantedSans);
-  const issued = issueCertificate(ca, { commonName: profile.commonName, usage: profile.usage, ...sans });
+  const issued = issueCertificate(ca, { commonName: profile.commonName, organization: profile.organization, usage: profile.usage, ...sans });
   await writeFileAtomic(profile.keyPath, issued.keyPem, KEY_MODE);
   await writeFileAtomic(profile.certPath, issued.certPem, CERT_MODE);
   log.info(current ? 'reissued local certificate' : 'issued local certificate', { cert: profile.certPath, reason });
@@ -213,7 +244,7 @@ function withExistingSans(current: CertificateAndKey | undefined, wanted: Certif
 }
 
 /** Why an existing leaf must be reissued, or undefined when it is fine. */
-function reissueReason(ca: CertificateAndKey, leaf: CertificateAndKey, wantedSans?: CertificateSans): string | undefined {
+function reissueReason(ca: CertificateAndKey, leaf: CertificateAndKey, profile: LeafProfile, wantedSans?: CertificateSans): string | undefined {
   let cert: X509Certificate;
   try {
     cert = new X509Certificate(leaf.certPem);
@@ -225,6 +256,10 @@ function reissueReason(ca: CertificateAndKey, leaf: CertificateAndKey, wantedSan
   if (!cert.checkIssued(caCert) || !cert.verify(caCert.publicKey)) return 'not issued by the current local CA';
   if (certificateExpiry(leaf.certPem).getTime() - Date.now() < RENEW_BEFORE_MS) return 'expires soon';
   if (cert.publicKey.asymmetricKeyType === 'rsa') return 'RSA key (local leaves are ECDSA P-256 now: cheaper handshakes)';
+  const subject = subjectOf(cert);
+  if (subject.commonName !== profile.commonName || subject.organization.join(',') !== profile.organization.join(',')) {
+    return `subject ${[`CN=${subject.commonName}`, ...subject.organization.map((o) => `O=${o}`)].join(', ')} is not this role's (certificates carry their role now)`;
+  }
   if (!wantedSans) return undefined;
   const have = certificateSans(leaf.certPem);
   const missing = [
@@ -232,6 +267,15 @@ function reissueReason(ca: CertificateAndKey, leaf: CertificateAndKey, wantedSan
     ...wantedSans.ips.filter((ip) => !have.ips.includes(ip)),
   ];
   return missing.length > 0 ? `lacks SAN ${missing.join(',')}` : undefined;
+}
+
+/** CN and O entries of a certificate's subject (node prints one attribute per line). */
+function subjectOf(cert: X509Certificate): { commonName: string; organization: string[] } {
+  const lines = cert.subject.split('\n');
+  return {
+    commonName: lines.find((l) => l.startsWith('CN='))?.slice(3) ?? '',
+    organization: lines.filter((l) => l.startsWith('O=')).map((l) => l.slice(2)),
+  };
 }
 
 async function readPair(certPath: string, keyPath: string): Promise<CertificateAndKey> {

@@ -4,7 +4,7 @@
  */
 import { UsageError } from '../common/errors.js';
 import { ensureLocalPki } from './local-pki.js';
-import { FileTlsSource, localPkiTlsSource, type TlsSource } from './tls-source.js';
+import { FileTlsSource, localAgentTlsSource, localPkiTlsSource, type TlsSource } from './tls-source.js';
 
 export interface TlsFlags {
   /** Flag name -> value, e.g. { 'ca-cert': '/etc/tunnel/ca.crt', ... }. */
@@ -20,6 +20,8 @@ export interface ResolveTlsOptions {
   stateDir: string;
   dnsNames?: string[];
   ips?: string[];
+  /** For the agent role: the cluster its local certificate must name. */
+  agentCluster?: string;
   /** Polls the files for rotation; 0 turns it off. */
   watchIntervalMs?: number;
 }
@@ -27,6 +29,10 @@ export interface ResolveTlsOptions {
 export async function resolveTls(flags: TlsFlags, options: ResolveTlsOptions): Promise<TlsSource> {
   const given = [flags.ca, flags.cert, flags.key].filter(([, value]) => value);
   if (given.length === 0) {
+    if (options.role === 'agent') {
+      if (!options.agentCluster) throw new UsageError(`the local PKI issues agent certificates per cluster: give --cluster-name, or the certificate flags --${flags.ca[0]}, --${flags.cert[0]}, --${flags.key[0]}`);
+      return localAgentTlsSource(options.stateDir, options.agentCluster, { watchIntervalMs: options.watchIntervalMs });
+    }
     const paths = await ensureLocalPki({ stateDir: options.stateDir, dnsNames: options.dnsNames, ips: options.ips });
     return localPkiTlsSource(paths, options.role, { watchIntervalMs: options.watchIntervalMs });
   }

@@ -1,16 +1,15 @@
 /**
  * Where the rest of the project gets its TLS key, certificate and CA bundle. Dialers (the
- * agent, the clients) ask current() for every new connection, so with watching on they pick
- * up files replaced by cert-manager, a CSR controller or tunnel-pki while existing tunnels
- * stay up; the server's listeners read it once, when they start, and nothing follows
- * `changes` yet. Today the material comes from PEM files; a Kubernetes CSR API source can
- * implement the same interface later.
+ * agent, the clients) ask current() for every new connection, and the server's listeners
+ * follow `changes` (lib/transport/tls-reload.ts), so a renewed certificate or a new CA bundle
+ * is used from the next handshake on while existing tunnels stay up. The material comes
+ * from PEM files here, or from the Kubernetes CSR API (lib/kube/certificate-manager.ts).
  */
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { promises as fs, type Stats } from 'node:fs';
-import { Subject, type Observable } from 'rxjs';
+import { Subject, map, merge, type Observable } from 'rxjs';
 import { logger } from '../observe/log.js';
-import type { LocalPkiPaths } from './local-pki.js';
+import { localAgentCertificate, localPkiPaths, type LocalPkiPaths } from './local-pki.js';
 
 /** Off by default: files given on the command line usually don't change under a running process. */
 const DEFAULT_WATCH_INTERVAL_MS = 0;
@@ -118,18 +117,23 @@ export class FileTlsSource implements TlsSource {
   }
 }
 
-/** A TlsSource for one role of the local PKI (see ensureLocalPki). */
+/** A TlsSource for the server or client role of the local PKI (see ensureLocalPki). */
 export function localPkiTlsSource(
   paths: LocalPkiPaths,
-  role: 'server' | 'agent' | 'client',
+  role: 'server' | 'client',
   options?: FileTlsSourceOptions,
 ): Promise<FileTlsSource> {
   const files = {
     server: { cert: paths.serverCert, key: paths.serverKey },
-    agent: { cert: paths.agentCert, key: paths.agentKey },
     client: { cert: paths.clientCert, key: paths.clientKey },
   }[role];
   return FileTlsSource.load({ ...files, ca: paths.caCert, role: LOCAL_PKI_ROLES[role] }, options);
+}
+
+/** A TlsSource for the agent of `cluster`, from the local PKI (see localAgentCertificate). */
+export async function localAgentTlsSource(stateDir: string, cluster: string, options?: FileTlsSourceOptions): Promise<FileTlsSource> {
+  const agent = await localAgentCertificate(stateDir, cluster);
+  return FileTlsSource.load({ ...agent, ca: localPkiPaths(stateDir).caCert, role: `${LOCAL_PKI_ROLES.agent} of cluster ${cluster}` }, options);
 }
 
 /** Reads the three files and checks they parse and that the key belongs to the certificate. */
@@ -182,4 +186,29 @@ async function stampFiles(paths: TlsFilePaths): Promise<string> {
 
 function sameMaterial(a: TlsMaterial, b: TlsMaterial): boolean {
   return a.key.equals(b.key) && a.cert.equals(b.cert) && a.ca.equals(b.ca);
+}
+
+/** Trusted CAs alone, for a listener or dialer that trusts other CAs than its identity's. */
+export interface CaBundleSource {
+  current(): Buffer;
+  readonly changes: Observable<Buffer>;
+  close(): void;
+}
+
+/** A CA bundle read from a PEM file (checked to hold at least one certificate). */
+export async function fileCaBundle(path: string, role: string): Promise<CaBundleSource> {
+  const pem = await readPem(path, 'CA certificate', role);
+  parseCertificate(pem, path, role);
+  const changes = new Subject<Buffer>();
+  return { current: () => pem, changes, close: () => changes.complete() };
+}
+
+/** The key and certificate of `identity` with the CAs of `trust`, each followed as it changes. */
+export function withTrust(identity: TlsSource, trust: CaBundleSource): TlsSource {
+  const current = (): TlsMaterial => ({ ...identity.current(), ca: trust.current() });
+  return {
+    current,
+    changes: merge(identity.changes, trust.changes).pipe(map(() => current())),
+    close: () => trust.close(),
+  };
 }

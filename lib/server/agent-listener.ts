@@ -15,6 +15,8 @@ import type { BidiHandler, ServerCall } from '../transport/grpc-server.js';
 import { announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
 import type { Logger } from '../observe/log.js';
 import { parseAgentIdentifiers } from '../wire/agent-identifiers.js';
+import { describePeer } from '../transport/peer-identity.js';
+import { agentRefusal, type AgentIdentityRule } from './agent-identity.js';
 import type { AgentRegistry } from './agent-registry.js';
 import type { Backend } from './backend.js';
 
@@ -27,6 +29,8 @@ export interface AgentListenerOptions {
   maxDataSize?: number;
   /** Agree to agents' request for one connection per direction. */
   splitStreams?: boolean;
+  /** What an agent's certificate lets it announce; off (anything) when absent. */
+  identityRule?: AgentIdentityRule;
   log: Logger;
 }
 
@@ -103,6 +107,12 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
     if (problem) {
       log.warn('refusing agent stream', { peer, reason: problem.message });
       call.sendStatus(GrpcStatus.INVALID_ARGUMENT, problem.message);
+      return;
+    }
+    const refusal = agentRefusal(options.identityRule ?? { kind: 'off' }, call.peerIdentity, parseAgentIdentifiers((identifiers as string | undefined) ?? ''));
+    if (refusal) {
+      log.warn('refusing agent stream', { peer, agentID, identifiers, certificate: describePeer(call.peerIdentity), reason: refusal });
+      call.sendStatus(GrpcStatus.PERMISSION_DENIED, refusal);
       return;
     }
 

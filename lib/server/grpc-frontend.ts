@@ -9,12 +9,16 @@ import type { BidiHandler, ServerCall } from '../transport/grpc-server.js';
 import { announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
 import type { Logger } from '../observe/log.js';
 import type { Dial } from './dial-router.js';
+import type { ClientPolicy } from './client-policy.js';
+import { describePeer } from '../transport/peer-identity.js';
 
 export interface GrpcFrontendOptions {
   dial: Dial;
   log: Logger;
   connectionWindow?: number;
   maxDataSize?: number;
+  /** Who may dial what; everyone, everything when absent. */
+  policy?: ClientPolicy;
   /** Called with each open Proxy stream's mux, for connection accounting. */
   onStream?: (mux: AcceptingMux) => void;
 }
@@ -27,7 +31,14 @@ export function proxyHandler(options: GrpcFrontendOptions): BidiHandler {
     call.sendMetadata(headers);
     const mux = new AcceptingMux(
       call.packets,
-      (request, signal) => options.dial(request.address, { random: request.random, signal }),
+      (request, signal) => {
+        const refusal = options.policy?.(call.peerIdentity, request.address);
+        if (refusal) {
+          options.log.warn('gRPC dial refused', { address: request.address, peer: call.peer, certificate: describePeer(call.peerIdentity), reason: refusal });
+          return Promise.reject(new Error(refusal));
+        }
+        return options.dial(request.address, { random: request.random, signal });
+      },
       { name: `frontend ${call.peer}`, flowControl: windows, maxDataSize: options.maxDataSize, log: options.log },
     );
     options.onStream?.(mux);

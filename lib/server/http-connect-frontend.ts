@@ -15,6 +15,9 @@ import { ERR_NO_AGENT } from '../wire/protocol.js';
 import type { TlsSource } from '../pki/tls-source.js';
 import type { Logger } from '../observe/log.js';
 import type { Dial } from './dial-router.js';
+import { followTlsSource } from '../transport/tls-reload.js';
+import { describePeer, peerIdentity } from '../transport/peer-identity.js';
+import type { ClientPolicy } from './client-policy.js';
 
 const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
 /** A CONNECT target: host:port, [v6]:port. */
@@ -25,6 +28,8 @@ export interface HttpConnectFrontendOptions {
   log: Logger;
   /** Counts each CONNECT outcome by label (ok, no_agent, dial_error, ...). */
   onOutcome?: (outcome: string) => void;
+  /** Who may dial what; everyone, everything when absent. */
+  policy?: ClientPolicy;
 }
 
 /** Error response with the reference's exact status line and body. */
@@ -60,6 +65,14 @@ function handleConnect(options: HttpConnectFrontendOptions, req: http.IncomingMe
   if (!AUTHORITY.test(address)) {
     options.onOutcome?.('bad_request');
     socket.end(errorResponse(400, `bad CONNECT target "${address}": expected host:port\n`, 'Connection: close\r\n'));
+    return;
+  }
+  const peer = peerIdentity(socket);
+  const refusal = options.policy?.(peer, address);
+  if (refusal) {
+    options.onOutcome?.('forbidden');
+    log.warn('CONNECT refused', { address, certificate: describePeer(peer), reason: refusal });
+    socket.end(errorResponse(403, `${refusal}\n`, 'Connection: close\r\n'));
     return;
   }
   const abort = new AbortController();
@@ -111,8 +124,11 @@ export function createMtlsConnectServer(tls: TlsSource, options: HttpConnectFron
   // not resume anyway: kube-apiserver's egress dialer keeps no session cache. Under TLS 1.3
   // OpenSSL still sends two stateful tickets (session ids); Node offers no way to stop
   // those short of OpenSSL's configuration (NumTickets, see docs/performance.md).
-  const server = https.createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: true, secureOptions: constants.SSL_OP_NO_TICKET });
+  const context = { secureOptions: constants.SSL_OP_NO_TICKET };
+  const server = https.createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: true, ...context });
   server.on('tlsClientError', (err) => options.log.debug('frontend TLS handshake failed', { err: err.message }));
+  const follower = followTlsSource(server, tls, 'http-connect', options.log, context);
+  server.once('close', () => follower.unsubscribe());
   attach(server, options);
   return server;
 }

@@ -23,6 +23,8 @@ import { dialRouter } from './dial-router.js';
 import { createMtlsConnectServer, createPlainConnectServer } from './http-connect-frontend.js';
 import { proxyHandler } from './grpc-frontend.js';
 import type { ProxyStrategy } from './proxy-strategies.js';
+import type { AgentIdentityRule } from './agent-identity.js';
+import type { ClientPolicy } from './client-policy.js';
 
 export interface TunnelServerOptions {
   bindAddress: string;
@@ -38,8 +40,14 @@ export interface TunnelServerOptions {
   grpcPort?: number;
   healthBindAddress: string;
   healthPort?: number;
-  /** Server certificate and key, and the CA that client and agent certificates must chain to. */
+  /** Server certificate and key, and the CAs that frontend clients' certificates must chain to (followed as they change). */
   tls: TlsSource;
+  /** The same for the agent port, when agents' certificates chain to other CAs than clients'. */
+  agentTls?: TlsSource;
+  /** What an agent's certificate lets it announce (default: anything, as the reference). */
+  agentIdentity?: AgentIdentityRule;
+  /** Who may dial what through the frontends (default: every client, every cluster). */
+  clientPolicy?: ClientPolicy;
   proxyStrategies: ProxyStrategy[];
   serverID?: string;
   serverCount?: number;
@@ -107,17 +115,17 @@ export class TunnelServer {
     const dial = dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS);
     const outcomes = this.registerMetrics();
 
-    const agentServer = new GrpcServer({ tls: o.tls, receiveWindow: agentStreamWindow(window), log: this.log });
+    const agentServer = new GrpcServer({ tls: o.agentTls ?? o.tls, name: 'agents', receiveWindow: agentStreamWindow(window), log: this.log });
     agentServer.handle(AGENT_CONNECT_PATH, agentConnectHandler({
       serverID: this.serverID, serverCount: o.serverCount ?? 1, registry: this.registry, connectionWindow: window, log: this.log,
-      splitStreams: !o.singleStream,
+      splitStreams: !o.singleStream, identityRule: o.agentIdentity,
     }));
     this.grpcServers.push(agentServer);
     const agentPort = await agentServer.listen({ host: o.bindAddress, port: o.agentPort });
     const addresses: ListeningAddresses = { agent: hostPort(o.bindAddress, agentPort) };
     this.log.info('listening', { service: 'agent', address: addresses.agent, transport: 'gRPC mTLS' });
 
-    const connectOptions = { dial, log: this.log, onOutcome: (outcome: string) => outcomes.inc({ outcome }) };
+    const connectOptions = { dial, log: this.log, policy: o.clientPolicy, onOutcome: (outcome: string) => outcomes.inc({ outcome }) };
     if (o.serverPort !== undefined) {
       const server = createMtlsConnectServer(o.tls, connectOptions);
       this.httpServers.push(server);
@@ -135,7 +143,7 @@ export class TunnelServer {
 
     if (o.udsName || o.grpcPort !== undefined) {
       const handler = proxyHandler({
-        dial, log: this.log, connectionWindow: window,
+        dial, log: this.log, connectionWindow: window, policy: o.clientPolicy,
         onStream: (mux) => {
           this.frontendStreams.add(mux);
           mux.once('close', () => this.frontendStreams.delete(mux));
@@ -186,7 +194,7 @@ export class TunnelServer {
 
   /** A gRPC frontend listener: the ProxyService, with mTLS or (on a unix socket) without. */
   private grpcServer(tls: TlsSource | undefined, handler: BidiHandler): GrpcServer {
-    const server = new GrpcServer({ tls, receiveWindow: PROXY_SERVER_WINDOW, log: this.log });
+    const server = new GrpcServer({ tls, name: 'grpc', receiveWindow: PROXY_SERVER_WINDOW, log: this.log });
     server.handle(PROXY_PATH, handler);
     this.grpcServers.push(server);
     return server;

@@ -15,6 +15,9 @@ import type { PacketStream } from '../mux/packet-stream.js';
 import { DEFAULT_MAX_MESSAGE_SIZE } from '../wire/protocol.js';
 import { GrpcFramingError, GrpcPacketStream } from './grpc-stream.js';
 import { GrpcStatus, Metadata, encodeGrpcMessage, keepAlive } from './grpc-metadata.js';
+import type { Subscription } from 'rxjs';
+import { followTlsSource } from './tls-reload.js';
+import { peerIdentity, type PeerIdentity } from './peer-identity.js';
 
 const { NGHTTP2_CANCEL } = http2.constants;
 
@@ -27,8 +30,12 @@ export class ServerCall extends EventEmitter {
   private trailers: http2.OutgoingHttpHeaders = { 'grpc-status': String(GrpcStatus.OK) };
   private stream?: GrpcPacketStream;
 
+  /** The client certificate's subject (mTLS listeners), or undefined. */
+  readonly peerIdentity?: PeerIdentity;
+
   constructor(private readonly h2: http2.ServerHttp2Stream, rawHeaders: string[], readonly peer: string, private readonly maxMessageSize: number) {
     super();
+    this.peerIdentity = peerIdentity(h2.session?.socket);
     this.metadata = Metadata.fromRawHeaders(rawHeaders);
     h2.on('error', () => {}); // a reset stream; 'close' follows and says what the call needs
     h2.on('wantTrailers', () => h2.sendTrailers(this.trailers));
@@ -75,8 +82,10 @@ export class ServerCall extends EventEmitter {
 }
 
 export interface GrpcServerOptions {
-  /** Server certificate and the CA client certificates must chain to; none serves plaintext. */
+  /** Server certificate and the CA client certificates must chain to, followed as they change; none serves plaintext. */
   tls?: TlsSource;
+  /** Names the listener in logs, e.g. 'agents'. */
+  name?: string;
   /** HTTP/2 receive window of every stream and connection (Node's default is 64 KiB). */
   receiveWindow?: number;
   maxMessageSize?: number;
@@ -88,6 +97,7 @@ export class GrpcServer {
   private readonly handlers = new Map<string, BidiHandler>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly maxMessageSize: number;
+  private readonly tlsFollower?: Subscription;
 
   constructor(private readonly options: GrpcServerOptions) {
     this.maxMessageSize = options.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE;
@@ -96,10 +106,12 @@ export class GrpcServer {
     const common = { settings, maxSessionMemory: Number.MAX_SAFE_INTEGER };
     if (options.tls) {
       const { key, cert, ca } = options.tls.current();
-      this.server = http2.createSecureServer({ ...common, key, cert, ca, requestCert: true, rejectUnauthorized: true });
-      this.server.on('tlsClientError', (err: Error, socket: Socket) => {
+      const secure = http2.createSecureServer({ ...common, key, cert, ca, requestCert: true, rejectUnauthorized: true });
+      secure.on('tlsClientError', (err: Error, socket: Socket) => {
         options.log.debug('TLS handshake failed', { peer: `${socket.remoteAddress}:${socket.remotePort}`, reason: err.message });
       });
+      this.tlsFollower = followTlsSource(secure, options.tls, options.name ?? 'gRPC', options.log);
+      this.server = secure;
     } else {
       this.server = http2.createServer(common);
     }
@@ -131,6 +143,7 @@ export class GrpcServer {
 
   /** Stops listening and closes every session at once. */
   close(): void {
+    this.tlsFollower?.unsubscribe();
     this.server.close();
     for (const session of this.sessions) session.destroy();
     this.sessions.clear();

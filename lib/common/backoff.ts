@@ -1,5 +1,5 @@
 /**
- * Jittered exponential backoff for reconnecting to the server: 1 s, x1.5, capped at 10 s,
+ * Jittered exponential backoff: by default 1 s, x1.5, capped at 10 s,
  * +-10 % jitter, like the reference agent's sync loop.
  */
 export interface BackoffOptions {
