@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /** tunnel-agent: flags in, a running TunnelAgent out. */
-import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseOptionalPort, runMain } from '../lib/cli/flags.js';
+import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseOptionalPort, runMain, type FlagValues } from '../lib/cli/flags.js';
 import { UsageError } from '../lib/common/errors.js';
 import { applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
@@ -9,7 +9,12 @@ import { parseHostAliases } from '../lib/agent/target-dialer.js';
 import { validateAgentIdentifiers } from '../lib/wire/agent-identifiers.js';
 import { DEFAULT_AGENT_PORT } from '../lib/wire/protocol.js';
 import { applyProcessPolicy } from '../lib/cli/process-defaults.js';
-import { logger } from '../lib/observe/log.js';
+import { logger, type Logger } from '../lib/observe/log.js';
+import { MetricsRegistry } from '../lib/observe/metrics.js';
+import { AGENT_METRICS_PREFIX } from '../lib/agent/tunnel-agent.js';
+import { certificateFlags, certDirOf, namespaceOf, parseCertSource, parseLifetime } from '../lib/cli/kube-flags.js';
+import { agentCertificates, signerNames, type KubeCertificates } from '../lib/cli/kube-certificates.js';
+import { loadKube, type KubeConnection } from '../lib/kube/kube-config.js';
 
 const NAME = 'tunnel-agent';
 
@@ -24,6 +29,14 @@ const FLAGS = {
   'agent-key': { type: 'string', metavar: 'PATH', help: 'this agent\'s private key (PEM)' },
   'dial-timeout': { type: 'string', default: '5s', metavar: 'DURATION', help: 'timeout for dialing a target' },
   'host-alias': { type: 'string', multiple: true, metavar: 'NAME=ADDRESS', help: 'dial ADDRESS when asked for NAME, before DNS (e.g. my-cluster=127.0.0.1)' },
+  ...certificateFlags('agent'),
+  'hub-kubeconfig': { type: 'string', metavar: 'FILE', help: 'kubeconfig for the hub\'s API server with the bootstrap credential, for --cert-source=kube (or --apiserver-addr, --hub-ca-cert and --bootstrap-token-file)' },
+  'apiserver-addr': { type: 'string', metavar: 'HOST:PORT', help: 'the hub\'s API server as this agent reaches it, for --cert-source=kube' },
+  'hub-ca-cert': { type: 'string', metavar: 'PATH', help: 'the CA that signs the hub API server\'s certificate (with --apiserver-addr)' },
+  'bootstrap-token-file': { type: 'string', metavar: 'PATH', help: 'the hub service-account token of this cluster\'s agent (with --apiserver-addr), re-read as it rotates' },
+  signer: { type: 'string', metavar: 'NAME', help: 'the signer to request the certificate from (default: <signer-domain>/agent)' },
+  'ca-bundle-configmap': { type: 'string', default: 'tunnel-ca', metavar: 'NAME', help: 'with --cert-source=kube and no --ca-cert: the hub ConfigMap (in --namespace) whose ca.crt verifies the server, followed as it changes' },
+  'service-account-token-path': { type: 'string', metavar: 'PATH', help: 'send this token to the server as a bearer token at every connect (when it authenticates agents by token)' },
   ...commonFlags(8093, 'carry both directions on one connection, as the reference agent does (default: a second connection for server -> agent traffic when the server agrees)'),
 } as const;
 
@@ -43,16 +56,23 @@ function identifiersFrom(clusterName: string | undefined, explicit: string | und
 runMain(NAME, async () => {
   const flags = parseFlags({ name: NAME, summary: 'The tunnel agent: runs in a managed cluster, dials out to the tunnel server and opens the connections the hub asks for.' }, FLAGS, process.argv.slice(2));
   applyLogLevel(flags['log-level']);
+  const log = logger('agent');
+  const started: { agent?: TunnelAgent } = {};
+  // Before the first socket opens, the hub's API included.
+  const policy = applyProcessPolicy(flags, () => started.agent?.openEndpointConnections ?? 0, log);
   const identifiers = identifiersFrom(flags['cluster-name'], flags['agent-identifiers']);
+  const cluster = flags['cluster-name'] ?? new URLSearchParams(identifiers).get('host') ?? undefined;
   let hostAliases;
   try {
     hostAliases = parseHostAliases(flags['host-alias']);
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  const tls = await resolveTls(
+  const metrics = new MetricsRegistry(AGENT_METRICS_PREFIX);
+  const certificates = parseCertSource(flags['cert-source']) === 'kube' ? await kubeAgentCertificates(flags, cluster, log, metrics) : undefined;
+  const tls = certificates?.tls ?? await resolveTls(
     { ca: ['ca-cert', flags['ca-cert']], cert: ['agent-cert', flags['agent-cert']], key: ['agent-key', flags['agent-key']] },
-    { role: 'agent', purpose: 'tunnel-agent connection to the server', stateDir: flags['state-dir'], agentCluster: flags['cluster-name'] ?? new URLSearchParams(identifiers).get('host') ?? undefined },
+    { role: 'agent', purpose: 'tunnel-agent connection to the server', stateDir: flags['state-dir'], agentCluster: cluster },
   );
   const agent = new TunnelAgent({
     serverAddress: flags['tunnelserver-addr'],
@@ -65,12 +85,42 @@ runMain(NAME, async () => {
     healthBindAddress: flags['health-bind-address'],
     healthPort: parseOptionalPort('health-port', flags['health-port']),
     singleStream: flags['single-stream'],
+    tokenFile: flags['service-account-token-path'],
+    metrics,
   });
-  // Before the first socket opens.
-  const policy = applyProcessPolicy(flags, () => agent.openEndpointConnections, logger('agent'));
+  started.agent = agent;
   onShutdownSignal(async () => {
     policy.stop();
     await agent.stop();
+    certificates?.close();
   });
   await agent.start();
 });
+
+/** The agent's certificate from the hub's CSR API, from the flags. */
+async function kubeAgentCertificates(flags: FlagValues<typeof FLAGS>, cluster: string | undefined, log: Logger, metrics: MetricsRegistry): Promise<KubeCertificates> {
+  if (!cluster) throw new UsageError('--cert-source=kube requests a certificate for the agent\'s cluster: give --cluster-name');
+  if (flags['agent-cert'] || flags['agent-key']) throw new UsageError('--cert-source=kube requests the agent\'s certificate from the hub: leave out --agent-cert and --agent-key');
+  let kube: KubeConnection;
+  if (flags['hub-kubeconfig']) {
+    kube = loadKube({ kubeconfig: flags['hub-kubeconfig'] });
+  } else if (flags['apiserver-addr']) {
+    const missing = (['hub-ca-cert', 'bootstrap-token-file'] as const).filter((f) => !flags[f]);
+    if (missing.length > 0) throw new UsageError(`--apiserver-addr needs ${missing.map((f) => `--${f}`).join(' and ')} too`);
+    kube = loadKube({ server: `https://${flags['apiserver-addr']}`, caFile: flags['hub-ca-cert']!, tokenFile: flags['bootstrap-token-file']! });
+  } else {
+    throw new UsageError('--cert-source=kube needs the hub\'s API server: give --hub-kubeconfig, or --apiserver-addr with --hub-ca-cert and --bootstrap-token-file');
+  }
+  const namespace = namespaceOf(flags.namespace, kube);
+  return agentCertificates({
+    kube,
+    cluster,
+    signer: flags.signer ?? signerNames(flags['signer-domain']).agent,
+    trust: flags['ca-cert'] ? { file: flags['ca-cert'] } : { namespace, configMap: flags['ca-bundle-configmap'] },
+    lifetimeSeconds: parseLifetime('cert-lifetime', flags['cert-lifetime']),
+    certDir: certDirOf(flags['cert-dir'], flags['state-dir']),
+    waitTimeoutMs: parseDuration('csr-timeout', flags['csr-timeout']),
+    metrics,
+    log,
+  });
+}

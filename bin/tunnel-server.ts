@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /** tunnel-server: flags in, a running TunnelServer out. */
-import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseList, parseOptionalPort, parsePort, runMain } from '../lib/cli/flags.js';
+import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseList, parseOptionalPort, parsePort, runMain, type FlagValues } from '../lib/cli/flags.js';
 import { UsageError } from '../lib/common/errors.js';
 import { applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
@@ -10,6 +10,13 @@ import { DEFAULT_AGENT_IDENTITY, parseAgentIdentityRule } from '../lib/server/ag
 import { refuseAgentCertificates } from '../lib/server/client-policy.js';
 import { AGENT_ORGANIZATION } from '../lib/pki/identities.js';
 import { fileCaBundle, withTrust } from '../lib/pki/tls-source.js';
+import { SERVER_METRICS_PREFIX } from '../lib/server/tunnel-server.js';
+import { tokenReviewer } from '../lib/server/token-auth.js';
+import { MetricsRegistry } from '../lib/observe/metrics.js';
+import type { Logger } from '../lib/observe/log.js';
+import { certificateFlags, certDirOf, hubConnection, namespaceOf, parseCertSource, parseLifetime } from '../lib/cli/kube-flags.js';
+import { serverCertificates, signerNames, type KubeCertificates } from '../lib/cli/kube-certificates.js';
+import { runningInCluster, type KubeConnection } from '../lib/kube/kube-config.js';
 import { DEFAULT_AGENT_PORT, DEFAULT_SERVER_PORT } from '../lib/wire/protocol.js';
 import { applyProcessPolicy } from '../lib/cli/process-defaults.js';
 import { logger } from '../lib/observe/log.js';
@@ -36,22 +43,54 @@ const FLAGS = {
   'server-id': { type: 'string', metavar: 'ID', help: 'this server\'s id, sent to agents (default: a random UUID)' },
   'server-count': { type: 'string', default: '1', metavar: 'N', help: 'number of servers behind the agents\' address; agents keep a stream to each' },
   'dial-timeout': { type: 'string', default: '30s', metavar: 'DURATION', help: 'how long a client waits for the agent to answer a dial' },
+  ...certificateFlags('server'),
+  kubeconfig: { type: 'string', metavar: 'FILE', help: 'kubeconfig of the hub cluster, for --cert-source=kube and token authentication (default: the pod\'s service account)' },
+  'approve-csrs': { type: 'boolean', default: true, help: 'with --cert-source=kube, approve and sign the tunnel\'s certificate requests here, with the CA of --ca-secret (created on first start)' },
+  'agent-signer': { type: 'string', metavar: 'NAME', help: 'the signer agents request their certificates from (default <signer-domain>/agent; kubernetes.io/kube-apiserver-client has kube-controller-manager sign them, and --cluster-ca-cert must then be the hub\'s client CA)' },
+  'ca-secret': { type: 'string', default: 'tunnel-ca', metavar: 'NAME', help: 'the Secret in --namespace that holds the tunnel CA' },
+  'ca-bundle-configmap': { type: 'string', default: 'tunnel-ca', metavar: 'NAME', help: 'the ConfigMap in --namespace where the CA bundle is published (key ca.crt) and followed' },
+  'max-cert-lifetime': { type: 'string', default: '8760h', metavar: 'DURATION', help: 'the longest lifetime the signer issues, whatever a request asks (may be shorter than the 10 minutes requests ask at least)' },
+  'server-service': { type: 'string', metavar: 'NS/NAME', help: 'the Service that exposes this server: its names and addresses join the certificate\'s SANs (default in a pod: <namespace>/tunnel-server)' },
+  'server-requester': { type: 'string', metavar: 'USER', help: 'who may request the server\'s certificate (default: system:serviceaccount:<namespace>:tunnel-server)' },
+  'agent-requester': { type: 'string', metavar: 'USER', help: 'who may request an agent\'s first certificate, {cluster} standing for its cluster (default: system:serviceaccount:<namespace>:tunnel-agent-{cluster})' },
+  'agent-namespace': { type: 'string', metavar: 'NS', help: 'authenticate agents by service-account token (TokenReview at the hub): the account\'s namespace' },
+  'agent-service-account': { type: 'string', metavar: 'NAME', help: 'the agents\' service account; {cluster} stands for the cluster the agent announces (e.g. tunnel-agent-{cluster})' },
+  'authentication-audience': { type: 'string', metavar: 'AUDIENCE', help: 'the audience agents\' tokens must be issued for' },
   ...commonFlags(8092, 'carry both directions of an agent\'s traffic on its one connection, as the reference does (default: our agents get one connection per direction)'),
 } as const;
 
 runMain(NAME, async () => {
   const flags = parseFlags({ name: NAME, summary: 'The tunnel server: agents in managed clusters connect to it; hub clients reach those clusters through it with HTTP-CONNECT or gRPC.' }, FLAGS, process.argv.slice(2));
   applyLogLevel(flags['log-level']);
+  const log = logger('server');
+  const metrics = new MetricsRegistry(SERVER_METRICS_PREFIX);
+  const started: { server?: TunnelServer } = {};
+  // Before the first socket opens, the hub's API included.
+  const policy = applyProcessPolicy(flags, () => started.server?.establishedConnections ?? 0, log);
   let strategies;
   try {
     strategies = parseProxyStrategies(parseList(flags['proxy-strategies']));
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  const tls = await resolveTls(
+  const source = parseCertSource(flags['cert-source']);
+  const tokenAuth = flags['agent-namespace'] !== undefined;
+  const kube = source === 'kube' || tokenAuth ? hubConnection(flags.kubeconfig, source === 'kube' ? '--cert-source=kube' : 'token authentication (--agent-namespace)') : undefined;
+  let certificates: KubeCertificates | undefined;
+  if (source === 'kube') {
+    if (flags['server-cert'] || flags['server-key']) throw new UsageError('--cert-source=kube requests the server\'s certificate from the hub: leave out --server-cert and --server-key');
+    certificates = await kubeServerCertificates(flags, kube!, log, metrics);
+  }
+  const tls = certificates?.tls ?? await resolveTls(
     { ca: ['ca-cert', flags['ca-cert']], cert: ['server-cert', flags['server-cert']], key: ['server-key', flags['server-key']] },
     { role: 'server', purpose: 'tunnel-server listeners', stateDir: flags['state-dir'], dnsNames: parseList(flags['cert-dns-names']), ips: parseList(flags['cert-ips']) },
   );
+  const authenticate = tokenAuth ? tokenReviewer({
+    kube: kube!,
+    namespace: flags['agent-namespace'],
+    serviceAccount: required('agent-service-account', flags['agent-service-account'], 'with --agent-namespace'),
+    audience: required('authentication-audience', flags['authentication-audience'], 'with --agent-namespace'),
+  }) : undefined;
   let agentIdentity;
   try {
     agentIdentity = parseAgentIdentityRule(flags['agent-identity'], flags['agent-organization']);
@@ -74,7 +113,9 @@ runMain(NAME, async () => {
     tls: await trusting('server-ca-cert', 'tunnel-server frontends (--server-ca-cert)'),
     agentTls: await trusting('cluster-ca-cert', 'tunnel-server agent port (--cluster-ca-cert)'),
     agentIdentity,
+    authenticateAgents: authenticate,
     clientPolicy: refuseAgentCertificates(flags['agent-organization']),
+    metrics,
     proxyStrategies: strategies,
     serverID: flags['server-id'],
     serverCount: parseCount('server-count', flags['server-count'], 1),
@@ -82,11 +123,46 @@ runMain(NAME, async () => {
     connectionWindow: parseCount('connection-window', flags['connection-window'], 0),
     singleStream: flags['single-stream'],
   });
-  // Before the first socket opens.
-  const policy = applyProcessPolicy(flags, () => server.establishedConnections, logger('server'));
+  started.server = server;
   onShutdownSignal(async () => {
     policy.stop();
     await server.stop();
+    certificates?.close();
   });
   await server.start();
 });
+
+function required(flag: string, value: string | undefined, when: string): string {
+  if (!value) throw new UsageError(`--${flag} is needed ${when}`);
+  return value;
+}
+
+/** The server's certificate from the CSR API, and the approver and signer, from the flags. */
+async function kubeServerCertificates(flags: FlagValues<typeof FLAGS>, kube: KubeConnection, log: Logger, metrics: MetricsRegistry): Promise<KubeCertificates> {
+  const namespace = namespaceOf(flags.namespace, kube);
+  const signers = signerNames(flags['signer-domain']);
+  const serviceFlag = flags['server-service'] ?? (runningInCluster() ? `${namespace}/tunnel-server` : undefined);
+  const [serviceNamespace, serviceName, ...extra] = serviceFlag?.split('/') ?? [];
+  if (serviceFlag && (!serviceName || extra.length > 0)) throw new UsageError(`--server-service=${serviceFlag} is not NAMESPACE/NAME`);
+  return serverCertificates({
+    kube,
+    namespace,
+    signers: { server: signers.server, agent: flags['agent-signer'] ?? signers.agent },
+    caSecret: flags['ca-secret'],
+    caBundleConfigMap: flags['ca-bundle-configmap'],
+    approve: flags['approve-csrs'],
+    serverRequesters: [flags['server-requester'] ?? `system:serviceaccount:${namespace}:tunnel-server`],
+    agentRequester: flags['agent-requester'] ?? `system:serviceaccount:${namespace}:tunnel-agent-{cluster}`,
+    // The signer may issue shorter than the 10 minutes a request asks at least (short-lived certificates).
+    maxLifetimeSeconds: parseLifetime('max-cert-lifetime', flags['max-cert-lifetime'], 1),
+    lifetimeSeconds: parseLifetime('cert-lifetime', flags['cert-lifetime']),
+    names: {
+      static: { dnsNames: ['localhost', ...parseList(flags['cert-dns-names'])], ips: ['127.0.0.1', '::1', ...parseList(flags['cert-ips'])] },
+      service: serviceFlag ? { namespace: serviceNamespace, name: serviceName } : undefined,
+    },
+    certDir: certDirOf(flags['cert-dir'], flags['state-dir']),
+    waitTimeoutMs: parseDuration('csr-timeout', flags['csr-timeout']),
+    metrics,
+    log,
+  });
+}

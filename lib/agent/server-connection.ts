@@ -5,7 +5,7 @@
 import type http2 from 'node:http2';
 import { AcceptingMux, type DialHandler } from '../mux/accepting-mux.js';
 import { joinPacketStreams, type PacketStream } from '../mux/packet-stream.js';
-import { AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_DOWNLINK_FOR, MD_SERVER_COUNT, MD_SERVER_ID, MD_SPLIT_STREAMS } from '../wire/protocol.js';
+import { AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_AUTHORIZATION, MD_DOWNLINK_FOR, MD_SERVER_COUNT, MD_SERVER_ID, MD_SPLIT_STREAMS } from '../wire/protocol.js';
 import { closeSession, connect, openCall } from '../transport/grpc-client.js';
 import { Metadata } from '../transport/grpc-metadata.js';
 import { announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
@@ -23,6 +23,8 @@ export interface ServerConnectionOptions {
   serverName?: string;
   agentID: string;
   agentIdentifiers: string;
+  /** Sent as `authorization: Bearer <token>` when the server authenticates agents by token. */
+  bearerToken?: string;
   connectionWindow?: number;
   dialHandler: DialHandler;
   /**
@@ -81,6 +83,7 @@ export class ServerConnection {
     const metadata = new Metadata();
     metadata.set(MD_AGENT_ID, o.agentID);
     metadata.set(MD_AGENT_IDENTIFIERS, o.agentIdentifiers);
+    if (o.bearerToken) metadata.set(MD_AUTHORIZATION, `Bearer ${o.bearerToken}`);
     if (o.connectionWindow) announceFlowControl(metadata, o.connectionWindow);
     if (o.split) metadata.set(MD_SPLIT_STREAMS, '1');
     try {

@@ -4,6 +4,7 @@
  * jittered backoff, and dials targets for the server.
  */
 import { randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DialHandler } from '../mux/accepting-mux.js';
 import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js';
@@ -14,6 +15,8 @@ import { Backoff, type BackoffOptions } from '../common/backoff.js';
 import { ServerConnection } from './server-connection.js';
 import type { TlsSource } from '../pki/tls-source.js';
 import { dialTarget, type TargetDialerOptions } from './target-dialer.js';
+
+export const AGENT_METRICS_PREFIX = 'konnectivity_network_proxy_agent';
 
 /** How often the agent checks whether it holds streams to every server. */
 const SYNC_INTERVAL_MS = 1_000;
@@ -36,11 +39,15 @@ export interface TunnelAgentOptions {
   healthPort?: number;
   /** Carry both directions on one connection, as the reference agent does. */
   singleStream?: boolean;
+  /** A service-account token file, read again at every connect (it rotates), sent as a bearer token. */
+  tokenFile?: string;
+  /** Where the agent's metrics go (others may share it, e.g. the certificate manager's). */
+  metrics?: MetricsRegistry;
 }
 
 export class TunnelAgent {
   readonly agentID: string;
-  readonly metrics = new MetricsRegistry('konnectivity_network_proxy_agent');
+  readonly metrics: MetricsRegistry;
 
   private readonly log = logger('agent');
   private readonly connections = new Map<string, ServerConnection>();
@@ -55,6 +62,7 @@ export class TunnelAgent {
 
   constructor(private readonly options: TunnelAgentOptions) {
     this.agentID = options.agentID ?? randomUUID();
+    this.metrics = options.metrics ?? new MetricsRegistry(AGENT_METRICS_PREFIX);
     this.backoff = new Backoff(options.backoff);
     this.metrics.gauge('open_server_connections', 'Streams open to tunnel servers.', () => this.connections.size);
     this.metrics.gauge('known_server_count', 'Server count announced by the servers.', () => this.serverCount);
@@ -135,7 +143,9 @@ export class TunnelAgent {
     const split = !this.options.singleStream && !this.skipSplitOnce;
     this.skipSplitOnce = false;
     const window = this.options.connectionWindow === 0 ? undefined : (this.options.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
+    const bearerToken = this.options.tokenFile ? await readToken(this.options.tokenFile) : undefined;
     const connection = await ServerConnection.open({
+      bearerToken,
       target: this.options.serverAddress,
       tls: this.options.tls.current(),
       serverName: this.options.serverName,
@@ -185,5 +195,14 @@ export class TunnelAgent {
     this.wake = () => controller.abort();
     await sleep(ms, undefined, { signal: controller.signal }).catch(() => undefined);
     this.wake = undefined;
+  }
+}
+
+/** The token in `path`, as the reference agent reads it: the file's content, trimmed of a final newline. */
+async function readToken(path: string): Promise<string> {
+  try {
+    return (await readFile(path, 'utf8')).replace(/\r?\n$/, '');
+  } catch (err) {
+    throw new Error(`cannot read the service account token ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
   }
 }

@@ -17,6 +17,7 @@ import type { Logger } from '../observe/log.js';
 import { parseAgentIdentifiers } from '../wire/agent-identifiers.js';
 import { describePeer } from '../transport/peer-identity.js';
 import { agentRefusal, type AgentIdentityRule } from './agent-identity.js';
+import type { AgentAuthenticator } from './token-auth.js';
 import type { AgentRegistry } from './agent-registry.js';
 import type { Backend } from './backend.js';
 
@@ -31,6 +32,8 @@ export interface AgentListenerOptions {
   splitStreams?: boolean;
   /** What an agent's certificate lets it announce; off (anything) when absent. */
   identityRule?: AgentIdentityRule;
+  /** Checks an agent's credentials (TokenReview) before it is answered. */
+  authenticate?: AgentAuthenticator;
   log: Logger;
 }
 
@@ -92,34 +95,13 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
     register(uplink, joinPacketStreams(uplink.call.packets, call.packets), [uplink.call, call]);
   };
 
-  return (call: ServerCall) => {
-    const token = single(call.metadata, MD_DOWNLINK_FOR);
-    if (typeof token === 'string') {
-      attachDownlink(call, token);
-      return;
-    }
+  /** Answers an admitted agent's stream and registers it (or waits for its downlink). */
+  const admit = (call: ServerCall, agentID: string, identifiers: string) => {
     const peer = call.peer;
-    const agentID = single(call.metadata, MD_AGENT_ID);
-    const identifiers = single(call.metadata, MD_AGENT_IDENTIFIERS);
-    const problem = agentID instanceof Error ? agentID
-      : identifiers instanceof Error ? identifiers
-        : !agentID ? new Error(`expected one ${MD_AGENT_ID} in the stream metadata, got none`) : undefined;
-    if (problem) {
-      log.warn('refusing agent stream', { peer, reason: problem.message });
-      call.sendStatus(GrpcStatus.INVALID_ARGUMENT, problem.message);
-      return;
-    }
-    const refusal = agentRefusal(options.identityRule ?? { kind: 'off' }, call.peerIdentity, parseAgentIdentifiers((identifiers as string | undefined) ?? ''));
-    if (refusal) {
-      log.warn('refusing agent stream', { peer, agentID, identifiers, certificate: describePeer(call.peerIdentity), reason: refusal });
-      call.sendStatus(GrpcStatus.PERMISSION_DENIED, refusal);
-      return;
-    }
-
     const headers = serverHeaders(options);
     const windows = negotiateFlowControl(call.metadata, options.connectionWindow);
     if (windows) announceFlowControl(headers, options.connectionWindow!);
-    const identity: AgentIdentity = { agentID: agentID as string, identifiers: (identifiers as string | undefined) ?? '', peer, windows };
+    const identity: AgentIdentity = { agentID, identifiers, peer, windows };
 
     if (options.splitStreams && single(call.metadata, MD_SPLIT_STREAMS) === '1') {
       const splitToken = randomBytes(16).toString('hex');
@@ -140,6 +122,49 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
     call.sendMetadata(headers);
     register(identity, call.packets, [call]);
   };
+
+  return (call: ServerCall) => {
+    const token = single(call.metadata, MD_DOWNLINK_FOR);
+    if (typeof token === 'string') {
+      attachDownlink(call, token);
+      return;
+    }
+    const peer = call.peer;
+    const agentID = single(call.metadata, MD_AGENT_ID);
+    const identifiers = single(call.metadata, MD_AGENT_IDENTIFIERS);
+    const problem = agentID instanceof Error ? agentID
+      : identifiers instanceof Error ? identifiers
+        : !agentID ? new Error(`expected one ${MD_AGENT_ID} in the stream metadata, got none`) : undefined;
+    if (problem) {
+      log.warn('refusing agent stream', { peer, reason: problem.message });
+      call.sendStatus(GrpcStatus.INVALID_ARGUMENT, problem.message);
+      return;
+    }
+    const parsed = parseAgentIdentifiers((identifiers as string | undefined) ?? '');
+    const refusal = agentRefusal(options.identityRule ?? { kind: 'off' }, call.peerIdentity, parsed);
+    if (refusal) {
+      log.warn('refusing agent stream', { peer, agentID, identifiers, certificate: describePeer(call.peerIdentity), reason: refusal });
+      call.sendStatus(GrpcStatus.PERMISSION_DENIED, refusal);
+      return;
+    }
+    if (!options.authenticate) {
+      admit(call, agentID as string, (identifiers as string | undefined) ?? '');
+      return;
+    }
+    // As the reference server does: authenticate, then answer with the headers.
+    options.authenticate(call.metadata, parsed).then((denied) => {
+      if (!denied) {
+        admit(call, agentID as string, (identifiers as string | undefined) ?? '');
+        return;
+      }
+      log.warn('refusing agent stream', { peer, agentID, identifiers, reason: denied });
+      call.sendStatus(GrpcStatus.UNAUTHENTICATED, denied);
+    }, (err: Error) => {
+      log.warn('cannot authenticate an agent; refusing its stream for now', { peer, agentID, reason: err.message });
+      call.sendStatus(GrpcStatus.UNAVAILABLE, `the tunnel server cannot check the agent's token now: ${err.message}`);
+    });
+  };
+
 }
 
 function serverHeaders(options: AgentListenerOptions): Metadata {

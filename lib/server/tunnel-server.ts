@@ -25,6 +25,7 @@ import { proxyHandler } from './grpc-frontend.js';
 import type { ProxyStrategy } from './proxy-strategies.js';
 import type { AgentIdentityRule } from './agent-identity.js';
 import type { ClientPolicy } from './client-policy.js';
+import type { AgentAuthenticator } from './token-auth.js';
 
 export interface TunnelServerOptions {
   bindAddress: string;
@@ -46,6 +47,8 @@ export interface TunnelServerOptions {
   agentTls?: TlsSource;
   /** What an agent's certificate lets it announce (default: anything, as the reference). */
   agentIdentity?: AgentIdentityRule;
+  /** Checks agents' credentials (TokenReview) before they are admitted. */
+  authenticateAgents?: AgentAuthenticator;
   /** Who may dial what through the frontends (default: every client, every cluster). */
   clientPolicy?: ClientPolicy;
   proxyStrategies: ProxyStrategy[];
@@ -57,6 +60,8 @@ export interface TunnelServerOptions {
   connectionWindow?: number;
   /** Refuse our agents' second connection (for the server -> agent direction). */
   singleStream?: boolean;
+  /** Where the server's metrics go (others may share it, e.g. the certificate manager's). */
+  metrics?: MetricsRegistry;
 }
 
 export interface ListeningAddresses {
@@ -69,6 +74,7 @@ export interface ListeningAddresses {
 }
 
 const DEFAULT_DIAL_TIMEOUT_MS = 30_000;
+export const SERVER_METRICS_PREFIX = 'konnectivity_network_proxy_server';
 
 function hostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
@@ -88,7 +94,7 @@ async function listenHttp(server: http.Server, where: { port: number; host: stri
 export class TunnelServer {
   readonly registry = new AgentRegistry();
   readonly serverID: string;
-  readonly metrics = new MetricsRegistry('konnectivity_network_proxy_server');
+  readonly metrics: MetricsRegistry;
 
   private readonly log = logger('server');
   private readonly grpcServers: GrpcServer[] = [];
@@ -98,6 +104,7 @@ export class TunnelServer {
 
   constructor(private readonly options: TunnelServerOptions) {
     this.serverID = options.serverID ?? randomUUID();
+    this.metrics = options.metrics ?? new MetricsRegistry(SERVER_METRICS_PREFIX);
   }
 
   /** Tunneled connections open through all agents. */
@@ -118,7 +125,7 @@ export class TunnelServer {
     const agentServer = new GrpcServer({ tls: o.agentTls ?? o.tls, name: 'agents', receiveWindow: agentStreamWindow(window), log: this.log });
     agentServer.handle(AGENT_CONNECT_PATH, agentConnectHandler({
       serverID: this.serverID, serverCount: o.serverCount ?? 1, registry: this.registry, connectionWindow: window, log: this.log,
-      splitStreams: !o.singleStream, identityRule: o.agentIdentity,
+      splitStreams: !o.singleStream, identityRule: o.agentIdentity, authenticate: o.authenticateAgents,
     }));
     this.grpcServers.push(agentServer);
     const agentPort = await agentServer.listen({ host: o.bindAddress, port: o.agentPort });

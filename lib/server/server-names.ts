@@ -1,0 +1,81 @@
+/**
+ * The names the server's certificate must hold: those given on the command line, plus, when
+ * the server is exposed by a Kubernetes Service, every address clients and agents reach it
+ * by: the Service's DNS names, its cluster IPs and external IPs, its load balancer's
+ * addresses, and for a NodePort (or LoadBalancer) Service the nodes' addresses. The Service
+ * is followed by watch, so a new load balancer address renews the certificate.
+ */
+import { CoreV1Api, type V1Node, type V1Service } from '@kubernetes/client-node';
+import { Observable, concatMap, distinctUntilChanged, from, of, startWith } from 'rxjs';
+import { isIP } from 'node:net';
+import { normalizeIp } from '../pki/certificates.js';
+import type { Logger } from '../observe/log.js';
+import { kubeCall, KubeApiError } from '../kube/api-errors.js';
+import type { KubeConnection } from '../kube/kube-config.js';
+import { listWatch } from '../kube/list-watch.js';
+
+export interface ServerNames {
+  dnsNames: string[];
+  ips: string[];
+}
+
+export interface ServerNamesOptions {
+  static: ServerNames;
+  kube?: KubeConnection;
+  /** The Service that exposes the server. */
+  service?: { namespace: string; name: string };
+  clusterDomain?: string;
+  log: Logger;
+}
+
+export function serverNames(o: ServerNamesOptions): Observable<ServerNames> {
+  const fixed = normalize(o.static);
+  if (!o.kube || !o.service) return of(fixed);
+  const { kube, service } = o;
+  const core = kube.config.makeApiClient(CoreV1Api);
+  let nodesForbidden = false;
+  const nodeAddresses = async (): Promise<string[]> => {
+    if (nodesForbidden) return [];
+    try {
+      const nodes = await kubeCall({ verb: 'list', resource: 'nodes', group: '' }, kube.server, () => core.listNode());
+      return nodes.items.flatMap((node: V1Node) => (node.status?.addresses ?? []).filter((a) => a.type === 'ExternalIP' || a.type === 'InternalIP').map((a) => a.address));
+    } catch (err) {
+      if (err instanceof KubeApiError && err.code === 403) nodesForbidden = true;
+      o.log.warn('cannot list the nodes for the NodePort Service\'s addresses; the certificate holds the other names', { reason: (err as Error).message });
+      return [];
+    }
+  };
+  return listWatch<V1Service>({
+    config: kube.config,
+    server: kube.server,
+    path: `/api/v1/namespaces/${service.namespace}/services`,
+    resource: { resource: 'services', group: '', namespace: service.namespace, name: service.name },
+    fieldSelector: `metadata.name=${service.name}`,
+    list: () => core.listNamespacedService({ namespace: service.namespace, fieldSelector: `metadata.name=${service.name}` }),
+    log: o.log,
+  }).pipe(
+    concatMap((event) => from((async () => {
+      if (event.type === 'DELETED') return fixed;
+      const svc = event.object;
+      const nodes = svc.spec?.type === 'NodePort' || svc.spec?.type === 'LoadBalancer' ? await nodeAddresses() : [];
+      return normalize({
+        dnsNames: [...fixed.dnsNames, ...serviceDnsNames(service, o.clusterDomain ?? 'cluster.local'), ...(svc.status?.loadBalancer?.ingress ?? []).map((i) => i.hostname ?? '')],
+        ips: [...fixed.ips, ...(svc.spec?.clusterIPs ?? [svc.spec?.clusterIP ?? '']), ...(svc.spec?.externalIPs ?? []), ...(svc.status?.loadBalancer?.ingress ?? []).map((i) => i.ip ?? ''), ...nodes],
+      });
+    })())),
+    startWith(fixed),
+    distinctUntilChanged((a, b) => a.dnsNames.join() === b.dnsNames.join() && a.ips.join() === b.ips.join()),
+  );
+}
+
+/** name, name.ns, name.ns.svc and name.ns.svc.<cluster domain>. */
+export function serviceDnsNames(service: { namespace: string; name: string }, clusterDomain: string): string[] {
+  const base = `${service.name}.${service.namespace}`;
+  return [service.name, base, `${base}.svc`, `${base}.svc.${clusterDomain}`];
+}
+
+function normalize(names: ServerNames): ServerNames {
+  const ips = [...new Set(names.ips.filter((ip) => ip && ip !== 'None' && isIP(ip)).map(normalizeIp))];
+  const dnsNames = [...new Set(names.dnsNames.filter(Boolean))];
+  return { dnsNames: dnsNames.sort(), ips: ips.sort() };
+}
