@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'lib/wire/gen/', '**/*.js', '**/*.mjs'] },
+  { ignores: ['dist/', 'node_modules/', 'lib/wire/gen/', '.build-*/', '**/*.js', '**/*.mjs'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {
