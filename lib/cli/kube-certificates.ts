@@ -15,11 +15,8 @@ import { configMapCaBundle } from '../kube/ca-bundle.js';
 import type { KubeConnection } from '../kube/kube-config.js';
 import { CA_BUNDLE_KEY, loadOrCreateTunnelCa } from '../server/tunnel-ca.js';
 import { CsrSigner } from '../server/csr-signer.js';
-import { AGENT_USAGES, SERVER_USAGES, type CsrPolicy } from '../server/csr-policy.js';
+import { AGENT_USAGES, DEFAULT_MAX_EXPIRATION_SECONDS, SERVER_USAGES, type CsrPolicy } from '../server/csr-policy.js';
 import { serverNames, type ServerNames, type ServerNamesOptions } from '../server/server-names.js';
-
-/** The CSR API's minimum expirationSeconds. */
-const MIN_EXPIRATION_SECONDS = 600;
 
 /** The signer names of a domain: <domain>/server and <domain>/agent. */
 export function signerNames(domain: string): { server: string; agent: string } {
@@ -63,8 +60,9 @@ export async function serverCertificates(o: ServerKubeOptions): Promise<KubeCert
       serverRequesters: o.serverRequesters,
       serverSans: () => latest,
       agentRequester: (cluster) => o.agentRequester.replaceAll('{cluster}', cluster),
-      // A request asks for 10 minutes at least, however short the signer issues.
-      maxExpirationSeconds: Math.max(o.maxLifetimeSeconds, MIN_EXPIRATION_SECONDS),
+      // Requests may ask for up to a year (or the signer's longest, if longer); what is
+      // issued is capped at the signer's longest, however short.
+      maxExpirationSeconds: Math.max(o.maxLifetimeSeconds, DEFAULT_MAX_EXPIRATION_SECONDS),
     };
     signer = new CsrSigner({ kube: o.kube, policy, ca, maxLifetimeSeconds: o.maxLifetimeSeconds, metrics: o.metrics, log: o.log });
     signer.start();

@@ -5,6 +5,7 @@
  * source is said in one sentence that names the file.
  */
 import { existsSync, readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { KubeConfig } from '@kubernetes/client-node';
 import { UsageError } from '../common/errors.js';
 
@@ -69,8 +70,10 @@ export function loadKube(source: KubeSource): KubeConnection {
     }
     config.loadFromClusterAndUser(
       { name: 'api-server', server: source.server, caFile: source.caFile, skipTLSVerify: false },
-      { name: 'token', authProvider: { name: 'tokenFile', config: { tokenFile: source.tokenFile } } },
+      // Not config.tokenFile: client-node's own file authenticator would take that.
+      { name: 'token', authProvider: { name: TOKEN_FILE_PROVIDER, config: { path: source.tokenFile } } },
     );
+    config.addAuthenticator(new TokenFileAuthenticator());
   }
   const cluster = config.getCurrentCluster();
   if (!cluster?.server) throw new UsageError(`${describe} names no API server: its current context's cluster has no server`);
@@ -81,4 +84,32 @@ export function loadKube(source: KubeSource): KubeConnection {
 
 function firstLine(err: unknown): string {
   return ((err as Error).message ?? String(err)).split('\n')[0];
+}
+
+const TOKEN_FILE_PROVIDER = 'tunnel-token-file';
+/** client-go reads a token file again every minute; so does client-node's own file authenticator. */
+const TOKEN_REREAD_MS = 60_000;
+
+/**
+ * A bearer token read from a file, re-read every minute (tokens rotate) and trimmed of
+ * surrounding whitespace, as client-go does: a token file written by `echo` ends in a
+ * newline, which client-node's own file authenticator would send in the header.
+ */
+class TokenFileAuthenticator {
+  private token?: string;
+  private readAt = 0;
+
+  isAuthProvider(user: { authProvider?: { name?: string } }): boolean {
+    return user.authProvider?.name === TOKEN_FILE_PROVIDER;
+  }
+
+  async applyAuthentication(user: { authProvider?: { config?: { path?: string } } }, options: { headers?: Record<string, unknown> }): Promise<void> {
+    const path = user.authProvider?.config?.path;
+    if (!path) return;
+    if (this.token === undefined || Date.now() - this.readAt > TOKEN_REREAD_MS) {
+      this.token = (await readFile(path, 'utf8')).trim();
+      this.readAt = Date.now();
+    }
+    options.headers = { ...options.headers, Authorization: `Bearer ${this.token}` };
+  }
 }

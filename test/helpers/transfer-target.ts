@@ -7,7 +7,9 @@
  *   put <id>               the target reads until the client ends, then records what it
  *                          got (length and sha256) under `id` and closes;
  *   echo <bytes>           the target echoes that many bytes and closes right after the
- *                          last one.
+ *                          last one;
+ *   cycle <bytes>          the target sends SOURCE over and over, that many bytes in all,
+ *                          at the pace the socket allows, and closes (see cyclicDigest).
  */
 import net from 'node:net';
 import { once } from 'node:events';
@@ -56,6 +58,21 @@ function serve(socket: net.Socket, uploads: Map<string, Received>): void {
         uploads.set(arg1, { bytes, sha256: hash.digest('hex') });
         socket.end();
       });
+    } else if (verb === 'cycle') {
+      let left = Number(arg1);
+      const pump = () => {
+        while (left > 0) {
+          const piece = left >= SOURCE.length ? SOURCE : SOURCE.subarray(0, left);
+          left -= piece.length;
+          if (!socket.write(piece)) {
+            socket.once('drain', pump);
+            return;
+          }
+        }
+        socket.end();
+      };
+      socket.resume();
+      pump();
     } else if (verb === 'echo') {
       let left = Number(arg1);
       const echo = (d: Buffer) => {
@@ -204,4 +221,11 @@ export function damaged(results: TransferResult[]): string[] {
     .filter((r) => r.error || r.received?.bytes !== r.expected.bytes || r.received.sha256 !== r.expected.sha256)
     .map((r) => `${r.plan.id} ${r.plan.kind}${r.plan.slow ? ' (slow reader)' : ''}: ${r.received?.bytes ?? 'nothing'} of ${r.expected.bytes} bytes`
       + `${r.received && r.received.bytes === r.expected.bytes ? ', digest differs' : ''}${r.error ? `, ${r.error}` : ''}`);
+}
+
+/** The sha256 of `bytes` bytes of SOURCE repeated: what a `cycle` transfer sends. */
+export function cyclicDigest(bytes: number): string {
+  const hash = createHash('sha256');
+  for (let left = bytes; left > 0; left -= SOURCE.length) hash.update(left >= SOURCE.length ? SOURCE : SOURCE.subarray(0, left));
+  return hash.digest('hex');
 }
