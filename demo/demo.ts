@@ -2,18 +2,30 @@
  * The all-in-one local demo behind `npm start`: a tunnel server, an agent for the cluster
  * "demo", a sample HTTP target in that "cluster", and one request through the tunnel, all
  * on loopback with the local PKI. It stays up so curl can be pointed at it.
+ *
+ * With `kube`, the server's and the agent's certificates come from a hub cluster instead:
+ * the Kubernetes API double stands in for it, the server approves and signs their
+ * certificate requests, and both renew theirs every minute or so while the tunnel stays up.
  */
 import http from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { ensureLocalPki } from '../lib/pki/local-pki.js';
-import { localAgentTlsSource, localPkiTlsSource } from '../lib/pki/tls-source.js';
+import { rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ensureLocalPki, localPkiPaths } from '../lib/pki/local-pki.js';
+import { FileTlsSource, fileCaBundle, localAgentTlsSource, localPkiTlsSource, withTrust } from '../lib/pki/tls-source.js';
+import { agentCertificates, serverCertificates, signerNames } from '../lib/cli/kube-certificates.js';
+import { loadKube } from '../lib/kube/kube-config.js';
+import { logger } from '../lib/observe/log.js';
+import { HUB_NAMESPACE, SERVER_ACCOUNT, SIGNER_DOMAIN, serviceAccountUser, startHub } from '../harness/hub.js';
 import { TunnelServer } from '../lib/server/tunnel-server.js';
 import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
 import { dialHttpConnect } from '../lib/client/http-connect-dialer.js';
 
 export interface DemoOptions {
   stateDir: string;
+  /** Certificates from the CSR API of an in-process hub (the API double). */
+  kube?: boolean;
   clusterName: string;
   agentPort: number;
   serverPort: number;
@@ -53,15 +65,17 @@ export async function runDemo(o: DemoOptions): Promise<RunningDemo> {
   const target = await startTarget(o.targetPort, o.clusterName);
   const targetPort = (target.address() as AddressInfo).port;
 
+  const certificates = o.kube ? await hubCertificates(o) : undefined;
+  const serverTls = certificates ? withTrust(certificates.server.tls, await fileCaBundle(certificates.trust, 'demo frontends')) : await localPkiTlsSource(pki, 'server');
   const server = new TunnelServer({
     bindAddress: LOOPBACK, agentPort: o.agentPort, serverPort: o.serverPort, healthBindAddress: LOOPBACK,
-    tls: await localPkiTlsSource(pki, 'server'), proxyStrategies: ['destHost'],
+    tls: serverTls, agentTls: certificates?.server.tls, proxyStrategies: ['destHost'],
   });
   const addresses = await server.start();
 
   const agent = new TunnelAgent({
     serverAddress: addresses.agent,
-    tls: await localAgentTlsSource(o.stateDir, o.clusterName),
+    tls: certificates?.agent.tls ?? await localAgentTlsSource(o.stateDir, o.clusterName),
     agentIdentifiers: new URLSearchParams({ host: o.clusterName }).toString(),
     // The sample target stands in for the cluster's service named like the cluster.
     target: { hostAliases: new Map([[o.clusterName, LOOPBACK]]) },
@@ -74,7 +88,10 @@ export async function runDemo(o: DemoOptions): Promise<RunningDemo> {
   }
 
   const address = `${o.clusterName}:${targetPort}`;
-  const socket = await dialHttpConnect({ host: LOOPBACK, port: Number(addresses.httpConnect!.split(':').pop()), tls: await localPkiTlsSource(pki, 'client') }, address);
+  const clientTls = certificates
+    ? await FileTlsSource.load({ ca: certificates.serverCa, cert: pki.clientCert, key: pki.clientKey, role: 'demo client' })
+    : await localPkiTlsSource(pki, 'client');
+  const socket = await dialHttpConnect({ host: LOOPBACK, port: Number(addresses.httpConnect!.split(':').pop()), tls: clientTls }, address);
   const body = await get(socket, o.clusterName, '/success');
 
   o.out(`Tunnel up: agent for cluster "${o.clusterName}" connected to ${addresses.agent}; HTTP-CONNECT on ${addresses.httpConnect}.`);
@@ -83,15 +100,67 @@ export async function runDemo(o: DemoOptions): Promise<RunningDemo> {
   o.out(body.trimEnd());
   o.out('');
   o.out('Try it yourself (curl goes through the tunnel with the local PKI\'s client certificate):');
-  o.out(`  curl -p --proxy https://${addresses.httpConnect} --proxy-cacert ${pki.caCert} --proxy-cert ${pki.clientCert} --proxy-key ${pki.clientKey} http://${address}/success`);
+  o.out(`  curl -p --proxy https://${addresses.httpConnect} --proxy-cacert ${certificates?.serverCa ?? pki.caCert} --proxy-cert ${pki.clientCert} --proxy-key ${pki.clientKey} http://${address}/success`);
+  if (certificates) o.out(`The server's and the agent's certificates come from the hub's CSR API (an in-process API server at ${certificates.hub.api.url}) and are renewed about every ${Math.round(DEMO_CERT_LIFETIME_S * 0.8)} s: watch the log.`);
   o.out('Press Ctrl-C to stop.');
 
   return {
     async stop() {
       await agent.stop();
       await server.stop();
+      certificates?.close();
+      await certificates?.hub.close();
       target.closeAllConnections();
       await new Promise((resolve) => target.close(resolve));
+    },
+  };
+}
+
+/** How long the demo's certificates live, so that renewals show within a minute or two. */
+const DEMO_CERT_LIFETIME_S = 60;
+
+/**
+ * A hub for the demo: the API double with the tunnel's accounts, the server's certificate
+ * and the agent's from its CSR API, and the tunnel CA bundle saved for curl.
+ */
+async function hubCertificates(o: DemoOptions) {
+  const dir = join(o.stateDir, 'demo-hub');
+  rmSync(dir, { recursive: true, force: true });
+  const hub = await startHub(dir, [o.clusterName]);
+  const log = logger('demo');
+  const server = await serverCertificates({
+    kube: loadKube({ kubeconfig: hub.serverKubeconfig }),
+    namespace: HUB_NAMESPACE,
+    signers: signerNames(SIGNER_DOMAIN),
+    caSecret: 'tunnel-ca',
+    caBundleConfigMap: 'tunnel-ca',
+    approve: true,
+    serverRequesters: [serviceAccountUser(SERVER_ACCOUNT)],
+    agentRequester: serviceAccountUser('tunnel-agent-{cluster}'),
+    maxLifetimeSeconds: DEMO_CERT_LIFETIME_S,
+    lifetimeSeconds: 600,
+    names: { static: { dnsNames: ['localhost'], ips: [LOOPBACK] } },
+    certDir: join(dir, 'certs'),
+    log,
+  });
+  const agent = await agentCertificates({
+    kube: loadKube({ kubeconfig: hub.agentKubeconfig(o.clusterName) }),
+    cluster: o.clusterName,
+    signer: signerNames(SIGNER_DOMAIN).agent,
+    trust: { namespace: HUB_NAMESPACE, configMap: 'tunnel-ca' },
+    lifetimeSeconds: 600,
+    certDir: join(dir, 'certs'),
+    log,
+  });
+  const serverCa = join(dir, 'tunnel-ca.crt');
+  writeFileSync(serverCa, server.tls.current().ca);
+  return {
+    hub, server, agent, serverCa,
+    /** Frontend clients still use the local PKI's client certificate. */
+    trust: localPkiPaths(o.stateDir).caCert,
+    close: () => {
+      agent.close();
+      server.close();
     },
   };
 }

@@ -14,6 +14,7 @@ const FLAGS = {
   'agent-port': { type: 'string', default: String(DEFAULT_AGENT_PORT), metavar: 'PORT', help: 'the server\'s agent port on 127.0.0.1 (0 = any free port)' },
   'server-port': { type: 'string', default: String(DEFAULT_SERVER_PORT), metavar: 'PORT', help: 'the HTTP-CONNECT port on 127.0.0.1 (0 = any free port)' },
   'target-port': { type: 'string', default: '8000', metavar: 'PORT', help: 'the sample target\'s port on 127.0.0.1 (0 = any free port)' },
+  kube: { type: 'boolean', help: 'take the server\'s and the agent\'s certificates from a hub\'s CSR API (an in-process Kubernetes API server), renewed every minute' },
 } as const;
 
 runMain(NAME, async () => {
@@ -21,6 +22,7 @@ runMain(NAME, async () => {
   const flags = parseFlags({ name: NAME, summary: 'Runs a tunnel server, an agent, a sample target and one request through the tunnel, on loopback.' }, FLAGS, process.argv.slice(2));
   const demo = await runDemo({
     stateDir: flags['state-dir'],
+    kube: flags.kube,
     clusterName: flags['cluster-name'],
     agentPort: parsePort('agent-port', flags['agent-port']),
     serverPort: parsePort('server-port', flags['server-port']),

@@ -25,3 +25,21 @@ test('npm start: the demo tunnels a request, prints a curl command that works, a
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('npm start -- --kube: certificates come from the hub\'s CSR API, and curl goes through the tunnel with them', async (t) => {
+  const dir = mkdtempSync(join(os.tmpdir(), 'tunnel-demo-kube-'));
+  const demo = run(DEMO, ['--kube', `--state-dir=${dir}`, '--agent-port=0', '--server-port=0', '--target-port=0']);
+  try {
+    await demo.waitFor(/Press Ctrl-C to stop\./, 30_000);
+    t.regex(demo.output, /certificate issued role=tunnel-server csr=tunnel-server-\w+/);
+    t.regex(demo.output, /certificate issued role="tunnel-agent of cluster demo"/);
+    t.regex(demo.output, /HTML Response:\n<!DOCTYPE html>.*The success test page!/);
+    const command = demo.output.match(/^ {2}(curl -p .*)$/m)?.[1];
+    const [curl, ...args] = command!.split(' ');
+    const { stdout } = await execFileAsync(curl, ['--silent', '--show-error', '--max-time', '10', ...args]);
+    t.regex(stdout, /Served inside cluster "demo"/);
+  } finally {
+    t.is(await demo.stop('SIGTERM'), 0);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -8,7 +8,7 @@ import test, { type ExecutionContext } from 'ava';
 import { X509Certificate, createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { connect as tlsConnect } from 'node:tls';
-import { CertificatesV1Api, KubeConfig } from '@kubernetes/client-node';
+import { CertificatesV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { join } from 'node:path';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import {
@@ -303,6 +303,114 @@ test.serial('bad input gets a clear error naming it: a broken CA Secret, a kubec
       await server.stop();
     }
   } finally {
+    await hub.close();
+    ws.cleanup();
+  }
+});
+
+/** A token of a hub service account, from the API double's TokenRequest, as a file. */
+async function hubToken(ws: Workspace, hub: Hub, account: string, audience: string): Promise<string> {
+  const admin = hub.api.issueClientCertificate({ username: 'admin', groups: ['system:masters'] });
+  const kc = new KubeConfig();
+  kc.loadFromString(hub.api.kubeconfig({ cert: admin.cert, key: admin.key }));
+  const issued = await kc.makeApiClient(CoreV1Api).createNamespacedServiceAccountToken({
+    name: account, namespace: HUB_NAMESPACE, body: { spec: { audiences: [audience], expirationSeconds: 3600 } },
+  });
+  const path = join(ws.dir, `${account}-${audience}.token`);
+  writeFileSync(path, issued.status!.token, { mode: 0o600 });
+  return path;
+}
+
+test.serial('agents authenticated by service-account token: the right cluster\'s account is admitted, another\'s or a wrong audience refused', async (t) => {
+  const ws = await workspace();
+  const hub = await startHub(join(ws.dir, 'hub'), ['c1', 'c2']);
+  const server = await startServer(ws, [`--kubeconfig=${hub.serverKubeconfig}`, `--agent-namespace=${HUB_NAMESPACE}`,
+    '--agent-service-account=tunnel-agent-{cluster}', '--authentication-audience=tunnel-server']);
+  try {
+    const agentWith = (token: string) => run('tunnel-agent', [`--state-dir=${ws.dir}`, '--cluster-name=c1', `--tunnelserver-addr=127.0.0.1:${server.agentPort}`,
+      '--health-port=off', `--service-account-token-path=${token}`]);
+    const other = agentWith(await hubToken(ws, hub, 'tunnel-agent-c2', 'tunnel-server'));
+    await other.waitFor(/UNAUTHENTICATED: the agent's token belongs to system:serviceaccount:tunnel-system:tunnel-agent-c2, not to system:serviceaccount:tunnel-system:tunnel-agent-c1/);
+    await other.stop();
+    const wrongAudience = agentWith(await hubToken(ws, hub, 'tunnel-agent-c1', 'somewhere-else'));
+    await wrongAudience.waitFor(/UNAUTHENTICATED: the agent's token was not accepted/);
+    await wrongAudience.stop();
+    const none = run('tunnel-agent', [`--state-dir=${ws.dir}`, '--cluster-name=c1', `--tunnelserver-addr=127.0.0.1:${server.agentPort}`, '--health-port=off']);
+    await none.waitFor(/UNAUTHENTICATED: expected one authorization header with a bearer token/);
+    await none.stop();
+    const right = agentWith(await hubToken(ws, hub, 'tunnel-agent-c1', 'tunnel-server'));
+    try {
+      await right.waitFor(/connected to tunnel server/);
+      t.true(hub.api.requests.some((r) => r.path.startsWith('/apis/authentication.k8s.io/v1/tokenreviews') && r.status === 201), 'the server asked the hub');
+    } finally {
+      await right.stop();
+    }
+  } finally {
+    await server.stop();
+    await hub.close();
+    ws.cleanup();
+  }
+});
+
+test.serial('the server\'s certificate holds its Service\'s names and addresses, and is renewed when they change', async (t) => {
+  const ws = await workspace();
+  const hub = await startHub(join(ws.dir, 'hub'), []);
+  const service = {
+    apiVersion: 'v1', kind: 'Service', metadata: { name: 'tunnel-server', namespace: HUB_NAMESPACE },
+    spec: { type: 'LoadBalancer', ports: [{ name: 'agents', port: 10262 }] },
+  };
+  const admin = hub.api.issueClientCertificate({ username: 'admin', groups: ['system:masters'] });
+  const kc = new KubeConfig();
+  kc.loadFromString(hub.api.kubeconfig({ cert: admin.cert, key: admin.key }));
+  await kc.makeApiClient(CoreV1Api).createNamespacedService({ namespace: HUB_NAMESPACE, body: service });
+  const ingress = (ip: string) => {
+    const current = hub.api.objects.get('', 'services', 'tunnel-server', HUB_NAMESPACE) as Record<string, unknown>;
+    hub.api.objects.put('', 'services', { ...current, status: { loadBalancer: { ingress: [{ ip }, { hostname: 'tunnel.example.com' }] } } });
+  };
+  ingress('203.0.113.10');
+  const server = await startServer(ws, serverFlags(ws, hub, [`--server-service=${HUB_NAMESPACE}/tunnel-server`]));
+  try {
+    const latest = () => {
+      const issued = csrs(hub).filter((c) => c.spec.signerName.endsWith('/server') && c.status?.certificate);
+      return new X509Certificate(Buffer.from(issued.at(-1)!.status!.certificate!, 'base64'));
+    };
+    const clusterIP = (hub.api.objects.get('', 'services', 'tunnel-server', HUB_NAMESPACE) as { spec: { clusterIP: string } }).spec.clusterIP;
+    const sans = latest().subjectAltName ?? '';
+    for (const name of ['DNS:tunnel-server.tunnel-system.svc', 'DNS:tunnel-server.tunnel-system.svc.cluster.local', 'DNS:tunnel.example.com', `IP Address:${clusterIP}`, 'IP Address:203.0.113.10']) {
+      t.true(sans.includes(name), `${name} in ${sans}`);
+    }
+    ingress('203.0.113.99');
+    await eventually(() => (latest().subjectAltName ?? '').includes('IP Address:203.0.113.99'), 15_000, 'a certificate for the new load balancer address');
+    await server.proc.waitFor(/new TLS certificate in use listener=agents/);
+  } finally {
+    await server.stop();
+    await hub.close();
+    ws.cleanup();
+  }
+});
+
+test.serial('agents may use kubernetes.io/kube-apiserver-client: the tunnel approves, the hub\'s controller manager signs, the agent port trusts the hub\'s client CA', async (t) => {
+  const ws = await workspace();
+  const hub = await startHub(join(ws.dir, 'hub'), ['c1'], { controllerManagerSigner: true });
+  hub.api.grant({ user: 'system:serviceaccount:tunnel-system:tunnel-server' }, [
+    { verbs: ['approve'], apiGroups: ['certificates.k8s.io'], resources: ['signers'], resourceNames: ['kubernetes.io/kube-apiserver-client'] },
+  ]);
+  const clientCa = join(ws.dir, 'hub-client-ca.crt');
+  writeFileSync(clientCa, hub.api.clientCaPem);
+  const server = await startServer(ws, serverFlags(ws, hub, ['--agent-signer=kubernetes.io/kube-apiserver-client', `--cluster-ca-cert=${clientCa}`]));
+  try {
+    const agent = await startAgent(ws, server, 'c1', agentFlags(hub, 'c1', ['--signer=kubernetes.io/kube-apiserver-client']));
+    try {
+      const csr = csrs(hub).find((c) => c.spec.signerName === 'kubernetes.io/kube-apiserver-client')!;
+      t.true(csr.status?.conditions?.some((c) => c.type === 'Approved' && c.reason === 'AutoApproved'), 'approved by the tunnel server');
+      const cert = new X509Certificate(Buffer.from(csr.status!.certificate!, 'base64'));
+      t.true(cert.checkIssued(new X509Certificate(hub.api.clientCaPem)), 'signed by the hub\'s client CA');
+      t.regex(agent.proc.output, /connected to tunnel server/);
+    } finally {
+      await agent.stop();
+    }
+  } finally {
+    await server.stop();
     await hub.close();
     ws.cleanup();
   }
