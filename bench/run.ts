@@ -23,8 +23,9 @@ import { churnScenario } from './scenarios/churn.js';
 import { memory } from './scenarios/memory.js';
 import { hol } from './scenarios/hol.js';
 import { wan } from './scenarios/wan.js';
+import { rotation } from './scenarios/rotation.js';
 
-const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, memory, hol, wan];
+const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, memory, hol, wan, rotation];
 
 const HELP = `usage: node dist/bench/run.js [--full] [--json FILE] [--only NAME[,NAME]] [--help]
 
@@ -61,6 +62,9 @@ scenarios (quick / --full):
              against the same 10 alone. target: >= 0.8
   wan        agent behind a relay adding 25 ms each way; 64 MiB / 256 MiB download through
              HTTP-CONNECT against the delay relay alone. target: >= 0.5
+  rotation   bulk download through HTTP-CONNECT while server and agent certificates from
+             the CSR API rotate every ~2 s, against certificates that last a year.
+             target: >= 0.9
 `;
 
 function parseCli(argv: string[]) {
