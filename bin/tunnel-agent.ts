@@ -15,6 +15,7 @@ import { AGENT_METRICS_PREFIX } from '../lib/agent/tunnel-agent.js';
 import { certificateFlags, certDirOf, namespaceOf, parseCertSource, parseLifetime } from '../lib/cli/kube-flags.js';
 import { agentCertificates, signerNames, type KubeCertificates } from '../lib/cli/kube-certificates.js';
 import { loadKube, type KubeConnection } from '../lib/kube/kube-config.js';
+import { deferredTlsSource } from '../lib/pki/tls-source.js';
 
 const NAME = 'tunnel-agent';
 
@@ -69,8 +70,14 @@ runMain(NAME, async () => {
     throw new UsageError((err as Error).message);
   }
   const metrics = new MetricsRegistry(AGENT_METRICS_PREFIX);
-  const certificates = parseCertSource(flags['cert-source']) === 'kube' ? await kubeAgentCertificates(flags, cluster, log, metrics) : undefined;
-  const tls = certificates?.tls ?? await resolveTls(
+  // A certificate from the CSR API may wait for approval: the agent starts meanwhile (its
+  // health and metrics answer), and connects once it has one.
+  const certificates = parseCertSource(flags['cert-source']) === 'kube' ? kubeAgentCertificates(flags, cluster, log, metrics) : undefined;
+  certificates?.catch((err: Error) => {
+    process.stderr.write(`${NAME}: ${err.message}\n`);
+    process.exit(err instanceof UsageError ? 2 : 1);
+  });
+  const tls = certificates ? deferredTlsSource(certificates.then((c) => c.tls)) : await resolveTls(
     { ca: ['ca-cert', flags['ca-cert']], cert: ['agent-cert', flags['agent-cert']], key: ['agent-key', flags['agent-key']] },
     { role: 'agent', purpose: 'tunnel-agent connection to the server', stateDir: flags['state-dir'], agentCluster: cluster },
   );
@@ -92,7 +99,7 @@ runMain(NAME, async () => {
   onShutdownSignal(async () => {
     policy.stop();
     await agent.stop();
-    certificates?.close();
+    tls.close();
   });
   await agent.start();
 });

@@ -12,7 +12,7 @@ import { CertificatesV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-nod
 import { join } from 'node:path';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import {
-  workspace, startServer, startAgent, echoTarget, exchange, sha256, run, runToEnd, eventually, type Workspace, type ServerHandle,
+  workspace, startServer, startAgent, echoTarget, exchange, sha256, run, runToEnd, eventually, httpGet, type Workspace, type ServerHandle,
 } from './helpers/system.js';
 import { startHub, HUB_NAMESPACE, type Hub } from '../harness/hub.js';
 import { dialHttpConnect } from '../lib/client/http-connect-dialer.js';
@@ -164,7 +164,7 @@ async function deniedThenRetried(t: ExecutionContext, ws: Workspace, hub: Hub): 
   try {
     // Cluster c2's bootstrap account may not get a certificate for c1's agent.
     const impostor = run('tunnel-agent', [`--state-dir=${join(ws.dir, 'impostor')}`, '--cluster-name=c1', `--tunnelserver-addr=127.0.0.1:${server.agentPort}`,
-      '--health-port=off', '--cert-source=kube', `--hub-kubeconfig=${hub.agentKubeconfig('c2')}`]);
+      '--health-bind-address=127.0.0.1', '--health-port=0', '--cert-source=kube', `--hub-kubeconfig=${hub.agentKubeconfig('c2')}`]);
     try {
       await impostor.waitFor(/certificate request failed; retrying[^\n]*in=\d+ms[^\n]*\n[^]*certificate request failed; retrying[^\n]*\n[^]*certificate request failed; retrying/, 30_000);
       const delays = [...impostor.output.matchAll(/certificate request failed; retrying[^\n]* in=(\d+)ms/g)].map((m) => Number(m[1]));
@@ -174,6 +174,12 @@ async function deniedThenRetried(t: ExecutionContext, ws: Workspace, hub: Hub): 
       const denied = csrs(hub).filter((c) => c.status?.conditions?.some((x) => x.type === 'Denied' && x.reason === 'DeniedRequester'));
       t.true(denied.length >= 3, 'each attempt is a new request, each denied');
       t.false(csrs(hub).some((c) => c.spec.username.endsWith('tunnel-agent-c2') && c.status?.certificate), 'nothing was issued to it');
+      // Waiting for its certificate, the agent answers on its health port, and says why it is not ready.
+      const healthPort = Number((await impostor.waitFor(/service=health address=\S+:(\d+)/))[1]);
+      t.is((await httpGet(healthPort, '/readyz')).status, 503);
+      const { body } = await httpGet(healthPort, '/metrics');
+      const denials = Number(/_certificate_requests_total\{[^}]*result="denied"[^}]*\} (\d+)/.exec(body)?.[1] ?? 0);
+      t.true(denials >= 3, `certificate_requests_total counts ${denials} denials`);
     } finally {
       await impostor.stop();
     }
@@ -371,7 +377,9 @@ test.serial('the server\'s certificate holds its Service\'s names and addresses,
   const server = await startServer(ws, serverFlags(ws, hub, [`--server-service=${HUB_NAMESPACE}/tunnel-server`]));
   try {
     const latest = () => {
-      const issued = csrs(hub).filter((c) => c.spec.signerName.endsWith('/server') && c.status?.certificate);
+      // The newest by resourceVersion (a list is in name order).
+      const issued = csrs(hub).filter((c) => c.spec.signerName.endsWith('/server') && c.status?.certificate)
+        .sort((a, b) => Number((a.metadata as { resourceVersion?: string }).resourceVersion) - Number((b.metadata as { resourceVersion?: string }).resourceVersion));
       return new X509Certificate(Buffer.from(issued.at(-1)!.status!.certificate!, 'base64'));
     };
     const clusterIP = (hub.api.objects.get('', 'services', 'tunnel-server', HUB_NAMESPACE) as { spec: { clusterIP: string } }).spec.clusterIP;

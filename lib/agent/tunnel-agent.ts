@@ -118,6 +118,19 @@ export class TunnelAgent {
   }
 
   private async syncLoop(): Promise<void> {
+    if (this.options.tls.ready) {
+      this.log.info('waiting for the agent\'s certificate before connecting');
+      try {
+        // Stopping does not wait for a certificate that may never come.
+        await Promise.race([this.options.tls.ready, new Promise<void>((resolve) => { this.wake = resolve; })]);
+        this.wake = undefined;
+        if (!this.running) return;
+      } catch (err) {
+        // Whoever made the source decides what a failure means; there is nothing to connect with.
+        this.log.error('the agent has no certificate; not connecting', { reason: (err as Error).message });
+        return;
+      }
+    }
     while (this.running) {
       if (this.connections.size >= this.serverCount) {
         await this.sleepUntilWoken(SYNC_INTERVAL_MS);

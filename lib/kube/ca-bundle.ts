@@ -11,6 +11,9 @@ import type { Logger } from '../observe/log.js';
 import type { KubeConnection } from './kube-config.js';
 import { listWatch } from './list-watch.js';
 
+/** When to say that the bundle is still awaited. */
+const WAITING_NOTICE_MS = 10_000;
+
 export interface ConfigMapBundleOptions {
   kube: KubeConnection;
   namespace: string;
@@ -44,10 +47,14 @@ export async function configMapCaBundle(o: ConfigMapBundleOptions): Promise<CaBu
     }),
   );
   const waitMs = o.timeoutMs ?? 5 * 60_000;
-  let current = Buffer.from(await firstValueFrom(bundles.pipe(timeout({
+  const patience = setTimeout(() => {
+    o.log.warn('waiting for the CA bundle: the ConfigMap does not exist yet or holds no bundle', { source: where, hint: 'the tunnel server publishes it when it starts with --cert-source=kube; check that it runs and that this identity may read it' });
+  }, WAITING_NOTICE_MS);
+  const first = firstValueFrom(bundles.pipe(timeout({
     first: waitMs,
     with: () => { throw new Error(`${where} holds no usable CA bundle after ${Math.round(waitMs / 1000)} s: is the tunnel server running, and may this identity read it?`); },
-  }))));
+  }))).finally(() => clearTimeout(patience));
+  let current = Buffer.from(await first);
   const changes = new Subject<Buffer>();
   const subscription: Subscription = bundles.subscribe((pem) => {
     const next = Buffer.from(pem);

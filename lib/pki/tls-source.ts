@@ -34,8 +34,10 @@ export interface TlsMaterial {
 }
 
 export interface TlsSource {
-  /** The material to use for the next handshake; always valid once the source is loaded. */
+  /** The material to use for the next handshake; always valid once the source is loaded (see `ready`). */
   current(): TlsMaterial;
+  /** Settles once current() has material, for a source that is still getting its first (deferredTlsSource). */
+  readonly ready?: Promise<void>;
   /** Emits after a reload picked up new, valid bytes. */
   readonly changes: Observable<TlsMaterial>;
   /** Stops watching and completes `changes`. */
@@ -210,5 +212,32 @@ export function withTrust(identity: TlsSource, trust: CaBundleSource): TlsSource
     current,
     changes: merge(identity.changes, trust.changes).pipe(map(() => current())),
     close: () => trust.close(),
+  };
+}
+
+/**
+ * A TlsSource that is still on its way, such as a certificate that waits for approval: a
+ * role can start (its health and metrics endpoints answer) and waits on `ready` before its
+ * first handshake. current() throws until then; a failure to get one rejects `ready`.
+ */
+export function deferredTlsSource(coming: Promise<TlsSource>): TlsSource & { readonly ready: Promise<void> } {
+  let source: TlsSource | undefined;
+  const changes = new Subject<TlsMaterial>();
+  const ready = coming.then((arrived) => {
+    source = arrived;
+    arrived.changes.subscribe(changes);
+  });
+  ready.catch(() => undefined);
+  return {
+    ready,
+    changes,
+    current: () => {
+      if (!source) throw new Error('no certificate yet: it is still being requested');
+      return source.current();
+    },
+    close: () => {
+      source?.close();
+      void coming.then((arrived) => arrived.close(), () => undefined);
+    },
   };
 }

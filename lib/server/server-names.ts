@@ -6,7 +6,7 @@
  * is followed by watch, so a new load balancer address renews the certificate.
  */
 import { CoreV1Api, type V1Node, type V1Service } from '@kubernetes/client-node';
-import { Observable, concatMap, distinctUntilChanged, from, of, startWith } from 'rxjs';
+import { Observable, concat, concatMap, defer, distinctUntilChanged, from, of, shareReplay } from 'rxjs';
 import { isIP } from 'node:net';
 import { normalizeIp } from '../pki/certificates.js';
 import type { Logger } from '../observe/log.js';
@@ -45,7 +45,25 @@ export function serverNames(o: ServerNamesOptions): Observable<ServerNames> {
       return [];
     }
   };
-  return listWatch<V1Service>({
+  const namesOf = async (svc: V1Service | undefined): Promise<ServerNames> => {
+    if (!svc) return fixed;
+    const nodes = svc.spec?.type === 'NodePort' || svc.spec?.type === 'LoadBalancer' ? await nodeAddresses() : [];
+    return normalize({
+      dnsNames: [...fixed.dnsNames, ...serviceDnsNames(service, o.clusterDomain ?? 'cluster.local'), ...(svc.status?.loadBalancer?.ingress ?? []).map((i) => i.hostname ?? '')],
+      ips: [...fixed.ips, ...(svc.spec?.clusterIPs ?? [svc.spec?.clusterIP ?? '']), ...(svc.spec?.externalIPs ?? []), ...(svc.status?.loadBalancer?.ingress ?? []).map((i) => i.ip ?? ''), ...nodes],
+    });
+  };
+  // The first certificate waits for the Service as it is now, rather than starting without its names.
+  const initial = defer(async () => {
+    const svc = await kubeCall({ verb: 'get', resource: 'services', group: '', name: service.name, namespace: service.namespace }, kube.server,
+      () => core.readNamespacedService({ name: service.name, namespace: service.namespace }))
+      .catch((err: unknown) => {
+        o.log.warn('cannot read the server\'s Service; its certificate holds the names of the flags until it can', { service: `${service.namespace}/${service.name}`, reason: (err as Error).message });
+        return undefined;
+      });
+    return namesOf(svc);
+  });
+  const changes = listWatch<V1Service>({
     config: kube.config,
     server: kube.server,
     path: `/api/v1/namespaces/${service.namespace}/services`,
@@ -53,18 +71,10 @@ export function serverNames(o: ServerNamesOptions): Observable<ServerNames> {
     fieldSelector: `metadata.name=${service.name}`,
     list: () => core.listNamespacedService({ namespace: service.namespace, fieldSelector: `metadata.name=${service.name}` }),
     log: o.log,
-  }).pipe(
-    concatMap((event) => from((async () => {
-      if (event.type === 'DELETED') return fixed;
-      const svc = event.object;
-      const nodes = svc.spec?.type === 'NodePort' || svc.spec?.type === 'LoadBalancer' ? await nodeAddresses() : [];
-      return normalize({
-        dnsNames: [...fixed.dnsNames, ...serviceDnsNames(service, o.clusterDomain ?? 'cluster.local'), ...(svc.status?.loadBalancer?.ingress ?? []).map((i) => i.hostname ?? '')],
-        ips: [...fixed.ips, ...(svc.spec?.clusterIPs ?? [svc.spec?.clusterIP ?? '']), ...(svc.spec?.externalIPs ?? []), ...(svc.status?.loadBalancer?.ingress ?? []).map((i) => i.ip ?? ''), ...nodes],
-      });
-    })())),
-    startWith(fixed),
+  }).pipe(concatMap((event) => from(namesOf(event.type === 'DELETED' ? undefined : event.object))));
+  return concat(initial, changes).pipe(
     distinctUntilChanged((a, b) => a.dnsNames.join() === b.dnsNames.join() && a.ips.join() === b.ips.join()),
+    shareReplay({ bufferSize: 1, refCount: true }),
   );
 }
 
