@@ -259,6 +259,9 @@ test.serial('a CA added to the bundle ConfigMap is trusted from the next handsha
     await refused.waitFor(/cannot connect to the tunnel server; retrying/);
     await refused.stop();
     const configMap = hub.api.objects.get('', 'configmaps', 'tunnel-ca', HUB_NAMESPACE) as { data: Record<string, string> };
+    // A broken bundle first: ignored, the server keeps the one it has.
+    hub.api.objects.put('', 'configmaps', { ...configMap, data: { 'ca.crt': '-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n' } });
+    await server.proc.waitFor(/ignoring a CA bundle that is not usable; keeping the previous one/);
     hub.api.objects.put('', 'configmaps', { ...configMap, data: { 'ca.crt': `${configMap.data['ca.crt'].trim()}\n${other.certPem}` } });
     await server.proc.waitFor(/the CA bundle changed/);
     const accepted = run('tunnel-agent', agentArgs);
