@@ -1,11 +1,15 @@
 #!/usr/bin/env node
 /** tunnel-agent: flags in, a running TunnelAgent out. */
-import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseOptionalPort, runMain, type FlagValues } from '../lib/cli/flags.js';
+import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseOptionalPort, parsePort, runMain, type FlagValues } from '../lib/cli/flags.js';
 import { UsageError } from '../lib/common/errors.js';
 import { applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
 import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
 import { parseHostAliases } from '../lib/agent/target-dialer.js';
+import { parsePushListen } from '../lib/agent/push-listener.js';
+import { discoverServer, parseServiceRef } from '../lib/agent/server-discovery.js';
+import { joinHostPort } from '../lib/transport/host-port.js';
+import { loadHookProvider, loadManagedKubeConfig, parseHookOptions, runPostStartHooks, runPreStartHooks, type HookContext } from '../lib/agent/hooks/index.js';
 import { validateAgentIdentifiers } from '../lib/wire/agent-identifiers.js';
 import { DEFAULT_AGENT_PORT } from '../lib/wire/protocol.js';
 import { applyProcessPolicy } from '../lib/cli/process-defaults.js';
@@ -24,11 +28,15 @@ const FLAGS = {
   'agent-identifiers': { type: 'string', metavar: 'QUERY', help: 'what this agent serves, as a URL query: host=, ipv4=, ipv6=, cidr=, default-route=true (overrides --cluster-name\'s host=NAME)' },
   'agent-id': { type: 'string', metavar: 'ID', help: 'this agent\'s id (default: $PROXY_AGENT_ID, else a random UUID)' },
   'tunnelserver-addr': { type: 'string', default: `127.0.0.1:${DEFAULT_AGENT_PORT}`, metavar: 'HOST:PORT', help: 'the tunnel server\'s agent port' },
+  'proxy-server-host': { type: 'string', metavar: 'HOST', help: 'the tunnel server\'s host, as the reference agent names it (with --proxy-server-port; instead of --tunnelserver-addr)' },
+  'proxy-server-port': { type: 'string', metavar: 'PORT', help: `the tunnel server's agent port, as the reference agent names it (default ${DEFAULT_AGENT_PORT} with --proxy-server-host)` },
+  'server-service': { type: 'string', metavar: 'NS/NAME', help: 'find the tunnel server from this hub Service and follow it (its tunnel.tkestack.io/public-address annotation, LoadBalancer ingress or NodePort), through the hub API of --hub-kubeconfig or --apiserver-addr' },
   'server-name': { type: 'string', metavar: 'NAME', help: 'name to verify the server certificate against (default: the host of --tunnelserver-addr)' },
   'ca-cert': { type: 'string', metavar: 'PATH', help: 'CA that the server certificate must chain to' },
   'agent-cert': { type: 'string', metavar: 'PATH', help: 'this agent\'s client certificate (PEM)' },
   'agent-key': { type: 'string', metavar: 'PATH', help: 'this agent\'s private key (PEM)' },
   'dial-timeout': { type: 'string', default: '5s', metavar: 'DURATION', help: 'timeout for dialing a target' },
+  'push-listen': { type: 'string', multiple: true, metavar: 'ADDRESS:PORT=ROUTE', help: 'push mode: listen on ADDRESS:PORT in this cluster and carry each connection through the tunnel to the server\'s route ROUTE (apiserver, norm, healthz, or one of its routes file), e.g. 127.0.0.1:8080=apiserver' },
   'host-alias': { type: 'string', multiple: true, metavar: 'NAME=ADDRESS', help: 'dial ADDRESS when asked for NAME, before DNS (e.g. my-cluster=127.0.0.1)' },
   ...certificateFlags('agent'),
   'hub-kubeconfig': { type: 'string', metavar: 'FILE', help: 'kubeconfig for the hub\'s API server with the bootstrap credential, for --cert-source=kube (or --apiserver-addr, --hub-ca-cert and --bootstrap-token-file)' },
@@ -37,6 +45,9 @@ const FLAGS = {
   'bootstrap-token-file': { type: 'string', metavar: 'PATH', help: 'the hub service-account token of this cluster\'s agent (with --apiserver-addr), re-read as it rotates' },
   signer: { type: 'string', metavar: 'NAME', help: 'the signer to request the certificate from (default: <signer-domain>/agent)' },
   'ca-bundle-configmap': { type: 'string', default: 'tunnel-ca', metavar: 'NAME', help: 'with --cert-source=kube and no --ca-cert: the hub ConfigMap (in --namespace) whose ca.crt verifies the server, followed as it changes' },
+  'hook-provider': { type: 'string', default: 'none', metavar: 'none|tkestack|PATH', help: 'start hooks: none, tkestack (after start, report this cluster\'s credential to the hub\'s ClusterCredential), or the path of a module exporting hooks (see the README)' },
+  'hook-option': { type: 'string', multiple: true, metavar: 'KEY=VALUE', help: 'an option for the hooks, e.g. tenant-id=default for tkestack' },
+  'managed-kubeconfig': { type: 'string', metavar: 'FILE', help: 'this (managed) cluster\'s API server for the hooks (default: the pod\'s service account)' },
   'service-account-token-path': { type: 'string', metavar: 'PATH', help: 'send this token to the server as a bearer token at every connect (when it authenticates agents by token)' },
   ...commonFlags(8093, 'carry both directions on one connection, as the reference agent does (default: a second connection for server -> agent traffic when the server agrees)'),
 } as const;
@@ -56,7 +67,7 @@ function identifiersFrom(clusterName: string | undefined, explicit: string | und
 
 runMain(NAME, async () => {
   const flags = parseFlags({ name: NAME, summary: 'The tunnel agent: runs in a managed cluster, dials out to the tunnel server and opens the connections the hub asks for.' }, FLAGS, process.argv.slice(2));
-  applyLogLevel(flags['log-level']);
+  applyLogLevel(flags['log-level'], flags.v);
   const log = logger('agent');
   const started: { agent?: TunnelAgent } = {};
   // Before the first socket opens, the hub's API included.
@@ -70,9 +81,17 @@ runMain(NAME, async () => {
     throw new UsageError((err as Error).message);
   }
   const metrics = new MetricsRegistry(AGENT_METRICS_PREFIX);
+  const serverAddress = serverAddressOf(flags);
+  const serverService = flags['server-service'] === undefined ? undefined : serviceRef(flags['server-service']);
   // A certificate from the CSR API may wait for approval: the agent starts meanwhile (its
   // health and metrics answer), and connects once it has one.
-  const certificates = parseCertSource(flags['cert-source']) === 'kube' ? kubeAgentCertificates(flags, cluster, log, metrics) : undefined;
+  const kubeCerts = parseCertSource(flags['cert-source']) === 'kube';
+  const hub = kubeCerts || serverService ? hubKube(flags, kubeCerts ? '--cert-source=kube' : '--server-service')
+    : flags['hub-kubeconfig'] || flags['apiserver-addr'] ? hubKube(flags, 'the hooks') : undefined;
+  const hookOptions = parseHookOptions(flags['hook-option']);
+  const hooks = await loadHookProvider(flags['hook-provider'], hookOptions);
+  const stopping = new AbortController();
+  const certificates = kubeCerts ? kubeAgentCertificates(flags, hub!, cluster, log, metrics) : undefined;
   certificates?.catch((err: Error) => {
     process.stderr.write(`${NAME}: ${err.message}\n`);
     process.exit(err instanceof UsageError ? 2 : 1);
@@ -82,7 +101,8 @@ runMain(NAME, async () => {
     { role: 'agent', purpose: 'tunnel-agent connection to the server', stateDir: flags['state-dir'], agentCluster: cluster },
   );
   const agent = new TunnelAgent({
-    serverAddress: flags['tunnelserver-addr'],
+    serverAddress,
+    serverAddresses: serverService ? discoverServer({ kube: hub!, service: serverService, log }) : undefined,
     tls,
     serverName: flags['server-name'],
     agentID: flags['agent-id'] ?? process.env.PROXY_AGENT_ID,
@@ -94,9 +114,34 @@ runMain(NAME, async () => {
     singleStream: flags['single-stream'],
     tokenFile: flags['service-account-token-path'],
     metrics,
+    pushListen: parsePushListen(flags['push-listen']),
+    beforeConnect: hooks.length === 0 ? undefined : async () => {
+      const pre = await runPreStartHooks(hooks, hookContext!).catch((err: Error) => {
+        fatal(err);
+        throw err;
+      });
+      if (pre.cancelled) throw new Error('the agent is stopping');
+    },
   });
   started.agent = agent;
+  // An agent without hooks needs no managed cluster's API.
+  const hookContext: HookContext | undefined = hooks.length === 0 ? undefined : {
+    config: { clusterName: cluster, agentID: agent.agentID, serverAddress, options: hookOptions },
+    hub: hub?.config,
+    managed: loadManagedKubeConfig(flags['managed-kubeconfig']),
+    log: log.child('hooks'),
+    signal: stopping.signal,
+  };
+  if (hookContext) {
+    void agent.connected.then(() => runPostStartHooks(hooks, hookContext)).catch((err: Error) => fatal(err));
+  }
+  const fatal = (err: Error) => {
+    log.error('stopping: a start hook failed', { reason: err.message });
+    stopping.abort();
+    void agent.stop().finally(() => process.exit(1));
+  };
   onShutdownSignal(async () => {
+    stopping.abort();
     policy.stop();
     await agent.stop();
     tls.close();
@@ -105,19 +150,9 @@ runMain(NAME, async () => {
 });
 
 /** The agent's certificate from the hub's CSR API, from the flags. */
-async function kubeAgentCertificates(flags: FlagValues<typeof FLAGS>, cluster: string | undefined, log: Logger, metrics: MetricsRegistry): Promise<KubeCertificates> {
+async function kubeAgentCertificates(flags: FlagValues<typeof FLAGS>, kube: KubeConnection, cluster: string | undefined, log: Logger, metrics: MetricsRegistry): Promise<KubeCertificates> {
   if (!cluster) throw new UsageError('--cert-source=kube requests a certificate for the agent\'s cluster: give --cluster-name');
   if (flags['agent-cert'] || flags['agent-key']) throw new UsageError('--cert-source=kube requests the agent\'s certificate from the hub: leave out --agent-cert and --agent-key');
-  let kube: KubeConnection;
-  if (flags['hub-kubeconfig']) {
-    kube = loadKube({ kubeconfig: flags['hub-kubeconfig'] });
-  } else if (flags['apiserver-addr']) {
-    const missing = (['hub-ca-cert', 'bootstrap-token-file'] as const).filter((f) => !flags[f]);
-    if (missing.length > 0) throw new UsageError(`--apiserver-addr needs ${missing.map((f) => `--${f}`).join(' and ')} too`);
-    kube = loadKube({ server: `https://${flags['apiserver-addr']}`, caFile: flags['hub-ca-cert']!, tokenFile: flags['bootstrap-token-file']! });
-  } else {
-    throw new UsageError('--cert-source=kube needs the hub\'s API server: give --hub-kubeconfig, or --apiserver-addr with --hub-ca-cert and --bootstrap-token-file');
-  }
   const namespace = namespaceOf(flags.namespace, kube);
   return agentCertificates({
     kube,
@@ -130,4 +165,34 @@ async function kubeAgentCertificates(flags: FlagValues<typeof FLAGS>, cluster: s
     metrics,
     log,
   });
+}
+
+/** The hub's API server with the agent's bootstrap credential: --hub-kubeconfig, or --apiserver-addr with its CA and token. */
+function hubKube(flags: FlagValues<typeof FLAGS>, what: string): KubeConnection {
+  if (flags['hub-kubeconfig']) return loadKube({ kubeconfig: flags['hub-kubeconfig'] });
+  if (flags['apiserver-addr']) {
+    const missing = (['hub-ca-cert', 'bootstrap-token-file'] as const).filter((f) => !flags[f]);
+    if (missing.length > 0) throw new UsageError(`--apiserver-addr needs ${missing.map((f) => `--${f}`).join(' and ')} too`);
+    return loadKube({ server: `https://${flags['apiserver-addr']}`, caFile: flags['hub-ca-cert']!, tokenFile: flags['bootstrap-token-file']! });
+  }
+  throw new UsageError(`${what} needs the hub's API server: give --hub-kubeconfig, or --apiserver-addr with --hub-ca-cert and --bootstrap-token-file`);
+}
+
+/** --tunnelserver-addr, or the reference agent's --proxy-server-host and --proxy-server-port. */
+function serverAddressOf(flags: FlagValues<typeof FLAGS>): string {
+  const host = flags['proxy-server-host'];
+  if (host === undefined) {
+    if (flags['proxy-server-port'] !== undefined) throw new UsageError('--proxy-server-port needs --proxy-server-host');
+    return flags['tunnelserver-addr'];
+  }
+  if (process.argv.some((a) => a.startsWith('--tunnelserver-addr'))) throw new UsageError('give --tunnelserver-addr or --proxy-server-host, not both');
+  return joinHostPort(host, parsePort('proxy-server-port', flags['proxy-server-port'] ?? String(DEFAULT_AGENT_PORT)));
+}
+
+function serviceRef(value: string): { namespace: string; name: string } {
+  try {
+    return parseServiceRef(value, 'server-service');
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
 }

@@ -20,6 +20,7 @@ import { runningInCluster, type KubeConnection } from '../lib/kube/kube-config.j
 import { DEFAULT_AGENT_PORT, DEFAULT_SERVER_PORT } from '../lib/wire/protocol.js';
 import { applyProcessPolicy } from '../lib/cli/process-defaults.js';
 import { logger } from '../lib/observe/log.js';
+import { reverseProxyConfig, reverseProxyFlags } from '../lib/cli/reverse-proxy-flags.js';
 
 const NAME = 'tunnel-server';
 
@@ -43,6 +44,7 @@ const FLAGS = {
   'server-id': { type: 'string', metavar: 'ID', help: 'this server\'s id, sent to agents (default: a random UUID)' },
   'server-count': { type: 'string', default: '1', metavar: 'N', help: 'number of servers behind the agents\' address; agents keep a stream to each' },
   'dial-timeout': { type: 'string', default: '30s', metavar: 'DURATION', help: 'how long a client waits for the agent to answer a dial' },
+  ...reverseProxyFlags(),
   ...certificateFlags('server'),
   kubeconfig: { type: 'string', metavar: 'FILE', help: 'kubeconfig of the hub cluster, for --cert-source=kube and token authentication (default: the pod\'s service account)' },
   'approve-csrs': { type: 'boolean', default: true, help: 'with --cert-source=kube, approve and sign the tunnel\'s certificate requests here, with the CA of --ca-secret (created on first start)' },
@@ -61,7 +63,7 @@ const FLAGS = {
 
 runMain(NAME, async () => {
   const flags = parseFlags({ name: NAME, summary: 'The tunnel server: agents in managed clusters connect to it; hub clients reach those clusters through it with HTTP-CONNECT or gRPC.' }, FLAGS, process.argv.slice(2));
-  applyLogLevel(flags['log-level']);
+  applyLogLevel(flags['log-level'], flags.v);
   const log = logger('server');
   const metrics = new MetricsRegistry(SERVER_METRICS_PREFIX);
   const started: { server?: TunnelServer } = {};
@@ -73,6 +75,7 @@ runMain(NAME, async () => {
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
+  const reverseProxy = reverseProxyConfig(flags);
   const source = parseCertSource(flags['cert-source']);
   const tokenAuth = flags['agent-namespace'] !== undefined;
   const kube = source === 'kube' || tokenAuth ? hubConnection(flags.kubeconfig, source === 'kube' ? '--cert-source=kube' : 'token authentication (--agent-namespace)') : undefined;
@@ -122,6 +125,7 @@ runMain(NAME, async () => {
     dialTimeoutMs: parseDuration('dial-timeout', flags['dial-timeout']),
     connectionWindow: parseCount('connection-window', flags['connection-window'], 0),
     singleStream: flags['single-stream'],
+    reverseProxy,
   });
   started.server = server;
   onShutdownSignal(async () => {

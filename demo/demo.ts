@@ -1,7 +1,10 @@
 /**
  * The all-in-one local demo behind `npm start`: a tunnel server, an agent for the cluster
- * "demo", a sample HTTP target in that "cluster", and one request through the tunnel, all
- * on loopback with the local PKI. It stays up so curl can be pointed at it.
+ * "demo", a sample HTTP target in that "cluster", and one request through the tunnel (pull:
+ * the hub reaches into the cluster); a sample hub service behind the server's reverse proxy,
+ * and one request from the cluster to it through the agent's push listener (push: the
+ * cluster reaches the hub inside the same tunnel). All on loopback with the local PKI. It
+ * stays up so curl can be pointed at it.
  *
  * With `kube`, the server's and the agent's certificates come from a hub cluster instead:
  * the Kubernetes API double stands in for it, the server approves and signs their
@@ -21,6 +24,7 @@ import { HUB_NAMESPACE, SERVER_ACCOUNT, SIGNER_DOMAIN, serviceAccountUser, start
 import { TunnelServer } from '../lib/server/tunnel-server.js';
 import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
 import { dialHttpConnect } from '../lib/client/http-connect-dialer.js';
+import { routeTable } from '../lib/server/reverse-proxy/routes.js';
 
 export interface DemoOptions {
   stateDir: string;
@@ -38,6 +42,17 @@ export interface RunningDemo {
 }
 
 const LOOPBACK = '127.0.0.1';
+
+/** The hub service the demo cluster pushes to: it says which cluster the tunnel server named. */
+async function startHubService(): Promise<http.Server> {
+  const service = http.createServer((req, res) => {
+    res.writeHead(200, { 'Content-Type': 'text/plain' });
+    res.end(`Hello from the hub: ${req.method} ${req.url} came from cluster "${String(req.headers['x-tunnel-cluster'])}" via ${req.headers.via ?? '?'}\n`);
+  });
+  service.listen(0, LOOPBACK);
+  await once(service, 'listening');
+  return service;
+}
 
 async function startTarget(port: number, cluster: string): Promise<http.Server> {
   const target = http.createServer((req, res) => {
@@ -65,11 +80,15 @@ export async function runDemo(o: DemoOptions): Promise<RunningDemo> {
   const target = await startTarget(o.targetPort, o.clusterName);
   const targetPort = (target.address() as AddressInfo).port;
 
+  const hubService = await startHubService();
+  const hubServiceUrl = new URL(`http://${LOOPBACK}:${(hubService.address() as AddressInfo).port}`);
   const certificates = o.kube ? await hubCertificates(o) : undefined;
   const serverTls = certificates ? withTrust(certificates.server.tls, await fileCaBundle(certificates.trust, 'demo frontends')) : await localPkiTlsSource(pki, 'server');
   const server = new TunnelServer({
     bindAddress: LOOPBACK, agentPort: o.agentPort, serverPort: o.serverPort, healthBindAddress: LOOPBACK,
     tls: serverTls, agentTls: certificates?.server.tls, proxyStrategies: ['destHost'],
+    // The sample hub service as the built-in /v1/norm route, open to every cluster.
+    reverseProxy: { port: 0, routes: routeTable({ norm: { url: hubServiceUrl } }) },
   });
   const addresses = await server.start();
 
@@ -79,10 +98,11 @@ export async function runDemo(o: DemoOptions): Promise<RunningDemo> {
     agentIdentifiers: new URLSearchParams({ host: o.clusterName }).toString(),
     // The sample target stands in for the cluster's service named like the cluster.
     target: { hostAliases: new Map([[o.clusterName, LOOPBACK]]) },
+    pushListen: [{ host: LOOPBACK, port: 0, route: 'norm' }],
   });
   await agent.start();
   const ready = Date.now() + 10_000;
-  while (server.registry.size === 0) {
+  while (server.registry.size === 0 || !agent.pushReady) {
     if (Date.now() > ready) throw new Error(`the demo agent did not connect to ${addresses.agent} within 10 s`);
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -93,6 +113,14 @@ export async function runDemo(o: DemoOptions): Promise<RunningDemo> {
     : await localPkiTlsSource(pki, 'client');
   const socket = await dialHttpConnect({ host: LOOPBACK, port: Number(addresses.httpConnect!.split(':').pop()), tls: clientTls }, address);
   const body = await get(socket, o.clusterName, '/success');
+  const pushAddress = agent.pushAddresses[0];
+  const pushed = await new Promise<string>((resolve, reject) => {
+    http.get(`http://${pushAddress}/hello`, (res) => {
+      let text = '';
+      res.on('data', (d: Buffer) => { text += d.toString(); });
+      res.on('end', () => resolve(text));
+    }).on('error', reject);
+  });
 
   o.out(`Tunnel up: agent for cluster "${o.clusterName}" connected to ${addresses.agent}; HTTP-CONNECT on ${addresses.httpConnect}.`);
   o.out(`GET http://${address}/success through the tunnel:`);
@@ -101,6 +129,12 @@ export async function runDemo(o: DemoOptions): Promise<RunningDemo> {
   o.out('');
   o.out('Try it yourself (curl goes through the tunnel with the local PKI\'s client certificate):');
   o.out(`  curl -p --proxy https://${addresses.httpConnect} --proxy-cacert ${certificates?.serverCa ?? pki.caCert} --proxy-cert ${pki.clientCert} --proxy-key ${pki.clientKey} http://${address}/success`);
+  o.out('');
+  o.out(`Push: the agent listens on ${pushAddress} in the cluster and carries connections in its tunnel to the server's route norm (/v1/norm), a sample hub service:`);
+  o.out(`GET http://${pushAddress}/hello from inside the cluster:`);
+  o.out(pushed.trimEnd());
+  o.out('Try it yourself:');
+  o.out(`  curl http://${pushAddress}/hello`);
   if (certificates) o.out(`The server's and the agent's certificates come from the hub's CSR API (an in-process API server at ${certificates.hub.api.url}) and are renewed about every ${Math.round(DEMO_CERT_LIFETIME_S * 0.8)} s: watch the log.`);
   o.out('Press Ctrl-C to stop.');
 
@@ -112,6 +146,8 @@ export async function runDemo(o: DemoOptions): Promise<RunningDemo> {
       await certificates?.hub.close();
       target.closeAllConnections();
       await new Promise((resolve) => target.close(resolve));
+      hubService.closeAllConnections();
+      await new Promise((resolve) => hubService.close(resolve));
     },
   };
 }

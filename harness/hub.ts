@@ -31,10 +31,15 @@ export const SERVER_RULES: PolicyRule[] = [
   { verbs: ['get', 'list', 'watch'], apiGroups: [''], resources: ['services'], namespaces: [HUB_NAMESPACE] },
 ];
 
-/** What a managed cluster's bootstrap account may do at the hub. */
+/**
+ * What a managed cluster's bootstrap account may do at the hub: request its certificate,
+ * follow the CA bundle, and find the server from its Service (the nodes for a NodePort one).
+ */
 export const AGENT_RULES: PolicyRule[] = [
   { verbs: ['get', 'list', 'watch', 'create'], apiGroups: ['certificates.k8s.io'], resources: ['certificatesigningrequests'] },
   { verbs: ['get', 'list', 'watch'], apiGroups: [''], resources: ['configmaps'], namespaces: [HUB_NAMESPACE], resourceNames: ['tunnel-ca'] },
+  { verbs: ['get', 'list', 'watch'], apiGroups: [''], resources: ['services'], namespaces: [HUB_NAMESPACE], resourceNames: [SERVER_ACCOUNT] },
+  { verbs: ['list'], apiGroups: [''], resources: ['nodes'] },
 ];
 
 export interface Hub {

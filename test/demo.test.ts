@@ -20,6 +20,11 @@ test('npm start: the demo tunnels a request, prints a curl command that works, a
     const [curl, ...args] = command!.split(' ');
     const { stdout } = await execFileAsync(curl, ['--silent', '--show-error', '--max-time', '10', ...args]);
     t.regex(stdout, /The success test page!.*Served inside cluster "demo"/s);
+    t.regex(demo.output, /GET http:\/\/127\.0\.0\.1:\d+\/hello from inside the cluster:\nHello from the hub: GET \/hello came from cluster "demo" via 1\.1 tunnel-server/);
+    const push = demo.output.match(/^ {2}(curl http:\/\/127.*)$/m)?.[1];
+    t.truthy(push, 'a curl command for push is printed');
+    const pushed = await execFileAsync('curl', ['--silent', '--show-error', '--max-time', '10', push!.split(' ')[1]]);
+    t.regex(pushed.stdout, /Hello from the hub: GET \/hello came from cluster "demo"/);
   } finally {
     t.is(await demo.stop('SIGTERM'), 0);
     rmSync(dir, { recursive: true, force: true });

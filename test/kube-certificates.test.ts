@@ -283,7 +283,7 @@ test.serial('bad input gets a clear error naming it: a broken CA Secret, a kubec
   const hub = await startHub(join(ws.dir, 'hub'), ['c1']);
   try {
     hub.api.objects.put('', 'secrets', { apiVersion: 'v1', kind: 'Secret', type: 'kubernetes.io/tls', metadata: { name: 'tunnel-ca', namespace: HUB_NAMESPACE }, data: { 'tls.crt': Buffer.from('not a certificate').toString('base64'), 'tls.key': Buffer.from('x').toString('base64') } });
-    const broken = await runToEnd('tunnel-server', [`--state-dir=${ws.dir}`, '--bind-address=127.0.0.1', '--agent-port=0', '--server-port=off', '--health-port=off', ...serverFlags(ws, hub)]);
+    const broken = await runToEnd('tunnel-server', [`--state-dir=${ws.dir}`, '--bind-address=127.0.0.1', '--agent-port=0', '--reverse-proxy-port=off', '--server-port=off', '--health-port=off', ...serverFlags(ws, hub)]);
     t.is(broken.code, 1);
     t.regex(broken.stderr, /Secret tunnel-system\/tunnel-ca does not hold a usable CA: .*fix it, or delete it/);
     hub.api.objects.delete('', 'secrets', 'tunnel-ca', HUB_NAMESPACE);
@@ -365,7 +365,7 @@ test.serial('the server\'s certificate holds its Service\'s names and addresses,
   const ws = await workspace();
   const hub = await startHub(join(ws.dir, 'hub'), []);
   const service = {
-    apiVersion: 'v1', kind: 'Service', metadata: { name: 'tunnel-server', namespace: HUB_NAMESPACE },
+    apiVersion: 'v1', kind: 'Service', metadata: { name: 'tunnel-server', namespace: HUB_NAMESPACE, annotations: { 'tunnel.tkestack.io/public-address': 'tunnel.public.example, 198.51.100.4:443, not a host' } },
     spec: { type: 'LoadBalancer', ports: [{ name: 'agents', port: 10262 }] },
   };
   const admin = hub.api.issueClientCertificate({ username: 'admin', groups: ['system:masters'] });
@@ -387,9 +387,11 @@ test.serial('the server\'s certificate holds its Service\'s names and addresses,
     };
     const clusterIP = (hub.api.objects.get('', 'services', 'tunnel-server', HUB_NAMESPACE) as { spec: { clusterIP: string } }).spec.clusterIP;
     const sans = latest().subjectAltName ?? '';
-    for (const name of ['DNS:tunnel-server.tunnel-system.svc', 'DNS:tunnel-server.tunnel-system.svc.cluster.local', 'DNS:tunnel.example.com', `IP Address:${clusterIP}`, 'IP Address:203.0.113.10']) {
+    for (const name of ['DNS:tunnel-server.tunnel-system.svc', 'DNS:tunnel-server.tunnel-system.svc.cluster.local', 'DNS:tunnel.example.com', `IP Address:${clusterIP}`, 'IP Address:203.0.113.10', 'DNS:tunnel.public.example', 'IP Address:198.51.100.4']) {
       t.true(sans.includes(name), `${name} in ${sans}`);
     }
+    t.false(sans.includes('not a host'));
+    t.regex(server.proc.output, /public-address entries that are not host or host:port.*entries="?not a host/);
     ingress('203.0.113.99');
     await eventually(() => (latest().subjectAltName ?? '').includes('IP Address:203.0.113.99'), 15_000, 'a certificate for the new load balancer address');
     await server.proc.waitFor(/new TLS certificate in use listener=agents/);

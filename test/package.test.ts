@@ -150,7 +150,7 @@ test.serial('the library sets no process-wide policy; the binaries do, each behi
     await server.stop();
   }
   for (const [flags, expected] of [[[], /process policy processTuning=on reclaimMemory=on/], [['--process-tuning=false', '--reclaim-memory=false'], /process policy processTuning=off reclaimMemory=off/]] as const) {
-    const proc = run('tunnel-server', [`--state-dir=${ws.dir}`, '--bind-address=127.0.0.1', '--agent-port=0', '--server-port=off', '--health-port=off', ...flags]);
+    const proc = run('tunnel-server', [`--state-dir=${ws.dir}`, '--bind-address=127.0.0.1', '--agent-port=0', '--reverse-proxy-port=off', '--server-port=off', '--health-port=off', ...flags]);
     try {
       await proc.waitFor(/tunnel server started/);
       t.regex(proc.output, expected);

@@ -62,7 +62,7 @@ export async function startTunnelServer(scope: Scope, ws: Workspace, extra: stri
   const grpcUds = join(ws.dir, 'grpc.sock');
   const proc = startBinary(scope, 'tunnel-server', [
     `--state-dir=${ws.dir}`, '--bind-address=127.0.0.1', '--health-bind-address=127.0.0.1',
-    '--agent-port=0', '--server-port=0', '--health-port=0', `--uds-name=${grpcUds}`, ...extra,
+    '--agent-port=0', '--reverse-proxy-port=off', '--server-port=0', '--health-port=0', `--uds-name=${grpcUds}`, ...extra,
   ]);
   await proc.waitFor(/tunnel server started/, 30_000);
   return {

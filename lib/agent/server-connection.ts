@@ -4,8 +4,11 @@
  */
 import type http2 from 'node:http2';
 import { AcceptingMux, type DialHandler } from '../mux/accepting-mux.js';
+import { DialingMux } from '../mux/dialing-mux.js';
 import { joinPacketStreams, type PacketStream } from '../mux/packet-stream.js';
-import { AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_AUTHORIZATION, MD_DOWNLINK_FOR, MD_SERVER_COUNT, MD_SERVER_ID, MD_SPLIT_STREAMS } from '../wire/protocol.js';
+import {
+  AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_AUTHORIZATION, MD_DOWNLINK_FOR, MD_PUSH, MD_PUSH_FOR, MD_SERVER_COUNT, MD_SERVER_ID, MD_SPLIT_STREAMS,
+} from '../wire/protocol.js';
 import { closeSession, connect, openCall } from '../transport/grpc-client.js';
 import { Metadata } from '../transport/grpc-metadata.js';
 import { announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
@@ -32,17 +35,25 @@ export interface ServerConnectionOptions {
    * own (MD_SPLIT_STREAMS), whose receive window is raised.
    */
   split: boolean;
+  /** Ask for a push stream (MD_PUSH), for connections from the managed cluster to the hub's routes. */
+  push?: boolean;
   log: Logger;
 }
 
 export class ServerConnection {
+  /** Where this agent dials the server's routes for its push listeners, when the server agreed. */
+  push?: DialingMux;
+
   constructor(
     readonly serverID: string,
     readonly serverCount: number,
     readonly mux: AcceptingMux,
     private readonly sessions: http2.ClientHttp2Session[],
   ) {
-    mux.once('close', () => this.closeSessions());
+    mux.once('close', (reason: Error) => {
+      this.push?.close(reason);
+      this.closeSessions();
+    });
   }
 
   /** Whether the server -> agent direction has its own connection. */
@@ -56,6 +67,7 @@ export class ServerConnection {
   }
 
   close(): void {
+    this.push?.close(new Error('the agent closed the stream'));
     this.mux.close(new Error('the agent closed the stream'));
     this.closeSessions();
   }
@@ -86,6 +98,7 @@ export class ServerConnection {
     if (o.bearerToken) metadata.set(MD_AUTHORIZATION, `Bearer ${o.bearerToken}`);
     if (o.connectionWindow) announceFlowControl(metadata, o.connectionWindow);
     if (o.split) metadata.set(MD_SPLIT_STREAMS, '1');
+    if (o.push) metadata.set(MD_PUSH, '1');
     try {
       const { stream: uplink, headers } = await openCall(await connectTo(), AGENT_CONNECT_PATH, metadata, HEADERS_TIMEOUT_MS);
       streams.push(uplink);
@@ -109,11 +122,31 @@ export class ServerConnection {
       const mux = new AcceptingMux(stream, o.dialHandler, {
         name: `server ${serverID[0]} at ${o.target}`, flowControl: windows, log: o.log,
       });
-      return new ServerConnection(serverID[0], Math.max(1, Number(serverCount[0])), mux, sessions);
+      const connection = new ServerConnection(serverID[0], Math.max(1, Number(serverCount[0])), mux, sessions);
+      const pushToken = headers.get(MD_PUSH)[0];
+      if (o.push && pushToken === undefined) {
+        o.log.warn('the tunnel server does not take push connections: the push listeners answer 503 until a server that does is connected', { serverID: serverID[0] });
+      } else if (o.push && pushToken !== undefined) {
+        connection.push = await openPushStream(sessions[0], o, String(pushToken), serverID[0]).catch((err: Error) => {
+          o.log.warn('the tunnel server refused the push stream: the push listeners answer 503 until a server takes it', { serverID: serverID[0], reason: err.message });
+          return undefined;
+        });
+      }
+      return connection;
     } catch (err) {
       for (const stream of streams) stream.destroy();
       for (const session of sessions) session.destroy();
       throw new Error(`cannot open a tunnel stream to ${o.target}: ${(err as Error).message}`, { cause: err });
     }
   }
+}
+
+/** The push stream, on the agent stream's own connection: the agent dials here, the server answers. */
+async function openPushStream(session: http2.ClientHttp2Session, o: ServerConnectionOptions, token: string, serverID: string): Promise<DialingMux> {
+  const metadata = new Metadata();
+  metadata.set(MD_AGENT_ID, o.agentID);
+  metadata.set(MD_PUSH_FOR, token);
+  if (o.connectionWindow) announceFlowControl(metadata, o.connectionWindow);
+  const { stream, headers } = await openCall(session, AGENT_CONNECT_PATH, metadata, HEADERS_TIMEOUT_MS);
+  return new DialingMux(stream, { name: `push stream to server ${serverID}`, flowControl: negotiateFlowControl(headers, o.connectionWindow), log: o.log });
 }

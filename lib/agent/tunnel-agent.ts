@@ -15,6 +15,9 @@ import { Backoff, type BackoffOptions } from '../common/backoff.js';
 import { ServerConnection } from './server-connection.js';
 import type { TlsSource } from '../pki/tls-source.js';
 import { dialTarget, type TargetDialerOptions } from './target-dialer.js';
+import { PushListeners, type PushListenSpec } from './push-listener.js';
+import type { Observable, Subscription } from 'rxjs';
+import type { ServerAddresses } from './server-discovery.js';
 
 export const AGENT_METRICS_PREFIX = 'konnectivity_network_proxy_agent';
 
@@ -22,8 +25,10 @@ export const AGENT_METRICS_PREFIX = 'konnectivity_network_proxy_agent';
 const SYNC_INTERVAL_MS = 1_000;
 
 export interface TunnelAgentOptions {
-  /** host:port of the tunnel server (or of a load balancer in front of several). */
+  /** host:port of the tunnel server (or of a load balancer in front of several); ignored with serverAddresses. */
   serverAddress: string;
+  /** The server's addresses as they change (e.g. discovered from its hub Service); attempts go round them. */
+  serverAddresses?: Observable<ServerAddresses>;
   /** The agent's client certificate and key, and the CA the server certificate chains to. */
   tls: TlsSource;
   /** Overrides the TLS server name checked against the server certificate. */
@@ -43,6 +48,13 @@ export interface TunnelAgentOptions {
   tokenFile?: string;
   /** Where the agent's metrics go (others may share it, e.g. the certificate manager's). */
   metrics?: MetricsRegistry;
+  /** Local listeners whose connections go to the server's routes through the tunnel (push mode). */
+  pushListen?: PushListenSpec[];
+  /**
+   * Runs once the certificate is there and before the first connect (the pre-start hooks);
+   * when it fails the agent does not connect (whoever gave it decides what that means).
+   */
+  beforeConnect?: () => Promise<void>;
 }
 
 export class TunnelAgent {
@@ -59,9 +71,15 @@ export class TunnelAgent {
   private wake?: () => void;
   private loop?: Promise<void>;
   private health?: HealthServer;
+  private push?: PushListeners;
+  private discovered: ServerAddresses = { addresses: [], problem: 'waiting for the tunnel server\'s Service at the hub' };
+  private discovery?: Subscription;
+  private attempt = 0;
+  private lastTarget = 'from its Service';
 
   constructor(private readonly options: TunnelAgentOptions) {
     this.agentID = options.agentID ?? randomUUID();
+    this.connected = new Promise((resolve) => { this.markConnected = resolve; });
     this.metrics = options.metrics ?? new MetricsRegistry(AGENT_METRICS_PREFIX);
     this.backoff = new Backoff(options.backoff);
     this.metrics.gauge('open_server_connections', 'Streams open to tunnel servers.', () => this.connections.size);
@@ -75,7 +93,22 @@ export class TunnelAgent {
       [...this.connections.values()].reduce((n, c) => n + c.mux.stats.strayPackets, 0));
     this.metrics.processMetrics();
     this.dialFailures = this.metrics.counter('endpoint_dial_failure_total', 'Failed dials to targets, by reason.');
+    if (options.pushListen?.length) {
+      this.push = new PushListeners({
+        specs: options.pushListen,
+        pushStream: () => this.pushStream(),
+        log: this.log,
+        connections: this.metrics.counter('push_connections_total', 'Connections to the push listeners, by route and outcome (carried, 502, 503).'),
+      });
+      this.metrics.gauge('open_push_connections', 'Open connections of the push listeners.', () => this.push?.openConnections ?? 0);
+    }
   }
+
+  /** The addresses of the push listeners, once started. */
+  pushAddresses: string[] = [];
+  /** Settles when the agent first holds a stream to a server (the post-start hooks wait for it). */
+  readonly connected: Promise<void>;
+  private markConnected!: () => void;
 
   get openEndpointConnections(): number {
     return [...this.connections.values()].reduce((n, c) => n + c.mux.stats.connections, 0);
@@ -99,9 +132,14 @@ export class TunnelAgent {
       healthAddress = `${address.address}:${address.port}`;
       this.log.info('listening', { service: 'health', address: healthAddress, transport: 'HTTP' });
     }
+    if (this.push) this.pushAddresses = await this.push.listen();
+    this.discovery = this.options.serverAddresses?.subscribe((found) => {
+      this.discovered = found;
+      this.wake?.();
+    });
     this.running = true;
     this.loop = this.syncLoop();
-    this.log.info('tunnel agent started', { agentID: this.agentID, identifiers: this.options.agentIdentifiers, server: this.options.serverAddress });
+    this.log.info('tunnel agent started', { agentID: this.agentID, identifiers: this.options.agentIdentifiers, server: this.options.serverAddresses ? 'from its Service' : this.options.serverAddress });
     return healthAddress;
   }
 
@@ -109,6 +147,8 @@ export class TunnelAgent {
   async stop(): Promise<void> {
     this.running = false;
     this.wake?.();
+    this.push?.close();
+    this.discovery?.unsubscribe();
     for (const connection of this.connections.values()) connection.drain();
     for (const connection of this.connections.values()) connection.close();
     this.connections.clear();
@@ -131,6 +171,14 @@ export class TunnelAgent {
         return;
       }
     }
+    if (this.options.beforeConnect) {
+      try {
+        await this.options.beforeConnect();
+      } catch (err) {
+        this.log.error('not connecting to the tunnel server', { reason: (err as Error).message });
+        return;
+      }
+    }
     while (this.running) {
       if (this.connections.size >= this.serverCount) {
         await this.sleepUntilWoken(SYNC_INTERVAL_MS);
@@ -144,7 +192,7 @@ export class TunnelAgent {
         // a load balancer got it): the next attempt carries both directions on one stream.
         if (/downlink/.test((err as Error).message)) this.skipSplitOnce = true;
         const delay = this.backoff.next();
-        this.log.warn('cannot connect to the tunnel server; retrying', { server: this.options.serverAddress, in: `${delay}ms`, reason: (err as Error).message });
+        this.log.warn('cannot connect to the tunnel server; retrying', { server: this.lastTarget, in: `${delay}ms`, reason: (err as Error).message });
         await this.sleepUntilWoken(delay);
       }
     }
@@ -156,10 +204,11 @@ export class TunnelAgent {
     const split = !this.options.singleStream && !this.skipSplitOnce;
     this.skipSplitOnce = false;
     const window = this.options.connectionWindow === 0 ? undefined : (this.options.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
+    const target = this.nextTarget();
     const bearerToken = this.options.tokenFile ? await readToken(this.options.tokenFile) : undefined;
     const connection = await ServerConnection.open({
       bearerToken,
-      target: this.options.serverAddress,
+      target,
       tls: this.options.tls.current(),
       serverName: this.options.serverName,
       split,
@@ -167,6 +216,7 @@ export class TunnelAgent {
       agentIdentifiers: this.options.agentIdentifiers,
       connectionWindow: window,
       dialHandler: this.dialHandler,
+      push: this.push !== undefined,
       log: this.log,
     });
     if (!this.running) {
@@ -181,8 +231,10 @@ export class TunnelAgent {
     }
     this.connections.set(connection.serverID, connection);
     this.serverCount = connection.serverCount;
+    this.markConnected();
     this.log.info('connected to tunnel server', {
       serverID: connection.serverID, serverCount: connection.serverCount, flowControl: connection.mux.flowControl ? 'on' : 'off', streams: connection.split ? 'split' : 'single',
+      ...(this.push ? { push: connection.push ? 'on' : 'off' } : {}),
     });
     connection.mux.once('close', (reason: Error) => {
       if (this.connections.get(connection.serverID) !== connection) return;
@@ -202,6 +254,26 @@ export class TunnelAgent {
       throw err;
     }
   };
+
+  /** The address of the next attempt: the flag's, or the discovered ones in turn. */
+  private nextTarget(): string {
+    if (!this.options.serverAddresses) return (this.lastTarget = this.options.serverAddress);
+    const { addresses, problem } = this.discovered;
+    this.lastTarget = 'from its Service';
+    if (addresses.length === 0) throw new Error(`no address for the tunnel server yet: ${problem}`);
+    return (this.lastTarget = addresses[this.attempt++ % addresses.length]);
+  }
+
+  /** Whether a connected server has taken this agent's push stream. */
+  get pushReady(): boolean {
+    return this.pushStream() !== undefined;
+  }
+
+  /** A push stream of a connected server that is not draining, picked at random to spread the load. */
+  private pushStream() {
+    const streams = [...this.connections.values()].flatMap((c) => c.push && !c.push.isClosed && !c.push.draining ? [c.push] : []);
+    return streams[Math.floor(Math.random() * streams.length)];
+  }
 
   private async sleepUntilWoken(ms: number): Promise<void> {
     const controller = new AbortController();

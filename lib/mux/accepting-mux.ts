@@ -13,10 +13,17 @@ import type { TunnelConnection } from './tunnel-connection.js';
 import { isOrdinaryClose, splice } from './splice.js';
 
 /**
+ * What a dial opens: a stream to splice with the tunneled connection (a target socket, a
+ * connection through an agent), or a function that takes the tunneled connection over
+ * (the server's reverse proxy serves HTTP on pushed connections itself).
+ */
+export type DialTarget = Duplex | ((conn: TunnelConnection) => void);
+
+/**
  * Opens what a DIAL_REQ asks for. A rejection's message is sent to the dialer as the
  * DIAL_RSP error text; `signal` aborts when the dialer cancels (DIAL_CLS) or the stream ends.
  */
-export type DialHandler = (request: DialRequestPacket, signal: AbortSignal) => Promise<Duplex>;
+export type DialHandler = (request: DialRequestPacket, signal: AbortSignal) => Promise<DialTarget>;
 
 export class AcceptingMux extends Multiplexer {
   private nextConnectID = 1n;
@@ -93,7 +100,7 @@ export class AcceptingMux extends Multiplexer {
     }
     const controller = new AbortController();
     this.pending.set(random, controller);
-    let target: Duplex;
+    let target: DialTarget;
     try {
       target = await this.dialHandler(request, controller.signal);
     } catch (err) {
@@ -101,12 +108,16 @@ export class AcceptingMux extends Multiplexer {
       return;
     }
     if (!this.pending.delete(random) || controller.signal.aborted) {
-      target.destroy(); // cancelled while dialing, or the stream ended
+      if (typeof target !== 'function') target.destroy(); // cancelled while dialing, or the stream ended
       return;
     }
     const connectID = this.nextConnectID++;
     const conn = this.newConnection(connectID, address);
     this.sendControl(dialResponse(random, connectID));
+    if (typeof target === 'function') {
+      target(conn);
+      return;
+    }
     splice(conn, target, (err) => {
       if (!isOrdinaryClose(err)) this.log.debug('tunneled connection failed', { stream: this.name, connectID, address, err });
     });

@@ -59,3 +59,10 @@ export function agentRefusal(rule: AgentIdentityRule, peer: PeerIdentity | undef
 export function isAgentCertificate(peer: PeerIdentity | undefined, organization = AGENT_ORGANIZATION): boolean {
   return organization !== '' && (peer?.organization.includes(organization) ?? false);
 }
+
+/** The cluster a verified certificate names under `rule`, or undefined (`off` binds none). */
+export function clusterOfCertificate(rule: AgentIdentityRule, peer: PeerIdentity | undefined): string | undefined {
+  if (!peer || rule.kind === 'off') return undefined;
+  if (rule.organization && !peer.organization.includes(rule.organization)) return undefined;
+  return rule.kind === 'cn' ? peer.commonName || undefined : clusterOfAgent(peer.commonName, rule.prefix);
+}

@@ -9,14 +9,17 @@ import { randomBytes } from 'node:crypto';
 import { joinPacketStreams, type PacketStream } from '../mux/packet-stream.js';
 import type { FlowControl } from '../mux/tunnel-connection.js';
 import { DialingMux } from '../mux/dialing-mux.js';
-import { MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_DOWNLINK_FOR, MD_SERVER_COUNT, MD_SERVER_ID, MD_SPLIT_STREAMS } from '../wire/protocol.js';
+import { AcceptingMux } from '../mux/accepting-mux.js';
+import type { TunnelConnection } from '../mux/tunnel-connection.js';
+import { MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_DOWNLINK_FOR, MD_PUSH, MD_PUSH_FOR, MD_SERVER_COUNT, MD_SERVER_ID, MD_SPLIT_STREAMS } from '../wire/protocol.js';
 import { GrpcStatus, Metadata } from '../transport/grpc-metadata.js';
 import type { BidiHandler, ServerCall } from '../transport/grpc-server.js';
 import { announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
 import type { Logger } from '../observe/log.js';
 import { parseAgentIdentifiers } from '../wire/agent-identifiers.js';
-import { describePeer } from '../transport/peer-identity.js';
-import { agentRefusal, type AgentIdentityRule } from './agent-identity.js';
+import { describePeer, type PeerIdentity } from '../transport/peer-identity.js';
+import { agentRefusal, clusterOfCertificate, type AgentIdentityRule } from './agent-identity.js';
+import type { Caller } from './reverse-proxy/routes.js';
 import type { AgentAuthenticator } from './token-auth.js';
 import type { AgentRegistry } from './agent-registry.js';
 import type { Backend } from './backend.js';
@@ -34,7 +37,18 @@ export interface AgentListenerOptions {
   identityRule?: AgentIdentityRule;
   /** Checks an agent's credentials (TokenReview) before it is answered. */
   authenticate?: AgentAuthenticator;
+  /** Takes connections that agents push towards the hub (MD_PUSH); agents' requests for it are declined when absent. */
+  push?: PushAcceptor;
+  /** Called with each push stream's mux, for connection accounting. */
+  onPushStream?: (mux: AcceptingMux) => void;
   log: Logger;
+}
+
+/** Where pushed connections go: the reverse proxy's routes. */
+export interface PushAcceptor {
+  /** Why connections for the route `name` are refused, or undefined when they are taken. */
+  refusal(name: string): string | undefined;
+  serve(conn: TunnelConnection, name: string, caller: Caller): void;
 }
 
 function single(metadata: Metadata, key: string): string | undefined | Error {
@@ -50,7 +64,17 @@ interface AgentIdentity {
   agentID: string;
   identifiers: string;
   peer: string;
+  peerIdentity?: PeerIdentity;
   windows?: FlowControl;
+  /** The token of the agent's push stream, when it asked for one. */
+  pushToken?: string;
+}
+
+/** An agent stream whose agent may open a push stream. */
+interface PushSlot {
+  identity: AgentIdentity;
+  caller: Caller;
+  mux?: AcceptingMux;
 }
 
 interface WaitingUplink extends AgentIdentity {
@@ -61,6 +85,7 @@ interface WaitingUplink extends AgentIdentity {
 export function agentConnectHandler(options: AgentListenerOptions): BidiHandler {
   const { registry, log } = options;
   const waiting = new Map<string, WaitingUplink>();
+  const pushSlots = new Map<string, PushSlot>();
 
   /** Registers an agent's packet stream for routing until it closes. */
   const register = (identity: AgentIdentity, stream: PacketStream, calls: ServerCall[]) => {
@@ -74,7 +99,16 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
     });
     mux.on('drain-requested', () => log.info('agent is draining: no new dials go to it', { agentID }));
     for (const call of calls) call.on('cancelled', () => mux.close(new Error(`${name} went away`)));
+    const token = identity.pushToken;
+    if (token) {
+      const cluster = clusterOfCertificate(options.identityRule ?? { kind: 'off' }, identity.peerIdentity) ?? backend.identifiers.host[0];
+      pushSlots.set(token, { identity, caller: { cluster, subject: `agent ${agentID} (${describePeer(identity.peerIdentity)})` } });
+    }
     mux.once('close', (reason: Error) => {
+      if (token) {
+        pushSlots.get(token)?.mux?.close(new Error(`${name} went away`));
+        pushSlots.delete(token);
+      }
       registry.remove(backend);
       for (const call of calls) call.sendStatus(GrpcStatus.OK);
       log.info('agent disconnected', { agentID, peer, reason: reason.message });
@@ -95,13 +129,50 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
     register(uplink, joinPacketStreams(uplink.call.packets, call.packets), [uplink.call, call]);
   };
 
+  /** An agent's push stream: it dials route names, the reverse proxy serves what they open. */
+  const attachPush = (call: ServerCall, token: string) => {
+    const slot = pushSlots.get(token);
+    const refuse = (code: number, reason: string) => {
+      log.warn('refusing a push stream', { peer: call.peer, reason });
+      call.sendStatus(code, reason);
+    };
+    if (!slot || !options.push) return refuse(GrpcStatus.NOT_FOUND, 'no agent stream of this server is waiting for this push stream; reconnect');
+    if (slot.mux) return refuse(GrpcStatus.ALREADY_EXISTS, 'this agent stream has its push stream already');
+    if (slot.identity.peerIdentity?.commonName !== call.peerIdentity?.commonName) {
+      return refuse(GrpcStatus.PERMISSION_DENIED, `the push stream's certificate (${describePeer(call.peerIdentity)}) is not its agent stream's (${describePeer(slot.identity.peerIdentity)})`);
+    }
+    const push = options.push;
+    const windows = negotiateFlowControl(call.metadata, options.connectionWindow);
+    const headers = new Metadata();
+    if (windows) announceFlowControl(headers, options.connectionWindow!);
+    call.sendMetadata(headers);
+    const mux = new AcceptingMux(call.packets, (request) => {
+      const refusal = push.refusal(request.address);
+      if (refusal) {
+        log.warn('push connection refused', { agentID: slot.identity.agentID, cluster: slot.caller.cluster, route: request.address, reason: refusal });
+        return Promise.reject(new Error(refusal));
+      }
+      return Promise.resolve((conn: TunnelConnection) => push.serve(conn, request.address, slot.caller));
+    }, { name: `push stream of agent ${slot.identity.agentID}`, flowControl: windows, maxDataSize: options.maxDataSize, log });
+    slot.mux = mux;
+    options.onPushStream?.(mux);
+    log.info('agent opened its push stream', { agentID: slot.identity.agentID, cluster: slot.caller.cluster, flowControl: windows ? 'on' : 'off' });
+    call.on('cancelled', () => mux.close());
+    mux.once('close', () => {
+      if (slot.mux === mux) slot.mux = undefined;
+      call.sendStatus(GrpcStatus.OK);
+    });
+  };
+
   /** Answers an admitted agent's stream and registers it (or waits for its downlink). */
   const admit = (call: ServerCall, agentID: string, identifiers: string) => {
     const peer = call.peer;
     const headers = serverHeaders(options);
     const windows = negotiateFlowControl(call.metadata, options.connectionWindow);
     if (windows) announceFlowControl(headers, options.connectionWindow!);
-    const identity: AgentIdentity = { agentID, identifiers, peer, windows };
+    const pushToken = options.push && single(call.metadata, MD_PUSH) === '1' ? randomBytes(16).toString('hex') : undefined;
+    if (pushToken) headers.set(MD_PUSH, pushToken);
+    const identity: AgentIdentity = { agentID, identifiers, peer, peerIdentity: call.peerIdentity, windows, pushToken };
 
     if (options.splitStreams && single(call.metadata, MD_SPLIT_STREAMS) === '1') {
       const splitToken = randomBytes(16).toString('hex');
@@ -127,6 +198,11 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
     const token = single(call.metadata, MD_DOWNLINK_FOR);
     if (typeof token === 'string') {
       attachDownlink(call, token);
+      return;
+    }
+    const pushFor = single(call.metadata, MD_PUSH_FOR);
+    if (typeof pushFor === 'string') {
+      attachPush(call, pushFor);
       return;
     }
     const peer = call.peer;

@@ -2,7 +2,8 @@
  * The names the server's certificate must hold: those given on the command line, plus, when
  * the server is exposed by a Kubernetes Service, every address clients and agents reach it
  * by: the Service's DNS names, its cluster IPs and external IPs, its load balancer's
- * addresses, and for a NodePort (or LoadBalancer) Service the nodes' addresses. The Service
+ * addresses, the public addresses of its annotation (tunnel.tkestack.io/public-address), and
+ * for a NodePort (or LoadBalancer) Service the nodes' addresses. The Service
  * is followed by watch, so a new load balancer address renews the certificate.
  */
 import { CoreV1Api, type V1Node, type V1Service } from '@kubernetes/client-node';
@@ -13,6 +14,7 @@ import type { Logger } from '../observe/log.js';
 import { kubeCall, KubeApiError } from '../kube/api-errors.js';
 import type { KubeConnection } from '../kube/kube-config.js';
 import { listWatch } from '../kube/list-watch.js';
+import { PUBLIC_ADDRESS_ANNOTATION, publicAddresses } from '../kube/service-addresses.js';
 
 export interface ServerNames {
   dnsNames: string[];
@@ -48,9 +50,14 @@ export function serverNames(o: ServerNamesOptions): Observable<ServerNames> {
   const namesOf = async (svc: V1Service | undefined): Promise<ServerNames> => {
     if (!svc) return fixed;
     const nodes = svc.spec?.type === 'NodePort' || svc.spec?.type === 'LoadBalancer' ? await nodeAddresses() : [];
+    const annotated = publicAddresses(svc);
+    if (annotated.malformed.length > 0) {
+      o.log.warn(`the server's Service has ${PUBLIC_ADDRESS_ANNOTATION} entries that are not host or host:port; they are left out of the certificate`, { service: `${service.namespace}/${service.name}`, entries: annotated.malformed.join(',') });
+    }
+    const hosts = annotated.addresses.map((a) => a.host);
     return normalize({
-      dnsNames: [...fixed.dnsNames, ...serviceDnsNames(service, o.clusterDomain ?? 'cluster.local'), ...(svc.status?.loadBalancer?.ingress ?? []).map((i) => i.hostname ?? '')],
-      ips: [...fixed.ips, ...(svc.spec?.clusterIPs ?? [svc.spec?.clusterIP ?? '']), ...(svc.spec?.externalIPs ?? []), ...(svc.status?.loadBalancer?.ingress ?? []).map((i) => i.ip ?? ''), ...nodes],
+      dnsNames: [...fixed.dnsNames, ...serviceDnsNames(service, o.clusterDomain ?? 'cluster.local'), ...(svc.status?.loadBalancer?.ingress ?? []).map((i) => i.hostname ?? ''), ...hosts.filter((h) => !isIP(h))],
+      ips: [...fixed.ips, ...(svc.spec?.clusterIPs ?? [svc.spec?.clusterIP ?? '']), ...(svc.spec?.externalIPs ?? []), ...(svc.status?.loadBalancer?.ingress ?? []).map((i) => i.ip ?? ''), ...nodes, ...hosts.filter((h) => isIP(h))],
     });
   };
   // The first certificate waits for the Service as it is now, rather than starting without its names.

@@ -26,6 +26,20 @@ import type { ProxyStrategy } from './proxy-strategies.js';
 import type { AgentIdentityRule } from './agent-identity.js';
 import type { ClientPolicy } from './client-policy.js';
 import type { AgentAuthenticator } from './token-auth.js';
+import { ReverseProxy } from './reverse-proxy/reverse-proxy.js';
+import { describeRoutes, type RouteTable } from './reverse-proxy/routes.js';
+import type { PushAcceptor } from './agent-listener.js';
+
+export interface ReverseProxyConfig {
+  /** HTTPS port of the reverse proxy; undefined leaves the port closed (push streams may still use the routes). */
+  port?: number;
+  routes: RouteTable;
+  /** Certificate and client CAs of the port (default: the agent port's). */
+  tls?: TlsSource;
+  /** Take agents' push streams (default true). */
+  acceptPush?: boolean;
+  maxHeaderSize?: number;
+}
 
 export interface TunnelServerOptions {
   bindAddress: string;
@@ -62,10 +76,13 @@ export interface TunnelServerOptions {
   singleStream?: boolean;
   /** Where the server's metrics go (others may share it, e.g. the certificate manager's). */
   metrics?: MetricsRegistry;
+  /** The reverse proxy to hub services, for push mode. */
+  reverseProxy?: ReverseProxyConfig;
 }
 
 export interface ListeningAddresses {
   agent: string;
+  reverseProxy?: string;
   httpConnect?: string;
   httpConnectUds?: string;
   grpcUds?: string;
@@ -100,7 +117,9 @@ export class TunnelServer {
   private readonly grpcServers: GrpcServer[] = [];
   private readonly httpServers: http.Server[] = [];
   private readonly frontendStreams = new Set<AcceptingMux>();
+  private readonly pushStreams = new Set<AcceptingMux>();
   private health?: HealthServer;
+  private proxy?: ReverseProxy;
 
   constructor(private readonly options: TunnelServerOptions) {
     this.serverID = options.serverID ?? randomUUID();
@@ -121,16 +140,27 @@ export class TunnelServer {
     const window = o.connectionWindow === 0 ? undefined : (o.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
     const dial = dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS);
     const outcomes = this.registerMetrics();
+    const push = this.startReverseProxy();
 
     const agentServer = new GrpcServer({ tls: o.agentTls ?? o.tls, name: 'agents', receiveWindow: agentStreamWindow(window), log: this.log });
     agentServer.handle(AGENT_CONNECT_PATH, agentConnectHandler({
       serverID: this.serverID, serverCount: o.serverCount ?? 1, registry: this.registry, connectionWindow: window, log: this.log,
       splitStreams: !o.singleStream, identityRule: o.agentIdentity, authenticate: o.authenticateAgents,
+      push, onPushStream: (mux) => this.trackStream(this.pushStreams, mux),
     }));
     this.grpcServers.push(agentServer);
     const agentPort = await agentServer.listen({ host: o.bindAddress, port: o.agentPort });
     const addresses: ListeningAddresses = { agent: hostPort(o.bindAddress, agentPort) };
     this.log.info('listening', { service: 'agent', address: addresses.agent, transport: 'gRPC mTLS' });
+
+    const proxyConfig = o.reverseProxy;
+    if (this.proxy && proxyConfig?.port !== undefined) {
+      const server = this.proxy.createTlsServer(proxyConfig.tls ?? o.agentTls ?? o.tls);
+      this.httpServers.push(server);
+      const address = await listenHttp(server, { host: o.bindAddress, port: proxyConfig.port }, 'the reverse proxy') as AddressInfo;
+      addresses.reverseProxy = hostPort(o.bindAddress, address.port);
+      this.log.info('listening', { service: 'reverse-proxy', address: addresses.reverseProxy, transport: 'HTTPS mTLS', routes: describeRoutes(proxyConfig.routes) });
+    }
 
     const connectOptions = { dial, log: this.log, policy: o.clientPolicy, onOutcome: (outcome: string) => outcomes.inc({ outcome }) };
     if (o.serverPort !== undefined) {
@@ -151,10 +181,7 @@ export class TunnelServer {
     if (o.udsName || o.grpcPort !== undefined) {
       const handler = proxyHandler({
         dial, log: this.log, connectionWindow: window, policy: o.clientPolicy,
-        onStream: (mux) => {
-          this.frontendStreams.add(mux);
-          mux.once('close', () => this.frontendStreams.delete(mux));
-        },
+        onStream: (mux) => this.trackStream(this.frontendStreams, mux),
       });
       if (o.udsName) {
         const frontend = this.grpcServer(undefined, handler);
@@ -186,7 +213,8 @@ export class TunnelServer {
   }
 
   async stop(): Promise<void> {
-    for (const mux of this.frontendStreams) mux.close();
+    for (const mux of [...this.frontendStreams, ...this.pushStreams]) mux.close();
+    this.proxy?.close();
     for (const backend of this.registry.all()) backend.mux.close(new Error('the tunnel server is shutting down'));
     for (const server of this.grpcServers) server.close();
     await Promise.all(this.httpServers.map((server) => new Promise<void>((resolve) => {
@@ -199,6 +227,28 @@ export class TunnelServer {
     this.log.info('tunnel server stopped');
   }
 
+  /** The reverse proxy of the options, and what takes agents' push streams for it. */
+  private startReverseProxy(): PushAcceptor | undefined {
+    const config = this.options.reverseProxy;
+    if (!config) return undefined;
+    const proxy = new ReverseProxy({
+      routes: config.routes,
+      identityRule: this.options.agentIdentity ?? { kind: 'off' },
+      log: this.log,
+      maxHeaderSize: config.maxHeaderSize,
+      requests: this.metrics.counter('reverse_proxy_requests_total', 'Requests to the reverse proxy (its port and pushed connections), by route and status.'),
+    });
+    this.proxy = proxy;
+    if (config.acceptPush === false) return undefined;
+    return { refusal: (name) => proxy.pushRefusal(name), serve: (conn, name, caller) => proxy.servePushed(conn, name, caller) };
+  }
+
+  /** Holds an accepting stream (a gRPC frontend client's, an agent's push stream) in `set` while it is open. */
+  private trackStream(set: Set<AcceptingMux>, mux: AcceptingMux): void {
+    set.add(mux);
+    mux.once('close', () => set.delete(mux));
+  }
+
   /** A gRPC frontend listener: the ProxyService, with mTLS or (on a unix socket) without. */
   private grpcServer(tls: TlsSource | undefined, handler: BidiHandler): GrpcServer {
     const server = new GrpcServer({ tls, name: 'grpc', receiveWindow: PROXY_SERVER_WINDOW, log: this.log });
@@ -207,9 +257,9 @@ export class TunnelServer {
     return server;
   }
 
-  /** Every packet stream of the server: to agents, and from gRPC frontend clients. */
+  /** Every packet stream of the server: to agents, from gRPC frontend clients, and agents' push streams. */
   private allStreams(): Multiplexer[] {
-    return [...this.registry.all().map((b) => b.mux), ...this.frontendStreams];
+    return [...this.registry.all().map((b) => b.mux), ...this.frontendStreams, ...this.pushStreams];
   }
 
   private registerMetrics() {
@@ -218,6 +268,9 @@ export class TunnelServer {
     this.metrics.gauge('established_connections', 'Tunneled connections open through agents.', () => this.establishedConnections);
     this.metrics.gauge('pending_backend_dials', 'Dials waiting for an agent\'s answer.', () => this.pendingDials);
     this.metrics.gauge('grpc_frontend_streams', 'Open ProxyService streams.', () => this.frontendStreams.size);
+    this.metrics.gauge('push_streams', 'Open push streams of agents.', () => this.pushStreams.size);
+    this.metrics.gauge('push_connections', 'Open connections that agents pushed towards the hub.', () =>
+      [...this.pushStreams].reduce((n, mux) => n + mux.stats.connections, 0));
     this.metrics.gauge('buffered_bytes', 'Bytes held in tunneled connections (to agents and gRPC frontends), waiting for a reader or for window.', () =>
       this.allStreams().reduce((n, mux) => n + mux.stats.bufferedBytes, 0));
     this.metrics.processMetrics();

@@ -31,6 +31,18 @@ export const MD_FLOW_CONTROL = 'tke-flow-control';
 export const MD_SPLIT_STREAMS = 'tke-split-streams';
 export const MD_DOWNLINK_FOR = 'tke-downlink-for';
 
+/**
+ * tke-anp-tunnel extension: push connections, from the managed cluster to the hub. An agent
+ * that sends this key (value "1") on its Connect stream has local listeners whose
+ * connections go to the server's reverse-proxy routes; a server that agrees answers with a
+ * token in the same header, and the agent opens a stream on the same connection with that
+ * token in MD_PUSH_FOR. On that stream the roles are reversed: the agent sends DIAL_REQ
+ * (the address is a route's name) and the server answers, as it does for a ProxyService
+ * client, so connection ids of the two directions never share a table.
+ */
+export const MD_PUSH = 'tke-push';
+export const MD_PUSH_FOR = 'tke-push-for';
+
 /** Error texts, as the reference writes them (clients match on some of them). */
 export const ERR_NO_AGENT = 'No agent available';
 export const ERR_UNRECOGNIZED_CONNECT_ID = 'unrecognized connectID';

@@ -10,13 +10,13 @@ import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
-import { AcceptingMux, type DialHandler } from '../../lib/mux/index.js';
+import { AcceptingMux } from '../../lib/mux/index.js';
 import type { LocalPkiPaths } from '../../lib/pki/local-pki.js';
 import { localPkiTlsSource } from '../../lib/pki/tls-source.js';
 import { announceFlowControl, negotiateFlowControl } from '../../lib/transport/flow-control-metadata.js';
 import { splitHostPort } from '../../lib/transport/host-port.js';
 import { asPacketStream, proxyServiceDefinition } from './grpc-services.js';
-import { dialRequest, type KnownPacket } from '../../lib/wire/packet.js';
+import { dialRequest, type DialRequestPacket, type KnownPacket } from '../../lib/wire/packet.js';
 import { ERR_NO_AGENT } from '../../lib/wire/protocol.js';
 
 const LOCAL_HOSTS = new Set(['127.0.0.1', 'localhost']);
@@ -49,7 +49,7 @@ async function listen(server: net.Server, path?: string): Promise<Listening> {
 }
 
 /** Dials 127.0.0.1 targets; any other host gets the server's "no agent" text. */
-export const dialLocal: DialHandler = (request) => new Promise((resolve, reject) => {
+export const dialLocal = (request: DialRequestPacket, _signal?: AbortSignal): Promise<net.Socket> => new Promise((resolve, reject) => {
   const target = splitHostPort(request.address);
   if (!target) {
     reject(new Error(`bad address ${request.address}`));

@@ -36,9 +36,10 @@ export async function startServer(ws: Workspace, extra: string[] = [], name = 's
   const grpcUds = join(ws.dir, `${name}-grpc.sock`);
   const connectUds = join(ws.dir, `${name}-connect.sock`);
   const fixedAgentPort = extra.find((a) => a.startsWith('--agent-port='));
+  const fixedProxyPort = extra.find((a) => a.startsWith('--reverse-proxy-port='));
   const proc = run('tunnel-server', [
     `--state-dir=${ws.dir}`, '--bind-address=127.0.0.1', '--health-bind-address=127.0.0.1',
-    ...(fixedAgentPort ? [] : ['--agent-port=0']), '--server-port=0', '--health-port=0', '--grpc-port=0',
+    ...(fixedAgentPort ? [] : ['--agent-port=0']), ...(fixedProxyPort ? [] : ['--reverse-proxy-port=0']), '--server-port=0', '--health-port=0', '--grpc-port=0',
     `--uds-name=${grpcUds}`, `--http-connect-uds=${connectUds}`, ...extra,
   ]);
   const port = async (service: string) => Number((await addressOf(proc, service)).split(':').pop());
