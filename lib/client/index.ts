@@ -9,6 +9,7 @@ export * from './tunnel-socket.js';
 export * from './tunnel-http-agent.js';
 export * from './tunnel-request.js';
 export * from './client-tls.js';
+export * from './kube.js';
 export * from '../transport/host-port.js';
 /** What a refused or failed gRPC dial rejects with. */
 export { DialError } from '../mux/dialing-mux.js';
