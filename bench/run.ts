@@ -24,8 +24,9 @@ import { memory } from './scenarios/memory.js';
 import { hol } from './scenarios/hol.js';
 import { wan } from './scenarios/wan.js';
 import { rotation } from './scenarios/rotation.js';
+import { push } from './scenarios/push.js';
 
-const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, memory, hol, wan, rotation];
+const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, memory, hol, wan, rotation, push];
 
 const HELP = `usage: node dist/bench/run.js [--full] [--json FILE] [--only NAME[,NAME]] [--help]
 
@@ -65,6 +66,11 @@ scenarios (quick / --full):
   rotation   bulk download through HTTP-CONNECT while server and agent certificates from
              the CSR API rotate every ~2 s, against certificates that last a year.
              target: >= 0.9
+  push       push mode to a hub HTTP service, 64 MiB / 256 MiB download and upload, then
+             1 KiB GETs on kept-alive connections, 1 and 32 at a time: direct HTTP,
+             the server's reverse-proxy port (HTTPS, agent certificate, route /v1/norm),
+             the agent's push listener (carried in the tunnel). target: tunnel / direct
+             >= 0.3 (transfers; requests/s reported)
 `;
 
 function parseCli(argv: string[]) {
