@@ -324,15 +324,27 @@ test.serial('push to a route the server does not have gets 502 with the server\'
   t.is(again.status, 200);
 });
 
-test.serial('request smuggling and oversized heads are refused before any upstream sees them', async (t) => {
-  const before = echo.requests.length;
+test.serial('request smuggling, oversized heads and foreign certificates are refused before any upstream sees them, while another transfer goes on intact', async (t) => {
+  // cluster-a's upload through its tunnel runs while the bad requests come in.
+  const body = randomBytes(8 * 1024 * 1024);
+  const upload = pushRequest(pushEcho, '/beside-bad-input', { method: 'POST', body });
+  const before = echo.requests.filter((r) => r.url !== '/base/beside-bad-input').length;
   const smuggled = await rawProxy('POST /v1/echo/a HTTP/1.1\r\nHost: hub\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/echo/smuggled HTTP/1.1\r\nHost: hub\r\n\r\n');
   t.regex(smuggled, /^HTTP\/1\.1 400 /);
   const doubled = await rawProxy('POST /v1/echo/a HTTP/1.1\r\nHost: hub\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd');
   t.regex(doubled, /^HTTP\/1\.1 400 /);
   const big = await rawProxy(`GET /v1/echo/a HTTP/1.1\r\nHost: hub\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
   t.regex(big, /^HTTP\/1\.1 431 [\s\S]*larger than 16384 bytes/);
-  t.is(echo.requests.length, before);
+  const strangerCa = createCa('stranger');
+  const stranger = issueCertificate(strangerCa, { commonName: 'tunnel:agent:cluster-a', organization: ['tunnel:agents'], usage: 'client' });
+  const forged = await rawProxy('GET /v1/echo/a HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n', { cert: Buffer.from(stranger.certPem), key: Buffer.from(stranger.keyPem) });
+  t.regex(forged, /^HTTP\/1\.1 401 /);
+  const other = await rawProxy('GET /v1/echo/a HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n', certB);
+  t.regex(other, /^HTTP\/1\.1 403 /);
+  t.is(echo.requests.filter((r) => r.url !== '/base/beside-bad-input').length, before, 'no refused request reached the upstream');
+  const seen = JSON.parse((await upload).body.toString()) as { length: number; sha256: string };
+  t.is(seen.length, body.length);
+  t.is(seen.sha256, sha256(body));
   const ok = await proxyRequest('/v1/echo/fine', { cert: certA });
   t.is(ok.status, 200);
   t.true(await metric(server.healthPort, 'konnectivity_network_proxy_server_reverse_proxy_requests_total') > 0);
