@@ -19,7 +19,7 @@ const AGENT_LISTENER_WINDOW = agentStreamWindow(DEFAULT_CONNECTION_WINDOW);
 import { GrpcFramingError, GrpcMessageReader, GrpcPacketStream, framePacket } from '../lib/transport/grpc-stream.js';
 import { GrpcServer, type ServerCall } from '../lib/transport/grpc-server.js';
 import { GrpcCallError, connect, openCall } from '../lib/transport/grpc-client.js';
-import { GrpcStatus, Metadata, decodeGrpcMessage, encodeGrpcMessage } from '../lib/transport/grpc-metadata.js';
+import { GrpcStatus, KEEPALIVE, Metadata, decodeGrpcMessage, encodeGrpcMessage } from '../lib/transport/grpc-metadata.js';
 import { logger } from '../lib/observe/log.js';
 import { PacketType, closeRequest, dataPacket, dialRequest, windowUpdate, type KnownPacket, type Packet } from '../lib/wire/packet.js';
 import { AGENT_CONNECT_PATH, PROXY_PATH } from '../lib/wire/protocol.js';
@@ -446,6 +446,33 @@ test('a TLS listener takes its source\'s new certificate for new handshakes, and
   } finally {
     server.close();
     source.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('keepalive pings come at the interval asked for, and by default no more often than a grpc-go frontend allows', async (t) => {
+  const dir = mkdtempSync(join(os.tmpdir(), 'tunnel-ping-'));
+  const path = join(dir, 'h2.sock');
+  const pings: number[] = [];
+  const server = http2.createServer();
+  server.on('session', (session) => session.on('ping', () => pings.push(Date.now())));
+  server.listen(path);
+  await once(server, 'listening');
+  try {
+    const fast = await connect({ target: { uds: path }, timeoutMs: 5_000, keepaliveMs: 100 });
+    await new Promise((r) => setTimeout(r, 650));
+    fast.destroy();
+    t.true(pings.length >= 4, `${pings.length} pings in 650 ms at 100 ms`);
+    const gaps = pings.slice(1).map((at, i) => at - pings[i]);
+    t.true(gaps.every((gap) => gap >= 80), `gaps ${gaps.join(', ')}`);
+    pings.length = 0;
+    const plain = await connect({ target: { uds: path }, timeoutMs: 5_000 });
+    await new Promise((r) => setTimeout(r, 400));
+    plain.destroy();
+    t.is(pings.length, 0, 'a frontend client pings at most every 5.5 minutes');
+    t.true(KEEPALIVE.frontendMs >= 5 * 60_000 && KEEPALIVE.agentMs >= 2 * 30_000);
+  } finally {
+    server.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -9,8 +9,8 @@ import { joinPacketStreams, type PacketStream } from '../mux/packet-stream.js';
 import {
   AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_AUTHORIZATION, MD_DOWNLINK_FOR, MD_PUSH, MD_PUSH_FOR, MD_SERVER_COUNT, MD_SERVER_ID, MD_SPLIT_STREAMS,
 } from '../wire/protocol.js';
-import { closeSession, connect, openCall } from '../transport/grpc-client.js';
-import { Metadata } from '../transport/grpc-metadata.js';
+import { GrpcCallError, closeSession, connect, openCall } from '../transport/grpc-client.js';
+import { GrpcStatus, KEEPALIVE, Metadata } from '../transport/grpc-metadata.js';
 import { announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
 import { agentStreamWindow } from '../transport/http2-windows.js';
 import type { TlsMaterial } from '../pki/tls-source.js';
@@ -86,7 +86,7 @@ export class ServerConnection {
     const streams: PacketStream[] = [];
     const connectTo = async (receiveWindow?: number) => {
       const session = await connect({
-        target: o.target, tls: o.tls, serverName: o.serverName, receiveWindow, timeoutMs: HEADERS_TIMEOUT_MS,
+        target: o.target, tls: o.tls, serverName: o.serverName, receiveWindow, timeoutMs: HEADERS_TIMEOUT_MS, keepaliveMs: KEEPALIVE.agentMs,
         onDead: (reason) => o.log.warn('the tunnel server connection is gone', { server: o.target, reason }),
       });
       sessions.push(session);
@@ -113,9 +113,7 @@ export class ServerConnection {
         const downMetadata = new Metadata();
         downMetadata.set(MD_AGENT_ID, o.agentID);
         downMetadata.set(MD_DOWNLINK_FOR, token);
-        const downlink = await openCall(await connectTo(agentStreamWindow(o.connectionWindow)), AGENT_CONNECT_PATH, downMetadata, HEADERS_TIMEOUT_MS).catch((err: Error) => {
-          throw new Error(`the downlink stream was refused (${err.message})`);
-        });
+        const downlink = await openDownlink(connectTo, sessions, downMetadata, agentStreamWindow(o.connectionWindow), Math.max(1, Number(serverCount[0])));
         streams.push(downlink.stream);
         stream = joinPacketStreams(downlink.stream, uplink);
       }
@@ -149,4 +147,41 @@ async function openPushStream(session: http2.ClientHttp2Session, o: ServerConnec
   if (o.connectionWindow) announceFlowControl(metadata, o.connectionWindow);
   const { stream, headers } = await openCall(session, AGENT_CONNECT_PATH, metadata, HEADERS_TIMEOUT_MS);
   return new DialingMux(stream, { name: `push stream to server ${serverID}`, flowControl: negotiateFlowControl(headers, o.connectionWindow), log: o.log });
+}
+
+/** The downlink never reached the server of its uplink (behind a load balancer): the next attempt carries both directions on one stream. */
+export class DownlinkUnpairedError extends Error {
+  constructor(readonly attempts: number, reason: string) {
+    super(`the downlink stream did not reach the uplink's server in ${attempts} connection${attempts === 1 ? '' : 's'} (${reason})`);
+    this.name = 'DownlinkUnpairedError';
+  }
+}
+
+/**
+ * The downlink, on a connection of its own. Behind a load balancer that connection may land
+ * on another server, which answers NOT_FOUND; a new connection is tried until one reaches
+ * the uplink's server, up to twice the server count (a round-robin balancer gets there
+ * within the count, a random one almost always within twice it).
+ */
+async function openDownlink(
+  connectTo: (receiveWindow?: number) => Promise<http2.ClientHttp2Session>,
+  sessions: http2.ClientHttp2Session[],
+  metadata: Metadata,
+  receiveWindow: number | undefined,
+  serverCount: number,
+): Promise<{ stream: Awaited<ReturnType<typeof openCall>>['stream'] }> {
+  const attempts = serverCount === 1 ? 1 : 2 * serverCount;
+  for (let attempt = 1; ; attempt++) {
+    const session = await connectTo(receiveWindow);
+    try {
+      return await openCall(session, AGENT_CONNECT_PATH, metadata, HEADERS_TIMEOUT_MS);
+    } catch (err) {
+      const elsewhere = err instanceof GrpcCallError && err.code === GrpcStatus.NOT_FOUND;
+      if (!elsewhere) throw new Error(`the downlink stream was refused (${(err as Error).message})`, { cause: err });
+      // That connection reached another server: it carries nothing of ours.
+      sessions.splice(sessions.indexOf(session), 1);
+      session.destroy();
+      if (attempt >= attempts) throw new DownlinkUnpairedError(attempt, (err as Error).message);
+    }
+  }
 }

@@ -12,7 +12,7 @@ import { DEFAULT_MAX_MESSAGE_SIZE } from '../wire/protocol.js';
 import { GrpcPacketStream } from './grpc-stream.js';
 import { joinHostPort, splitHostPort } from './host-port.js';
 import { connectTls } from './tls-dial.js';
-import { GrpcStatus, Metadata, decodeGrpcMessage, keepAlive, statusName } from './grpc-metadata.js';
+import { GrpcStatus, KEEPALIVE, Metadata, decodeGrpcMessage, keepAlive, statusName } from './grpc-metadata.js';
 
 const { NGHTTP2_CANCEL } = http2.constants;
 const USER_AGENT = 'tke-anp-tunnel';
@@ -28,6 +28,8 @@ export interface GrpcConnectOptions {
   timeoutMs: number;
   /** Told when keepalive finds the server gone; the session is destroyed then. */
   onDead?: (reason: string) => void;
+  /** Keepalive ping interval (see KEEPALIVE): what the server's enforcement policy allows; default a frontend client's. */
+  keepaliveMs?: number;
 }
 
 function tlsSocket(host: string, port: number, material: TlsMaterial, serverName?: string): tls.TLSSocket {
@@ -85,7 +87,7 @@ export function connect(o: GrpcConnectOptions): Promise<http2.ClientHttp2Session
       clearTimeout(timer);
       session.off('error', fail);
       if (o.receiveWindow) session.setLocalWindowSize(o.receiveWindow);
-      keepAlive(session, (reason) => o.onDead?.(reason));
+      keepAlive(session, (reason) => o.onDead?.(reason), o.keepaliveMs ?? KEEPALIVE.frontendMs);
       resolve(session);
     });
   });

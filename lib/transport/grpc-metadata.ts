@@ -89,15 +89,29 @@ export class Metadata {
   }
 }
 
-/** Every 30 s, which the reference server's keepalive enforcement allows. */
-const KEEPALIVE_TIME_MS = 30_000;
+/**
+ * How often a gRPC client pings its server. grpc-go servers refuse pings that come more often
+ * than their enforcement policy allows, with GOAWAY ENHANCE_YOUR_CALM ("too_many_pings")
+ * after a few: the reference server allows one every 30 s on its agent port and, with
+ * grpc-go's default policy, one every 5 minutes on its frontend. Timers drift by a few ms,
+ * so each interval stays well clear of its limit.
+ */
+export const KEEPALIVE = {
+  /** Agents towards their servers: twice the reference agent port's 30 s minimum. */
+  agentMs: 60_000,
+  /** Frontend clients: above grpc-go's 5-minute default, below common load balancers' idle timeouts (AWS NLB: 350 s). */
+  frontendMs: 330_000,
+  /** Servers towards their clients (grpc-go clients take any rate). */
+  serverMs: 30_000,
+} as const;
+const KEEPALIVE_TIME_MS = KEEPALIVE.serverMs;
 const KEEPALIVE_TIMEOUT_MS = 15_000;
 
 /**
  * Pings the peer every `intervalMs` and destroys the session when an answer takes longer
  * than `timeoutMs`: a peer behind a NAT or load balancer that drops silently is noticed.
  */
-export function keepAlive(session: http2.Http2Session, onDead: (reason: string) => void, intervalMs = KEEPALIVE_TIME_MS, timeoutMs = KEEPALIVE_TIMEOUT_MS): void {
+export function keepAlive(session: http2.Http2Session, onDead: (reason: string) => void, intervalMs: number = KEEPALIVE_TIME_MS, timeoutMs = KEEPALIVE_TIMEOUT_MS): void {
   const interval = setInterval(() => {
     if (session.destroyed || session.closed) return;
     const timer = setTimeout(() => {
