@@ -12,7 +12,7 @@ import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
 import { HealthServer } from '../observe/health-server.js';
 import { Backoff, type BackoffOptions } from '../common/backoff.js';
-import { ServerConnection } from './server-connection.js';
+import { DownlinkUnpairedError, ServerConnection } from './server-connection.js';
 import type { TlsSource } from '../pki/tls-source.js';
 import { dialTarget, type TargetDialerOptions } from './target-dialer.js';
 import { PushListeners, type PushListenSpec } from './push-listener.js';
@@ -190,7 +190,7 @@ export class TunnelAgent {
       } catch (err) {
         // A server that agreed to split but did not take the downlink (another server behind
         // a load balancer got it): the next attempt carries both directions on one stream.
-        if (/downlink/.test((err as Error).message)) this.skipSplitOnce = true;
+        if ((err as Error).cause instanceof DownlinkUnpairedError) this.skipSplitOnce = true;
         const delay = this.backoff.next();
         this.log.warn('cannot connect to the tunnel server; retrying', { server: this.lastTarget, in: `${delay}ms`, reason: (err as Error).message });
         await this.sleepUntilWoken(delay);

@@ -119,7 +119,8 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
   const attachDownlink = (call: ServerCall, token: string) => {
     const uplink = waiting.get(token);
     if (!uplink) {
-      log.warn('refusing a downlink stream for no waiting agent stream', { peer: call.peer });
+      // Routine behind a load balancer: the agent tries another connection.
+      log.info('refusing a downlink stream for no waiting agent stream (its uplink is on another server?)', { peer: call.peer });
       call.sendStatus(GrpcStatus.NOT_FOUND, 'no agent stream of this server waits for this downlink (behind a load balancer it may have reached another server); reconnect');
       return;
     }
