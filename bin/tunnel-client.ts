@@ -111,7 +111,10 @@ runMain(NAME, async () => {
         throw new Error(`GET ${url.href} failed: ${reason}`, { cause: err });
       });
     // Like the reference client, any HTTP status is printed: the tunnel itself worked.
-    process.stdout.write(`HTML Response:\n${response.body.toString('utf8')}\n`);
+    // The body's bytes as they came, as the reference client prints them (a binary body too).
+    process.stdout.write('HTML Response:\n');
+    process.stdout.write(response.body);
+    process.stdout.write('\n');
     if (i < requests && delayMs > 0) await sleep(delayMs);
   }
 });

@@ -37,7 +37,7 @@ const initFlags = {
 
 const issueFlags = {
   kind: { type: 'string', multiple: false, metavar: KINDS.join('|'), help: 'certificate profile: client and agent get clientAuth, server gets serverAuth and clientAuth' },
-  name: { type: 'string', multiple: false, metavar: 'CN', help: 'common name; also the output file name <CN>.crt/.key' },
+  name: { type: 'string', multiple: false, metavar: 'NAME', help: 'the common name, and the output file name <NAME>.crt/.key; for --kind agent the cluster (CN tunnel:agent:<NAME>)' },
   'dns-names': { type: 'string', multiple: false, metavar: 'a,b', help: 'DNS subject alternative names' },
   ips: { type: 'string', multiple: false, metavar: 'IP,IP', help: 'IP subject alternative names' },
   'out-dir': { type: 'string', multiple: false, metavar: 'DIR', help: 'where to write the files (default <state-dir>/pki/issued)' },
@@ -49,7 +49,7 @@ const showFlags = { 'state-dir': stateDirFlag } as const satisfies FlagSpecs;
 
 const SUBCOMMANDS: Record<string, SubCommand> = {
   init: {
-    summary: 'Create the local CA and the server, agent and client certificates (or reuse them), and print their paths.',
+    summary: 'Create the local CA and the server and client certificates (or reuse them), and print their paths; agents\' come from issue --kind agent, or the agent binary on first use.',
     async run(argv) {
       const flags = parseFlags(info('init', this.summary), initFlags, argv);
       const paths = await ensureLocalPki({
