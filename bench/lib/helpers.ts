@@ -24,7 +24,11 @@ const SCRIPTS = {
 } as const;
 
 export async function startHelper(scope: Scope, kind: keyof typeof SCRIPTS, args: string[] = [], name: string = kind): Promise<Helper> {
-  const script = fileURLToPath(new URL(`./${SCRIPTS[kind]}`, import.meta.url));
+  return forkHelper(scope, fileURLToPath(new URL(`./${SCRIPTS[kind]}`, import.meta.url)), args, name);
+}
+
+/** Runs `script` as a helper child process that reports its port over IPC; stopped with the scope. */
+export async function forkHelper(scope: Scope, script: string, args: string[], name: string): Promise<Helper> {
   const child = fork(script, args, { execArgv: BENCH_NODE_ARGS, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   track(name, child);
   scope.defer(name, () => stopChild(child));

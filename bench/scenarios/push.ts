@@ -11,15 +11,14 @@
  * connections, one and 32 at a time. The paths take turns round after round, and each
  * figure is the median round.
  */
-import { fork } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { fileURLToPath } from 'node:url';
 import { serve } from '../lib/helper-main.js';
-import { BENCH_NODE_ARGS } from '../lib/limits.js';
-import { stopChild, track, type Scope } from '../lib/scope.js';
+import type { Scope } from '../lib/scope.js';
+import { forkHelper } from '../lib/helpers.js';
 import { Received, mismatch, payload, slices, type Payload } from '../lib/content.js';
 import { integrityFailure, rethrowIntegrity } from '../lib/integrity.js';
 import { formatBytes, mbps, medianBy, now, percentile, pool, KiB, MiB, type Transfer } from '../lib/measure.js';
@@ -115,23 +114,7 @@ function hubService(): http.Server {
 
 /** The hub service as a child process (its own event loop, as the other scenarios' targets). */
 async function startHubService(scope: Scope): Promise<{ pid: number; port: number }> {
-  const name = 'hub service';
-  const child = fork(fileURLToPath(import.meta.url), [SERVE_FLAG], { execArgv: BENCH_NODE_ARGS, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  track(name, child);
-  scope.defer(name, () => stopChild(child));
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name} did not report its port within 10 s`)), 10_000);
-    child.once('message', (message: { port?: number }) => {
-      clearTimeout(timer);
-      if (typeof message.port === 'number') resolve(message.port);
-      else reject(new Error(`${name} sent ${JSON.stringify(message)}`));
-    });
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`${name} exited (${code ?? signal}) before reporting its port`));
-    });
-  });
-  return { pid: child.pid!, port };
+  return forkHelper(scope, fileURLToPath(import.meta.url), [SERVE_FLAG], 'hub service');
 }
 
 /** One way to the hub service: where to send requests, and how. */
