@@ -8,8 +8,7 @@ import { CoreV1Api, type V1Node, type V1Service } from '@kubernetes/client-node'
 import { Observable, concatMap, distinctUntilChanged, from, map } from 'rxjs';
 import type { KubeConnection } from '../kube/kube-config.js';
 import { kubeCall } from '../kube/api-errors.js';
-import { listWatch } from '../kube/list-watch.js';
-import { agentEndpoints } from '../kube/service-addresses.js';
+import { agentEndpoints, watchService } from '../kube/service-addresses.js';
 import type { Logger } from '../observe/log.js';
 
 /** The addresses to dial, or (when there are none) why. */
@@ -54,15 +53,7 @@ export function discoverServer(o: ServerDiscoveryOptions): Observable<ServerAddr
     const found = agentEndpoints(svc, () => known);
     return 'problem' in found ? { addresses: [], problem: found.problem } : { addresses: found.addresses };
   };
-  return listWatch<V1Service>({
-    config: kube.config,
-    server: kube.server,
-    path: `/api/v1/namespaces/${service.namespace}/services`,
-    resource: { resource: 'services', group: '', namespace: service.namespace, name: service.name },
-    fieldSelector: `metadata.name=${service.name}`,
-    list: () => core.listNamespacedService({ namespace: service.namespace, fieldSelector: `metadata.name=${service.name}` }),
-    log: o.log,
-  }).pipe(
+  return watchService(kube, service, o.log).pipe(
     concatMap((event) => from(addressesOf(event.type === 'DELETED' ? undefined : event.object))),
     distinctUntilChanged((a, b) => a.addresses.join() === b.addresses.join() && a.problem === b.problem),
     map((found) => {

@@ -6,7 +6,11 @@
  * NodePort's node port on the nodes' addresses. The agent port is the Service port named
  * `agent`, else the one whose port or targetPort is 10262.
  */
-import type { V1Service } from '@kubernetes/client-node';
+import { CoreV1Api, type V1Service } from '@kubernetes/client-node';
+import type { Observable } from 'rxjs';
+import type { Logger } from '../observe/log.js';
+import type { KubeConnection } from './kube-config.js';
+import { listWatch, type WatchEvent } from './list-watch.js';
 import { DEFAULT_AGENT_PORT } from '../wire/protocol.js';
 import { joinHostPort, splitHostPort } from '../transport/host-port.js';
 
@@ -54,4 +58,19 @@ export function agentEndpoints(svc: V1Service, nodeAddresses: () => string[]): {
     return { problem: `NodePort Service ${name}: no node addresses are known (the agent's hub account may not list nodes); set the ${PUBLIC_ADDRESS_ANNOTATION} annotation` };
   }
   return { problem: `${type} Service ${name} is not reachable from outside the hub by itself: set its ${PUBLIC_ADDRESS_ANNOTATION} annotation to the address agents reach (e.g. the ingress or DNS name in front of it)` };
+}
+
+/** One Service, by list+watch narrowed to its name (which RBAC resourceNames allow). */
+export function watchService(kube: KubeConnection, service: { namespace: string; name: string }, log: Logger): Observable<WatchEvent<V1Service>> {
+  const core = kube.config.makeApiClient(CoreV1Api);
+  const fieldSelector = `metadata.name=${service.name}`;
+  return listWatch<V1Service>({
+    config: kube.config,
+    server: kube.server,
+    path: `/api/v1/namespaces/${service.namespace}/services`,
+    resource: { resource: 'services', group: '', namespace: service.namespace, name: service.name },
+    fieldSelector,
+    list: () => core.listNamespacedService({ namespace: service.namespace, fieldSelector }),
+    log,
+  });
 }

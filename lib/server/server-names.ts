@@ -13,8 +13,7 @@ import { normalizeIp } from '../pki/certificates.js';
 import type { Logger } from '../observe/log.js';
 import { kubeCall, KubeApiError } from '../kube/api-errors.js';
 import type { KubeConnection } from '../kube/kube-config.js';
-import { listWatch } from '../kube/list-watch.js';
-import { PUBLIC_ADDRESS_ANNOTATION, publicAddresses } from '../kube/service-addresses.js';
+import { PUBLIC_ADDRESS_ANNOTATION, publicAddresses, watchService } from '../kube/service-addresses.js';
 
 export interface ServerNames {
   dnsNames: string[];
@@ -70,15 +69,7 @@ export function serverNames(o: ServerNamesOptions): Observable<ServerNames> {
       });
     return namesOf(svc);
   });
-  const changes = listWatch<V1Service>({
-    config: kube.config,
-    server: kube.server,
-    path: `/api/v1/namespaces/${service.namespace}/services`,
-    resource: { resource: 'services', group: '', namespace: service.namespace, name: service.name },
-    fieldSelector: `metadata.name=${service.name}`,
-    list: () => core.listNamespacedService({ namespace: service.namespace, fieldSelector: `metadata.name=${service.name}` }),
-    log: o.log,
-  }).pipe(concatMap((event) => from(namesOf(event.type === 'DELETED' ? undefined : event.object))));
+  const changes = watchService(kube, service, o.log).pipe(concatMap((event) => from(namesOf(event.type === 'DELETED' ? undefined : event.object))));
   return concat(initial, changes).pipe(
     distinctUntilChanged((a, b) => a.dnsNames.join() === b.dnsNames.join() && a.ips.join() === b.ips.join()),
     shareReplay({ bufferSize: 1, refCount: true }),
