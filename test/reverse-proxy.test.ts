@@ -20,7 +20,7 @@ import { CoreV1Api, KubeConfig, Watch, type V1ConfigMap } from '@kubernetes/clie
 import { startKubeApi, type KubeApiDouble } from '../harness/kube-api/index.js';
 import { localAgentCertificate } from '../lib/pki/local-pki.js';
 import { createCa, issueCertificate } from '../lib/pki/certificates.js';
-import { eventually, metric, sha256, startAgent, startServer, workspace, type AgentHandle, type ServerHandle, type Workspace } from './helpers/system.js';
+import { eventually, metric, sha256, startAgent, startServer, unusedPort, workspace, type AgentHandle, type ServerHandle, type Workspace } from './helpers/system.js';
 
 const TOKEN = 'addon-token-5d1e0c';
 let ws: Workspace;
@@ -364,4 +364,23 @@ test.serial('a push connection\'s bytes reach the hub while another cluster\'s a
   const seen = JSON.parse(reply.body.toString()) as { length: number; sha256: string };
   t.is(seen.length, body.length);
   t.is(seen.sha256, sha256(body));
+});
+
+test.serial('a server that takes no push streams (--accept-push=false, like a reference server): the listener answers 503, and the agent says so once per server across reconnects', async (t) => {
+  const agentPort = await unusedPort();
+  let plain = await startServer(ws, [`--agent-port=${agentPort}`, '--accept-push=false', '--server-id=no-push'], 'no-push');
+  const agent = await startAgent(ws, plain, 'cluster-c', ['--push-listen=127.0.0.1:0=apiserver']);
+  try {
+    const port = await pushPort(agent, 'apiserver');
+    const reply = await pushRequest(port, '/api');
+    t.is(reply.status, 503);
+    t.regex(reply.body.toString(), /no tunnel server has taken this agent's push stream/);
+    await plain.stop();
+    plain = await startServer(ws, [`--agent-port=${agentPort}`, '--accept-push=false', '--server-id=no-push'], 'no-push');
+    await eventually(() => (agent.proc.output.match(/connected to tunnel server/g) ?? []).length >= 2, 20_000, 'the agent reconnected');
+    t.is((agent.proc.output.match(/does not take push connections/g) ?? []).length, 1);
+  } finally {
+    await agent.stop();
+    await plain.stop();
+  }
 });

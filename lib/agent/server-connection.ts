@@ -43,6 +43,8 @@ export interface ServerConnectionOptions {
 export class ServerConnection {
   /** Where this agent dials the server's routes for its push listeners, when the server agreed. */
   push?: DialingMux;
+  /** The agent asked for a push stream and the server did not offer one (a reference server). */
+  pushDeclined = false;
 
   constructor(
     readonly serverID: string,
@@ -123,7 +125,7 @@ export class ServerConnection {
       const connection = new ServerConnection(serverID[0], Math.max(1, Number(serverCount[0])), mux, sessions);
       const pushToken = headers.get(MD_PUSH)[0];
       if (o.push && pushToken === undefined) {
-        o.log.warn('the tunnel server does not take push connections: the push listeners answer 503 until a server that does is connected', { serverID: serverID[0] });
+        connection.pushDeclined = true;
       } else if (o.push && pushToken !== undefined) {
         connection.push = await openPushStream(sessions[0], o, String(pushToken), serverID[0]).catch((err: Error) => {
           o.log.warn('the tunnel server refused the push stream: the push listeners answer 503 until a server takes it', { serverID: serverID[0], reason: err.message });

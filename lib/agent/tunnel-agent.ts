@@ -76,6 +76,7 @@ export class TunnelAgent {
   private discovery?: Subscription;
   private attempt = 0;
   private lastTarget = 'from its Service';
+  private readonly pushDeclinedBy = new Set<string>();
 
   constructor(private readonly options: TunnelAgentOptions) {
     this.agentID = options.agentID ?? randomUUID();
@@ -232,6 +233,11 @@ export class TunnelAgent {
     this.connections.set(connection.serverID, connection);
     this.serverCount = connection.serverCount;
     this.markConnected();
+    if (connection.pushDeclined && !this.pushDeclinedBy.has(connection.serverID)) {
+      // Once per server: a reference server never will, and it reconnects like any other.
+      this.pushDeclinedBy.add(connection.serverID);
+      this.log.warn('the tunnel server does not take push connections: the push listeners answer 503 until a server that does is connected', { serverID: connection.serverID });
+    }
     this.log.info('connected to tunnel server', {
       serverID: connection.serverID, serverCount: connection.serverCount, flowControl: connection.mux.flowControl ? 'on' : 'off', streams: connection.split ? 'split' : 'single',
       ...(this.push ? { push: connection.push ? 'on' : 'off' } : {}),
