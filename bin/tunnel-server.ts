@@ -44,6 +44,8 @@ const FLAGS = {
   'server-id': { type: 'string', metavar: 'ID', help: 'this server\'s id, sent to agents (default: a random UUID)' },
   'server-count': { type: 'string', default: '1', metavar: 'N', help: 'number of servers behind the agents\' address; agents keep a stream to each' },
   'dial-timeout': { type: 'string', default: '30s', metavar: 'DURATION', help: 'how long a client waits for the agent to answer a dial' },
+  'handshake-timeout': { type: 'string', default: '10s', metavar: 'DURATION', help: 'how long an HTTP-CONNECT or reverse-proxy client has for its TLS handshake before it is disconnected' },
+  'request-head-timeout': { type: 'string', default: '10s', metavar: 'DURATION', help: 'how long an HTTP-CONNECT or reverse-proxy client has for its request head (the CONNECT line and headers) after connecting; later is 408' },
   ...reverseProxyFlags(),
   ...certificateFlags('server'),
   kubeconfig: { type: 'string', metavar: 'FILE', help: 'kubeconfig of the hub cluster, for --cert-source=kube and token authentication (default: the pod\'s service account)' },
@@ -126,6 +128,10 @@ runMain(NAME, async () => {
     connectionWindow: parseCount('connection-window', flags['connection-window'], 0),
     singleStream: flags['single-stream'],
     reverseProxy,
+    clientLimits: {
+      handshakeMs: positiveDuration('handshake-timeout', flags['handshake-timeout']),
+      requestHeadMs: positiveDuration('request-head-timeout', flags['request-head-timeout']),
+    },
   });
   started.server = server;
   onShutdownSignal(async () => {
@@ -135,6 +141,12 @@ runMain(NAME, async () => {
   });
   await server.start();
 });
+
+function positiveDuration(flag: string, value: string): number {
+  const ms = parseDuration(flag, value);
+  if (ms <= 0) throw new UsageError(`--${flag}=${value} must be longer than 0`);
+  return ms;
+}
 
 function required(flag: string, value: string | undefined, when: string): string {
   if (!value) throw new UsageError(`--${flag} is needed ${when}`);

@@ -30,6 +30,25 @@ export interface HttpConnectFrontendOptions {
   onOutcome?: (outcome: string) => void;
   /** Who may dial what; everyone, everything when absent. */
   policy?: ClientPolicy;
+  /** How long a client has for its TLS handshake, and for its request head after it (slow or silent clients are cut off). */
+  limits?: ClientTimeLimits;
+}
+
+export interface ClientTimeLimits {
+  handshakeMs: number;
+  requestHeadMs: number;
+}
+
+/** The defaults of --handshake-timeout and --request-head-timeout. */
+export const DEFAULT_CLIENT_TIME_LIMITS: ClientTimeLimits = { handshakeMs: 10_000, requestHeadMs: 10_000 };
+
+/**
+ * Server options that bound a client's handshake and request head. Node checks request
+ * heads on a timer (every 30 s by default, so a 10 s limit took up to 40 s); it runs every
+ * second here, or a quarter of the limit when that is shorter.
+ */
+export function clientTimeOptions(limits: ClientTimeLimits): { handshakeTimeout: number; connectionsCheckingInterval: number } {
+  return { handshakeTimeout: limits.handshakeMs, connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(limits.requestHeadMs / 4))) };
 }
 
 /** Error response with the reference's exact status line and body. */
@@ -107,13 +126,15 @@ function attach(server: http.Server, options: HttpConnectFrontendOptions): void 
     res.end(`this proxy only supports CONNECT passthrough, not ${req.method}\n`);
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-    options.log.debug('malformed request from a frontend client', { err });
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nmalformed HTTP request\n');
-    else socket.destroy();
+    const late = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+    options.log.debug(late ? 'a frontend client did not send its request head in time' : 'malformed request from a frontend client', { err: err.code ?? err.message });
+    if (!socket.writable) socket.destroy();
+    else if (late) socket.end(`HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nthe CONNECT request did not arrive within ${server.headersTimeout} ms\n`);
+    else socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nmalformed HTTP request\n');
   });
   // Tunnels live as long as their peers want; only the request head has a deadline.
   server.requestTimeout = 0;
-  server.headersTimeout = 60_000;
+  server.headersTimeout = (options.limits ?? DEFAULT_CLIENT_TIME_LIMITS).requestHeadMs;
 }
 
 export function createMtlsConnectServer(tls: TlsSource, options: HttpConnectFrontendOptions): https.Server {
@@ -125,8 +146,12 @@ export function createMtlsConnectServer(tls: TlsSource, options: HttpConnectFron
   // OpenSSL still sends two stateful tickets (session ids); Node offers no way to stop
   // those short of OpenSSL's configuration (NumTickets, see docs/performance.md).
   const context = { secureOptions: constants.SSL_OP_NO_TICKET };
-  const server = https.createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: true, ...context });
-  server.on('tlsClientError', (err) => options.log.debug('frontend TLS handshake failed', { err: err.message }));
+  const server = https.createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: true, ...context, ...clientTimeOptions(options.limits ?? DEFAULT_CLIENT_TIME_LIMITS) });
+  // A listener here keeps Node from closing the socket itself, handshake timeouts included.
+  server.on('tlsClientError', (err, socket) => {
+    options.log.debug('frontend TLS handshake failed', { err: err.message });
+    socket.destroy();
+  });
   const follower = followTlsSource(server, tls, 'http-connect', options.log, context);
   server.once('close', () => follower.unsubscribe());
   attach(server, options);
@@ -134,7 +159,7 @@ export function createMtlsConnectServer(tls: TlsSource, options: HttpConnectFron
 }
 
 export function createPlainConnectServer(options: HttpConnectFrontendOptions): http.Server {
-  const server = http.createServer();
+  const server = http.createServer(clientTimeOptions(options.limits ?? DEFAULT_CLIENT_TIME_LIMITS));
   attach(server, options);
   return server;
 }

@@ -20,7 +20,7 @@ import { HealthServer } from '../observe/health-server.js';
 import { AgentRegistry } from './agent-registry.js';
 import { agentConnectHandler } from './agent-listener.js';
 import { dialRouter } from './dial-router.js';
-import { createMtlsConnectServer, createPlainConnectServer } from './http-connect-frontend.js';
+import { createMtlsConnectServer, createPlainConnectServer, type ClientTimeLimits } from './http-connect-frontend.js';
 import { proxyHandler } from './grpc-frontend.js';
 import type { ProxyStrategy } from './proxy-strategies.js';
 import type { AgentIdentityRule } from './agent-identity.js';
@@ -78,6 +78,8 @@ export interface TunnelServerOptions {
   metrics?: MetricsRegistry;
   /** The reverse proxy to hub services, for push mode. */
   reverseProxy?: ReverseProxyConfig;
+  /** How long HTTP-CONNECT and reverse-proxy clients have for their TLS handshake and their request head. */
+  clientLimits?: ClientTimeLimits;
 }
 
 export interface ListeningAddresses {
@@ -162,7 +164,7 @@ export class TunnelServer {
       this.log.info('listening', { service: 'reverse-proxy', address: addresses.reverseProxy, transport: 'HTTPS mTLS', routes: describeRoutes(proxyConfig.routes) });
     }
 
-    const connectOptions = { dial, log: this.log, policy: o.clientPolicy, onOutcome: (outcome: string) => outcomes.inc({ outcome }) };
+    const connectOptions = { dial, log: this.log, policy: o.clientPolicy, limits: o.clientLimits, onOutcome: (outcome: string) => outcomes.inc({ outcome }) };
     if (o.serverPort !== undefined) {
       const server = createMtlsConnectServer(o.tls, connectOptions);
       this.httpServers.push(server);
@@ -236,6 +238,7 @@ export class TunnelServer {
       identityRule: this.options.agentIdentity ?? { kind: 'off' },
       log: this.log,
       maxHeaderSize: config.maxHeaderSize,
+      limits: this.options.clientLimits,
       requests: this.metrics.counter('reverse_proxy_requests_total', 'Requests to the reverse proxy (its port and pushed connections), by route and status.'),
     });
     this.proxy = proxy;

@@ -18,12 +18,11 @@ import { followTlsSource } from '../../transport/tls-reload.js';
 import { describePeer, peerIdentity } from '../../transport/peer-identity.js';
 import { clusterOfCertificate, type AgentIdentityRule } from '../agent-identity.js';
 import { describeRoutes, matchRoute, routeNamed, routeRefusal, upstreamPath, type Caller, type Route, type RouteTable } from './routes.js';
+import { DEFAULT_CLIENT_TIME_LIMITS, clientTimeOptions, type ClientTimeLimits } from '../http-connect-frontend.js';
 import { UpstreamError, forwardRequest, forwardUpgrade, responseHead, upstreamAgent, type ForwardContext } from './forward.js';
 
 /** Node's default; a longer request head is answered 431. */
 export const DEFAULT_MAX_HEADER_SIZE = 16 * 1024;
-/** How long a client may take to send a request head. */
-const HEADERS_TIMEOUT_MS = 60_000;
 
 export interface ReverseProxyOptions {
   routes: RouteTable;
@@ -33,6 +32,8 @@ export interface ReverseProxyOptions {
   /** Counts requests by route and status. */
   requests?: Counter;
   maxHeaderSize?: number;
+  /** The TLS handshake's and the request head's time limits. */
+  limits?: ClientTimeLimits;
 }
 
 interface Binding {
@@ -57,6 +58,10 @@ export class ReverseProxy {
     this.pushServer = this.attach(http.createServer(this.serverOptions()));
   }
 
+  private get limits(): ClientTimeLimits {
+    return this.options.limits ?? DEFAULT_CLIENT_TIME_LIMITS;
+  }
+
   get routes(): RouteTable {
     return this.options.routes;
   }
@@ -66,7 +71,11 @@ export class ReverseProxy {
     const { key, cert, ca } = tls.current();
     // Certificates are checked per request, so that callers without one can use open routes.
     const server = https.createServer({ ...this.serverOptions(), key, cert, ca, requestCert: true, rejectUnauthorized: false });
-    server.on('tlsClientError', (err) => this.options.log.debug('reverse-proxy TLS handshake failed', { err: err.message }));
+    // A listener here keeps Node from closing the socket itself, handshake timeouts included.
+    server.on('tlsClientError', (err, socket) => {
+      this.options.log.debug('reverse-proxy TLS handshake failed', { err: err.message });
+      socket.destroy();
+    });
     const follower = followTlsSource(server, tls, 'reverse-proxy', this.options.log);
     server.once('close', () => follower.unsubscribe());
     return this.attach(server);
@@ -90,7 +99,7 @@ export class ReverseProxy {
   }
 
   private serverOptions(): http.ServerOptions {
-    return { maxHeaderSize: this.options.maxHeaderSize ?? DEFAULT_MAX_HEADER_SIZE, requireHostHeader: true };
+    return { maxHeaderSize: this.options.maxHeaderSize ?? DEFAULT_MAX_HEADER_SIZE, requireHostHeader: true, ...clientTimeOptions(this.limits) };
   }
 
   private attach<S extends http.Server>(server: S): S {
@@ -102,7 +111,7 @@ export class ReverseProxy {
     server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.handleClientError(err, socket));
     // A watch's request is over once its head is in; only slow heads are cut off.
     server.requestTimeout = 0;
-    server.headersTimeout = HEADERS_TIMEOUT_MS;
+    server.headersTimeout = this.limits.requestHeadMs;
     return server;
   }
 
