@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { dialHttpConnect } from '../lib/client/http-connect-dialer.js';
 import { FileTlsSource } from '../lib/pki/tls-source.js';
-import { echoTarget, exchange, sha256, startAgent, startServer, workspace } from './helpers/system.js';
+import { echoTarget, exchange, httpGet, sha256, startAgent, startServer, workspace } from './helpers/system.js';
 
 /** What a socket received until it closed, and after how long. */
 function untilClosed(socket: net.Socket): Promise<{ text: string; ms: number }> {
@@ -59,6 +59,18 @@ test('silent and slow clients are cut off after their time limits on the HTTP-CO
       t.regex(slow.text, /^HTTP\/1\.1 408 /, `${name}: ${slow.text}`);
       t.regex(slow.text, /did not arrive|in time/);
     }
+    // Counted and said like the requests refused after parsing.
+    const { body } = await httpGet(server.healthPort, '/metrics');
+    t.regex(body, /http_connect_requests_total\{outcome="request_timeout"\} [1-9]/);
+    const bad = untilClosed(await secure(server.connectPort));
+    await new Promise((r) => setTimeout(r, 50));
+    const garbage = await secure(server.connectPort);
+    const refused = untilClosed(garbage);
+    garbage.write('NOT HTTP AT ALL\r\n\r\n');
+    t.regex((await refused).text, /^HTTP\/1\.1 400 /);
+    await bad;
+    t.regex((await httpGet(server.healthPort, '/metrics')).body, /http_connect_requests_total\{outcome="bad_request"\} [1-9]/);
+    t.regex(server.proc.output, /refused a malformed request from a frontend client/);
   } finally {
     await agent.stop();
     await server.stop();

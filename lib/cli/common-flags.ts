@@ -12,7 +12,7 @@ const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 export function commonFlags(healthPort: number, singleStreamHelp: string) {
   return {
     'state-dir': { type: 'string', default: defaultStateDir(), metavar: 'DIR', help: 'where the local PKI lives when no certificate flags are given' },
-    'health-bind-address': { type: 'string', default: '0.0.0.0', metavar: 'IP', help: 'address of the health port' },
+    'health-bind-address': { type: 'string', default: '127.0.0.1', metavar: 'IP', help: 'address of the health port (/metrics included): loopback unless given; 0.0.0.0 for kubelet probes and scrapers in a pod' },
     'health-port': { type: 'string', default: String(healthPort), metavar: 'PORT', help: '/healthz, /readyz and /metrics ("off" turns it off)' },
     'connection-window': { type: 'string', default: String(DEFAULT_CONNECTION_WINDOW), metavar: 'BYTES', help: 'most bytes one tunneled connection may hold for a reader that does not keep up; a connection starts at a quarter of it and grows while its reader keeps up; on a long link, about its bandwidth-delay product, on both ends (0 turns the flow-control extension off)' },
     'single-stream': { type: 'boolean', help: singleStreamHelp },

@@ -127,7 +127,9 @@ function attach(server: http.Server, options: HttpConnectFrontendOptions): void 
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     const late = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
-    options.log.debug(late ? 'a frontend client did not send its request head in time' : 'malformed request from a frontend client', { err: err.code ?? err.message });
+    // Every refused request is counted and said, as the ones refused after parsing are.
+    options.onOutcome?.(late ? 'request_timeout' : 'bad_request');
+    options.log.info(late ? 'a frontend client did not send its request head in time' : 'refused a malformed request from a frontend client', { err: err.code ?? err.message });
     if (!socket.writable) socket.destroy();
     else if (late) socket.end(`HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nthe CONNECT request did not arrive within ${server.headersTimeout} ms\n`);
     else socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nmalformed HTTP request\n');
