@@ -7,7 +7,7 @@
  */
 import test from 'ava';
 import { join } from 'node:path';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { startHub, HUB_NAMESPACE, type Hub } from '../harness/hub.js';
 import { eventually, httpGet, run, startServer, workspace, type Proc, type ServerHandle, type Workspace } from './helpers/system.js';
 
@@ -140,6 +140,15 @@ test.serial('the seed\'s command lines: the agent bootstraps through the server\
     t.true(agentCalls.some((r) => r.path.startsWith('/apis/certificates.k8s.io/v1/certificatesigningrequests') && r.method === 'POST'));
     t.true(agentCalls.some((r) => r.path.includes('/services')));
     t.regex(kubeServer.proc.output, /agent connected/);
+    // No credential of the run in any log line: tokens, private keys, bearer headers.
+    const token = readFileSync(kubeHub.agentTokenFile('cluster-a'), 'utf8').trim();
+    const serverToken = /token: "?([^"\s]+)"?/.exec(readFileSync(kubeHub.serverKubeconfig, 'utf8'))?.[1];
+    t.truthy(serverToken, 'the server\'s kubeconfig holds a token');
+    for (const proc of [agent, kubeServer.proc]) {
+      t.false(proc.output.includes(token), `${proc.name} logged the bootstrap token`);
+      t.false(proc.output.includes(serverToken!), `${proc.name} logged the server's token`);
+      t.notRegex(proc.output, /PRIVATE KEY|Bearer /i, `${proc.name} logged a key or a bearer header`);
+    }
   } finally {
     await agent?.stop();
     await kubeServer?.stop();
