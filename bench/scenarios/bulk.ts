@@ -51,11 +51,16 @@ export async function measureTransfer(ctx: Context, dialer: Dialer, direction: D
     ctx.info(`${rate.toFixed(1)} MB/s (${t.seconds.toFixed(2)} s); CPU: ${cpu}${note ? `; ${note}` : ''}`);
     return { rate, note, cpu };
   } catch (err) {
-    rethrowIntegrity(err);
-    const note = `failed: ${(err as Error).message}`;
-    ctx.info(note);
-    return { rate: null, note };
+    return failedRun(ctx, err);
   }
+}
+
+/** A measurement that failed: said and recorded without a rate; lost or changed bytes still void the run. */
+export function failedRun(ctx: Context, err: unknown): { rate: null; note: string } {
+  rethrowIntegrity(err);
+  const note = `failed: ${(err as Error).message}`;
+  ctx.info(note);
+  return { rate: null, note };
 }
 
 export function transferNote(t: Transfer, bytes: number, limitMs: number): string | undefined {

@@ -20,12 +20,12 @@ import { serve } from '../lib/helper-main.js';
 import type { Scope } from '../lib/scope.js';
 import { forkHelper } from '../lib/helpers.js';
 import { Received, mismatch, payload, slices, type Payload } from '../lib/content.js';
-import { integrityFailure, rethrowIntegrity } from '../lib/integrity.js';
+import { integrityFailure } from '../lib/integrity.js';
 import { formatBytes, mbps, medianBy, now, percentile, pool, KiB, MiB, type Transfer } from '../lib/measure.js';
 import { cpuMeter, formatCpu, formatCpuPer } from '../lib/cpu.js';
 import { CLUSTER, startTunnelAgent, startTunnelServer, startWorkspace } from '../lib/tunnel.js';
 import { localAgentCertificate } from '../../lib/pki/local-pki.js';
-import { roundLabels, transferNote, type Run } from './bulk.js';
+import { failedRun, roundLabels, transferNote, type Run } from './bulk.js';
 import type { Config, Context, Scenario } from '../lib/scenario.js';
 
 const DIRECTIONS = ['download', 'upload'] as const;
@@ -298,10 +298,7 @@ async function measureTransfer(ctx: Context, path: HttpPath, direction: Directio
     ctx.info(`${rate.toFixed(1)} MB/s (${t.seconds.toFixed(2)} s); CPU: ${cpu}${note ? `; ${note}` : ''}`);
     return { rate, note, cpu };
   } catch (err) {
-    rethrowIntegrity(err);
-    const note = `failed: ${(err as Error).message}`;
-    ctx.info(note);
-    return { rate: null, note };
+    return failedRun(ctx, err);
   } finally {
     conns?.agent.destroy();
   }
@@ -344,10 +341,7 @@ async function measureRequests(ctx: Context, path: HttpPath, count: number, conc
     ctx.info(`${rate.toFixed(0)} requests/s, ${latency} (${r.count} on ${r.connections.sockets.size} connection${r.connections.sockets.size === 1 ? '' : 's'}); CPU: ${cpu}`);
     return { rate, note, cpu };
   } catch (err) {
-    rethrowIntegrity(err);
-    const note = `failed: ${(err as Error).message}`;
-    ctx.info(note);
-    return { rate: null, note };
+    return failedRun(ctx, err);
   }
 }
 
