@@ -25,6 +25,8 @@ import { TunnelServer } from '../lib/server/tunnel-server.js';
 import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
 import { dialHttpConnect } from '../lib/client/http-connect-dialer.js';
 import { routeTable } from '../lib/server/reverse-proxy/routes.js';
+import { DEFAULT_AGENT_IDENTITY, parseAgentIdentityRule } from '../lib/server/agent-identity.js';
+import { AGENT_ORGANIZATION } from '../lib/pki/identities.js';
 
 export interface DemoOptions {
   stateDir: string;
@@ -87,6 +89,8 @@ export async function runDemo(o: DemoOptions): Promise<RunningDemo> {
   const server = new TunnelServer({
     bindAddress: LOOPBACK, agentPort: o.agentPort, serverPort: o.serverPort, healthBindAddress: LOOPBACK,
     tls: serverTls, agentTls: certificates?.server.tls, proxyStrategies: ['destHost'],
+    // Agents serve the cluster their certificate names, which is also who the hub services see.
+    agentIdentity: parseAgentIdentityRule(DEFAULT_AGENT_IDENTITY, AGENT_ORGANIZATION),
     // The sample hub service as the built-in /v1/norm route, open to every cluster.
     reverseProxy: { port: 0, routes: routeTable({ norm: { url: hubServiceUrl } }) },
   });

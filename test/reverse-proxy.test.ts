@@ -99,7 +99,7 @@ test.before(async () => {
   writeFileSync(routes, JSON.stringify({
     routes: [{ name: 'echo', prefix: '/v1/echo', upstream: `http://127.0.0.1:${echo.port}/base`, clusters: ['cluster-a'] }],
   }));
-  server = await startServer(ws, [`--hub-apiserver=${hub.url}`, `--hub-apiserver-ca=${hubCa}`, `--reverse-proxy-routes=${routes}`]);
+  server = await startServer(ws, [`--hub-apiserver=${hub.url}`, `--hub-apiserver-ca=${hubCa}`, `--reverse-proxy-routes=${routes}`, '--request-head-timeout=2s']);
   proxyPort = Number((await server.proc.waitFor(/service=reverse-proxy address=\S+:(\d+)/))[1]);
   agentA = await startAgent(ws, server, 'cluster-a', ['--push-listen=127.0.0.1:0=apiserver', '--push-listen=127.0.0.1:0=echo', '--push-listen=127.0.0.1:0=nowhere']);
   [pushApi, pushEcho, pushNoRoute] = await Promise.all([pushPort(agentA, 'apiserver'), pushPort(agentA, 'echo'), pushPort(agentA, 'nowhere')]);
@@ -383,4 +383,31 @@ test.serial('a server that takes no push streams (--accept-push=false, like a re
     await agent.stop();
     await plain.stop();
   }
+});
+
+/** Raw bytes to a push listener; resolves with what came back before the close, and when. */
+function rawPush(port: number, bytes: string, more?: string): Promise<{ text: string; ms: number }> {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    const socket = net.connect({ host: '127.0.0.1', port }, () => {
+      socket.write(bytes);
+      if (more) setTimeout(() => socket.write(more), 200);
+    });
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('close', () => resolve({ text: Buffer.concat(chunks).toString('latin1'), ms: Date.now() - started }));
+    socket.on('error', reject);
+  });
+}
+
+test.serial('pushed connections: a CONNECT is 405 and bytes after it harm nothing; half a request head is 408 after --request-head-timeout', async (t) => {
+  const connect = await rawPush(pushApi, 'CONNECT a:1 HTTP/1.1\r\nHost: a\r\n\r\n', 'more bytes nobody reads');
+  t.regex(connect.text, /^HTTP\/1\.1 405 /);
+  const slow = await rawPush(pushEcho, 'GET /slow HT');
+  t.regex(slow.text, /^HTTP\/1\.1 408 [\s\S]*did not arrive within 2000 ms/);
+  t.true(slow.ms < 8_000, `closed after ${slow.ms} ms`);
+  // The server is up and serving.
+  const after = await pushRequest(pushEcho, '/after-bad-pushes');
+  t.is(after.status, 200);
+  t.is(server.proc.child.exitCode, null);
 });

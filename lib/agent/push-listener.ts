@@ -112,8 +112,10 @@ export class PushListeners {
   private answer(socket: net.Socket, route: string, status: 502 | 503, reason: string): void {
     this.count(route, String(status));
     this.options.log.warn('push connection not carried', { route, status, reason });
-    // The request the add-on sent is not read; discarding it lets the answer reach it.
+    // The request the add-on sent is not read; discarding it lets the answer reach it. An
+    // add-on that never closes its side is closed after a while.
     socket.resume();
+    setTimeout(() => socket.destroy(), 5_000).unref();
     const body = `tunnel-agent: ${reason}\n`;
     socket.end(`HTTP/1.1 ${status} ${status === 503 ? 'Service Unavailable' : 'Bad Gateway'}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
   }

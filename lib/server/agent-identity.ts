@@ -64,5 +64,10 @@ export function isAgentCertificate(peer: PeerIdentity | undefined, organization 
 export function clusterOfCertificate(rule: AgentIdentityRule, peer: PeerIdentity | undefined): string | undefined {
   if (!peer || rule.kind === 'off') return undefined;
   if (rule.organization && !peer.organization.includes(rule.organization)) return undefined;
-  return rule.kind === 'cn' ? peer.commonName || undefined : clusterOfAgent(peer.commonName, rule.prefix);
+  const cluster = rule.kind === 'cn' ? peer.commonName || undefined : clusterOfAgent(peer.commonName, rule.prefix);
+  // Only a name can be a caller's cluster (it goes upstream in a header).
+  return cluster !== undefined && CLUSTER_NAME.test(cluster) ? cluster : undefined;
 }
+
+/** What a cluster name may be: a DNS name (labels of letters, digits, '-', '_' and dots). */
+const CLUSTER_NAME = /^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$/;

@@ -101,7 +101,9 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
     for (const call of calls) call.on('cancelled', () => mux.close(new Error(`${name} went away`)));
     const token = identity.pushToken;
     if (token) {
-      const cluster = clusterOfCertificate(options.identityRule ?? { kind: 'off' }, identity.peerIdentity) ?? backend.identifiers.host[0];
+      // As on the reverse-proxy port, only a certificate names the caller's cluster: under
+      // --agent-identity=off an agent announces what it likes, and its pushes name none.
+      const cluster = clusterOfCertificate(options.identityRule ?? { kind: 'off' }, identity.peerIdentity);
       pushSlots.set(token, { identity, caller: { cluster, subject: `agent ${agentID} (${describePeer(identity.peerIdentity)})` } });
     }
     mux.once('close', (reason: Error) => {

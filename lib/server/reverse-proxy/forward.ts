@@ -107,6 +107,16 @@ function openUpstream(req: http.IncomingMessage, ctx: ForwardContext, upgrade: b
   return request;
 }
 
+/** The upstream request, or undefined after rejecting: Node refuses some header values (control characters) at once. */
+function openOrReject(req: http.IncomingMessage, ctx: ForwardContext, upgrade: boolean, reject: (err: UpstreamError) => void): http.ClientRequest | undefined {
+  try {
+    return openUpstream(req, ctx, upgrade);
+  } catch (err) {
+    reject(new UpstreamError(`the request cannot be forwarded: ${(err as Error).message}`, 400));
+    return undefined;
+  }
+}
+
 function upstreamFailure(err: Error, upstream: Upstream): UpstreamError {
   if (err instanceof UpstreamError) return err;
   const code = (err as NodeJS.ErrnoException).code;
@@ -120,7 +130,8 @@ function upstreamFailure(err: Error, upstream: Upstream): UpstreamError {
  */
 export function forwardRequest(req: http.IncomingMessage, res: http.ServerResponse, ctx: ForwardContext): Promise<number> {
   return new Promise((resolve, reject) => {
-    const upstreamReq = openUpstream(req, ctx, false);
+    const upstreamReq = openOrReject(req, ctx, false, reject);
+    if (!upstreamReq) return;
     let answered = false;
     upstreamReq.on('response', (upstreamRes) => {
       answered = true;
@@ -153,7 +164,8 @@ export function forwardRequest(req: http.IncomingMessage, res: http.ServerRespon
  */
 export function forwardUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer, ctx: ForwardContext): Promise<number> {
   return new Promise((resolve, reject) => {
-    const upstreamReq = openUpstream(req, ctx, true);
+    const upstreamReq = openOrReject(req, ctx, true, reject);
+    if (!upstreamReq) return;
     let answered = false;
     upstreamReq.on('upgrade', (upstreamRes, upstreamSocket, upstreamHead) => {
       answered = true;
@@ -183,6 +195,10 @@ export function forwardUpgrade(req: http.IncomingMessage, socket: Duplex, head: 
       headers.push('Connection', 'close');
       socket.write(responseHead(upstreamRes.statusCode ?? 502, upstreamRes.statusMessage, headers));
       upstreamRes.pipe(socket);
+      // Either side going away ends the other: nothing else is carried on this connection.
+      upstreamRes.on('error', () => socket.destroy());
+      upstreamRes.on('aborted', () => socket.destroy());
+      socket.on('close', () => upstreamReq.destroy());
       resolve(upstreamRes.statusCode ?? 502);
     });
     upstreamReq.on('error', (err) => {

@@ -52,6 +52,8 @@ export class ReverseProxy {
   private readonly agents = new Map<Route, http.Agent>();
   private readonly bindings = new WeakMap<object, Binding>();
   private readonly pushServer: http.Server;
+  private readonly pushed = new Set<Duplex>();
+  private readonly headTimers = new WeakMap<object, NodeJS.Timeout>();
 
   constructor(private readonly options: ReverseProxyOptions) {
     for (const route of options.routes.routes) if (route.upstream) this.agents.set(route, upstreamAgent(route.upstream));
@@ -90,11 +92,27 @@ export class ReverseProxy {
   /** Serves HTTP on a connection an agent pushed through its tunnel for the route `name` (checked with pushRefusal). */
   servePushed(conn: Duplex, routeName: string, caller: Caller): void {
     this.bindings.set(conn, { caller, route: routeNamed(this.options.routes, routeName) });
+    // The push server never listens, so Node neither times its request heads nor tracks its
+    // connections: both are done here. A connection gets the head time for its first request.
+    this.pushed.add(conn);
+    const timer = setTimeout(() => {
+      this.count('-', 408);
+      this.options.log.info('reverse-proxy refused a pushed connection', { status: 408, reason: 'the request head did not arrive in time', caller: caller.subject });
+      conn.end(rawText(408, `tunnel-server: the request head did not arrive within ${this.limits.requestHeadMs} ms`));
+      setTimeout(() => conn.destroy(), 1_000).unref();
+    }, this.limits.requestHeadMs);
+    timer.unref();
+    this.headTimers.set(conn, timer);
+    conn.once('close', () => {
+      clearTimeout(timer);
+      this.pushed.delete(conn);
+    });
+    conn.on('error', (err) => this.options.log.debug('pushed connection error', { err: err.message }));
     this.pushServer.emit('connection', conn);
   }
 
   close(): void {
-    this.pushServer.closeAllConnections();
+    for (const conn of this.pushed) conn.destroy();
     for (const agent of this.agents.values()) agent.destroy();
   }
 
@@ -106,6 +124,8 @@ export class ReverseProxy {
     server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => this.handleRequest(req, res));
     server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => this.handleUpgrade(req, socket, head));
     server.on('connect', (req: http.IncomingMessage, socket: Duplex) => {
+      // Node takes its own error listener off a CONNECT's socket before it hands it over.
+      socket.on('error', (err) => this.options.log.debug('reverse-proxy socket error', { err: err.message }));
       this.refuse(undefined, { status: 405, route: '-', message: 'the reverse-proxy port does not tunnel CONNECT; use the HTTP-CONNECT port' }, req, socket);
     });
     server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.handleClientError(err, socket));
@@ -115,7 +135,17 @@ export class ReverseProxy {
     return server;
   }
 
+  /** A request head arrived on `socket`: a pushed connection's head timer is done. */
+  private headArrived(socket: Duplex): void {
+    const timer = this.headTimers.get(socket);
+    if (timer) {
+      clearTimeout(timer);
+      this.headTimers.delete(socket);
+    }
+  }
+
   private bindingOf(socket: Duplex): Binding {
+    this.headArrived(socket);
     const known = this.bindings.get(socket);
     if (known) return known;
     const binding = { caller: this.callerOfTls(socket) };
@@ -175,7 +205,7 @@ export class ReverseProxy {
       (status) => this.count(route.name, status),
       (err: UpstreamError) => this.upstreamFailed(route, err, binding, () => {
         if (res.headersSent) res.destroy();
-        else text(res, err.status, `tunnel-server: route ${route.name}: ${err.message}`);
+        else text(res, err.status ?? 502, `tunnel-server: route ${route.name}: ${err.message}`);
       }),
     );
   }
@@ -196,13 +226,13 @@ export class ReverseProxy {
     forwardUpgrade(req, socket, head, this.context(route, path, socket, binding)).then(
       (status) => this.count(route.name, status),
       (err: UpstreamError) => this.upstreamFailed(route, err, binding, () => {
-        socket.end(rawText(err.status, `tunnel-server: route ${route.name}: ${err.message}`));
+        socket.end(rawText(err.status ?? 502, `tunnel-server: route ${route.name}: ${err.message}`));
       }),
     );
   }
 
   private upstreamFailed(route: Route, err: UpstreamError, binding: Binding, answer: () => void): void {
-    this.count(route.name, err.status);
+    this.count(route.name, err.status ?? 502);
     this.options.log.warn('reverse-proxy upstream failed', { route: route.name, cluster: binding.caller.cluster, caller: binding.caller.subject, reason: err.message });
     answer();
   }
