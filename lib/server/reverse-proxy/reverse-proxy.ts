@@ -40,6 +40,8 @@ interface Binding {
   caller: Caller;
   /** A pushed connection serves this route only, with paths relative to it. */
   route?: Route;
+  /** A pushed connection's time limit for its first request head. */
+  headTimer?: NodeJS.Timeout;
 }
 
 interface Refusal {
@@ -53,7 +55,6 @@ export class ReverseProxy {
   private readonly bindings = new WeakMap<object, Binding>();
   private readonly pushServer: http.Server;
   private readonly pushed = new Set<Duplex>();
-  private readonly headTimers = new WeakMap<object, NodeJS.Timeout>();
 
   constructor(private readonly options: ReverseProxyOptions) {
     for (const route of options.routes.routes) if (route.upstream) this.agents.set(route, upstreamAgent(route.upstream));
@@ -91,18 +92,18 @@ export class ReverseProxy {
 
   /** Serves HTTP on a connection an agent pushed through its tunnel for the route `name` (checked with pushRefusal). */
   servePushed(conn: Duplex, routeName: string, caller: Caller): void {
-    this.bindings.set(conn, { caller, route: routeNamed(this.options.routes, routeName) });
+    const binding: Binding = { caller, route: routeNamed(this.options.routes, routeName) };
+    this.bindings.set(conn, binding);
     // The push server never listens, so Node neither times its request heads nor tracks its
     // connections: both are done here. A connection gets the head time for its first request.
     this.pushed.add(conn);
-    const timer = setTimeout(() => {
+    const timer = binding.headTimer = setTimeout(() => {
       this.count('-', 408);
       this.options.log.info('reverse-proxy refused a pushed connection', { status: 408, reason: 'the request head did not arrive in time', caller: caller.subject });
       conn.end(rawText(408, `tunnel-server: the request head did not arrive within ${this.limits.requestHeadMs} ms`));
       setTimeout(() => conn.destroy(), 1_000).unref();
     }, this.limits.requestHeadMs);
     timer.unref();
-    this.headTimers.set(conn, timer);
     conn.once('close', () => {
       clearTimeout(timer);
       this.pushed.delete(conn);
@@ -135,19 +136,13 @@ export class ReverseProxy {
     return server;
   }
 
-  /** A request head arrived on `socket`: a pushed connection's head timer is done. */
-  private headArrived(socket: Duplex): void {
-    const timer = this.headTimers.get(socket);
-    if (timer) {
-      clearTimeout(timer);
-      this.headTimers.delete(socket);
-    }
-  }
-
+  /** The binding of a request's socket; a request head arrived, so a pushed connection's head timer is done. */
   private bindingOf(socket: Duplex): Binding {
-    this.headArrived(socket);
     const known = this.bindings.get(socket);
-    if (known) return known;
+    if (known) {
+      clearTimeout(known.headTimer);
+      return known;
+    }
     const binding = { caller: this.callerOfTls(socket) };
     this.bindings.set(socket, binding);
     return binding;
