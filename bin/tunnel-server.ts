@@ -11,6 +11,7 @@ import { refuseAgentCertificates } from '../lib/server/client-policy.js';
 import { AGENT_ORGANIZATION } from '../lib/pki/identities.js';
 import { fileCaBundle, withTrust } from '../lib/pki/tls-source.js';
 import { SERVER_METRICS_PREFIX } from '../lib/server/tunnel-server.js';
+import { DEFAULT_TLS_RESUMPTION_LIFETIME_S } from '../lib/server/http-connect-frontend.js';
 import { tokenReviewer } from '../lib/server/token-auth.js';
 import { MetricsRegistry } from '../lib/observe/metrics.js';
 import type { Logger } from '../lib/observe/log.js';
@@ -45,6 +46,8 @@ const FLAGS = {
   'server-count': { type: 'string', default: '1', metavar: 'N', help: 'number of servers behind the agents\' address; agents keep a stream to each' },
   'dial-timeout': { type: 'string', default: '30s', metavar: 'DURATION', help: 'how long a client waits for the agent to answer a dial' },
   'handshake-timeout': { type: 'string', default: '10s', metavar: 'DURATION', help: 'how long an HTTP-CONNECT or reverse-proxy client has for its TLS handshake before it is disconnected' },
+  'tls-resumption': { type: 'boolean', default: false, help: 'let HTTP-CONNECT clients that offer it resume their TLS session (TLS 1.3 tickets): no certificates or signatures in such a handshake. A resumed session keeps the client identity of its full handshake for up to --tls-resumption-lifetime; see the README' },
+  'tls-resumption-lifetime': { type: 'string', default: `${DEFAULT_TLS_RESUMPTION_LIFETIME_S}s`, metavar: 'DURATION', help: 'how long after its full handshake a TLS session may be resumed (with --tls-resumption)' },
   'request-head-timeout': { type: 'string', default: '10s', metavar: 'DURATION', help: 'how long an HTTP-CONNECT or reverse-proxy client has for its request head (the CONNECT line and headers) after connecting; later is 408' },
   ...reverseProxyFlags(),
   ...certificateFlags('server'),
@@ -128,6 +131,7 @@ runMain(NAME, async () => {
     connectionWindow: parseCount('connection-window', flags['connection-window'], 0),
     singleStream: flags['single-stream'],
     reverseProxy,
+    tlsResumption: flags['tls-resumption'] ? { lifetimeSeconds: Math.ceil(positiveDuration('tls-resumption-lifetime', flags['tls-resumption-lifetime']) / 1000) } : undefined,
     clientLimits: {
       handshakeMs: positiveDuration('handshake-timeout', flags['handshake-timeout']),
       requestHeadMs: positiveDuration('request-head-timeout', flags['request-head-timeout']),

@@ -69,12 +69,13 @@ export function tlsDialer(label: string, target: Helper, relay: Helper, clientTl
 }
 
 /** Through the tunnel server's HTTP-CONNECT frontend (mTLS, a full handshake per dial). */
-export function httpConnectDialer(tunnel: Tunnel, target: Helper, label = 'HTTP-CONNECT'): Dialer {
+export function httpConnectDialer(tunnel: Tunnel, target: Helper, label = 'HTTP-CONNECT', options: { resumeSessions?: boolean } = {}): Dialer {
+  const proxy = { ...tunnel.connectProxy, ...options };
   return {
     label,
     pids: tunnelPids(tunnel, target),
     dial: async () => {
-      const socket = await dialHttpConnect(tunnel.connectProxy, inCluster(target.port), { timeoutMs: DIAL_TIMEOUT_MS });
+      const socket = await dialHttpConnect(proxy, inCluster(target.port), { timeoutMs: DIAL_TIMEOUT_MS });
       socket.setNoDelay(true);
       return socket;
     },

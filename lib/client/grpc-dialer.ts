@@ -49,53 +49,87 @@ export function grpcTarget(proxy: GrpcProxy): string {
  * with a DialError whose message is the proxy's text, e.g. `No agent available`.
  */
 export async function dialGrpc(proxy: GrpcProxy, address: string, options: GrpcDialOptions = {}): Promise<TunnelConnection> {
+  const session = await connectProxy(proxy, address);
+  // The connection is this dial's alone: close it with the stream, and give a peer that
+  // keeps its end open only a moment.
+  return dialOnSession(session, proxy, address, options, {
+    // What is left (the close's answer) must not keep the caller's process alive.
+    released: () => session.unref(),
+    closed: () => closeSession(session, SESSION_CLOSE_GRACE_MS),
+  });
+}
+
+/** The HTTP/2 connection to the proxy, or a DialError that says what failed on the way. */
+export async function connectProxy(proxy: GrpcProxy, address: string, keepaliveMs?: number): Promise<http2.ClientHttp2Session> {
   const target = grpcTarget(proxy);
-  const failed = (err: Error) => new DialError(`gRPC proxy ${target} failed before answering the dial of ${address}: ${describeFailure(err, proxy)}`, address, 'closed');
   if (!proxy.uds && !proxy.tls) {
     throw new Error(`gRPC proxy ${target} over TCP needs mTLS: give a client certificate, key and CA, or use the proxy's unix socket`);
   }
-  let session: http2.ClientHttp2Session;
   try {
-    session = await connect({
+    return await connect({
       target: proxy.uds ? { uds: proxy.uds } : target,
       tls: proxy.tls?.current(),
       receiveWindow: PROXY_CLIENT_WINDOW,
       timeoutMs: CONNECT_TIMEOUT_MS,
+      keepaliveMs,
     });
   } catch (err) {
-    throw failed(err as Error);
+    throw proxyFailure(proxy, address, err as Error);
   }
+}
+
+function proxyFailure(proxy: GrpcProxy, address: string, err: Error): DialError {
+  return new DialError(`gRPC proxy ${grpcTarget(proxy)} failed before answering the dial of ${address}: ${describeFailure(err, proxy)}`, address, 'closed');
+}
+
+export interface StreamHooks {
+  released: () => void;
+  closed: () => void;
+}
+
+/**
+ * Dials `address` on a Proxy stream of its own on `session`: one HEADERS frame and one
+ * DIAL_REQ. `hooks.released` runs once the dial failed or the tunneled connection closed
+ * (only the close's answer may still come), `hooks.closed` once the stream is over.
+ */
+export async function dialOnSession(
+  session: http2.ClientHttp2Session,
+  proxy: GrpcProxy,
+  address: string,
+  options: GrpcDialOptions,
+  hooks: StreamHooks,
+): Promise<TunnelConnection> {
   const window = options.flowControlWindow ?? DEFAULT_CONNECTION_WINDOW;
   const metadata = new Metadata();
   announceFlowControl(metadata, window);
   const { stream, headers } = startCall(session, PROXY_PATH, metadata);
-  const mux = new DialingMux(stream, { name: `gRPC proxy ${target}` });
+  const mux = new DialingMux(stream, { name: `gRPC proxy ${grpcTarget(proxy)}` });
   // The reference server sends its headers only with its first message: never wait for them.
   headers.then((peer) => mux.negotiateFlowControl(negotiateFlowControl(peer, window)), () => undefined);
   let streamError: Error | undefined;
   stream.once('error', (err: Error) => { streamError = err; });
+  stream.once('close', hooks.closed);
 
-  const release = releaser(stream, session, mux);
+  const release = releaser(stream, mux, hooks.released);
   mux.once('connection-closed', () => release(true));
   mux.once('close', () => release(false));
   try {
     return await mux.dial(address, { timeoutMs: options.timeoutMs, signal: options.signal });
   } catch (err) {
     release(false);
-    if (streamError && err instanceof DialError && err.kind === 'closed') throw failed(streamError);
+    if (streamError && err instanceof DialError && err.kind === 'closed') throw proxyFailure(proxy, address, streamError);
     throw err;
   }
 }
 
 /**
- * Ends the stream and the connection once the tunneled connection (or the dial) is over.
- * Like the reference client, the stream is cancelled as soon as the close is answered
- * (CLOSE_RSP, or the proxy's own CLOSE_REQ), so no proxy has to finish the RPC itself; until
- * then, queued DATA and our CLOSE_REQ still reach it. `flush` false: nothing is left to
- * deliver, cancel at once.
+ * Ends the stream once the tunneled connection (or the dial) is over. Like the reference
+ * client, the stream is cancelled as soon as the close is answered (CLOSE_RSP, or the
+ * proxy's own CLOSE_REQ), so no proxy has to finish the RPC itself; until then, queued DATA
+ * and our CLOSE_REQ still reach it. `flush` false: nothing is left to deliver, cancel at once.
  */
-function releaser(stream: GrpcPacketStream, session: http2.ClientHttp2Session, mux: DialingMux): (flush: boolean) => void {
-  let released = false;
+function releaser(stream: GrpcPacketStream, mux: DialingMux, released: () => void): (flush: boolean) => void {
+  let done = false;
   let closeAnswered = false;
   let timer: NodeJS.Timeout | undefined;
   const cancel = () => {
@@ -105,24 +139,18 @@ function releaser(stream: GrpcPacketStream, session: http2.ClientHttp2Session, m
   stream.on('data', (packet: Packet) => {
     if (packet.type !== PacketType.CLOSE_RSP && packet.type !== PacketType.CLOSE_REQ) return;
     closeAnswered = true;
-    if (released) cancel();
+    if (done) cancel();
   });
-  stream.once('close', () => {
-    clearTimeout(timer);
-    // The connection is this dial's alone: close it, and give a peer that keeps its end
-    // open only a moment.
-    closeSession(session, SESSION_CLOSE_GRACE_MS);
-  });
+  stream.once('close', () => clearTimeout(timer));
   return (flush) => {
-    if (released) return;
-    released = true;
-    // What is left (the close's answer) must not keep the caller's process alive.
-    session.unref();
+    if (done) return;
+    done = true;
+    released();
     if (stream.writable) stream.end();
     if (!flush || closeAnswered || mux.isClosed) {
       cancel();
     } else {
-      // A proxy that never answers the close must not keep the socket open forever.
+      // A proxy that never answers the close must not keep the stream open forever.
       timer = setTimeout(cancel, DEFAULT_CLOSE_TIMEOUT_MS);
       timer.unref();
     }

@@ -36,6 +36,11 @@ export interface HttpConnectProxy {
   tls?: TlsSource;
   /** The name to verify the proxy's certificate against; the host by default. */
   servername?: string;
+  /**
+   * Offer the proxy the TLS session of an earlier connection (default true): a proxy that
+   * resumes it (tunnel-server --tls-resumption) skips certificates and signatures.
+   */
+  resumeSessions?: boolean;
 }
 
 export interface HttpConnectDialOptions {
@@ -169,18 +174,35 @@ function secureContextFor(material: TlsMaterial): tls.SecureContext {
   return context;
 }
 
+/**
+ * The latest TLS session each proxy gave, per certificate set (a rotated set starts
+ * without): what the next connection to it offers to resume.
+ */
+const sessions = new WeakMap<TlsMaterial, Map<string, Buffer>>();
+
 function openProxyConnection(proxy: HttpConnectProxy, label: string): net.Socket {
   if (proxy.path) return net.connect({ path: proxy.path });
   if (!proxy.tls) {
     throw new Error(`HTTP-CONNECT to proxy ${label} over TCP needs mTLS: give a client certificate, key and CA, or use the proxy's unix socket`);
   }
+  const material = proxy.tls.current();
   const host = proxy.host ?? '127.0.0.1';
-  return connectTls({
+  const servername = proxy.servername ?? (net.isIP(host) ? undefined : host);
+  const socket = connectTls({
     host,
     port: proxy.port ?? DEFAULT_SERVER_PORT,
-    secureContext: secureContextFor(proxy.tls.current()),
-    servername: proxy.servername ?? (net.isIP(host) ? undefined : host),
+    secureContext: secureContextFor(material),
+    servername,
+    session: proxy.resumeSessions === false ? undefined : sessions.get(material)?.get(label),
   });
+  if (proxy.resumeSessions !== false) {
+    socket.on('session', (session: Buffer) => {
+      let byProxy = sessions.get(material);
+      if (!byProxy) sessions.set(material, byProxy = new Map<string, Buffer>());
+      byProxy.set(label, session);
+    });
+  }
+  return socket;
 }
 
 function parseResponseHead(head: string): ResponseHead | undefined {

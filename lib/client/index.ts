@@ -4,6 +4,7 @@
  */
 export * from './http-connect-dialer.js';
 export * from './grpc-dialer.js';
+export * from './grpc-channel.js';
 export * from './tunnel-dialer.js';
 export * from './tunnel-socket.js';
 export * from './tunnel-http-agent.js';

@@ -7,7 +7,8 @@
  */
 import http from 'node:http';
 import https from 'node:https';
-import { constants } from 'node:crypto';
+import { constants, randomBytes } from 'node:crypto';
+import { TLSSocket, type SecureContextOptions } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { DialError } from '../mux/dialing-mux.js';
 import { isOrdinaryClose, splice } from '../mux/splice.js';
@@ -32,7 +33,19 @@ export interface HttpConnectFrontendOptions {
   policy?: ClientPolicy;
   /** How long a client has for its TLS handshake, and for its request head after it (slow or silent clients are cut off). */
   limits?: ClientTimeLimits;
+  /** TLS session resumption for clients that offer it (mTLS port only); off when absent. */
+  resumption?: TlsResumption;
+  /** Told of each completed TLS handshake on the mTLS port: a resumed session, or a full handshake. */
+  onHandshake?: (resumed: boolean) => void;
 }
+
+export interface TlsResumption {
+  /** How long a session may be resumed after its full handshake. */
+  lifetimeSeconds: number;
+}
+
+/** The default of --tls-resumption-lifetime. */
+export const DEFAULT_TLS_RESUMPTION_LIFETIME_S = 300;
 
 export interface ClientTimeLimits {
   handshakeMs: number;
@@ -86,6 +99,13 @@ function handleConnect(options: HttpConnectFrontendOptions, req: http.IncomingMe
     socket.end(errorResponse(400, `bad CONNECT target "${address}": expected host:port\n`, 'Connection: close\r\n'));
     return;
   }
+  const expired = expiredResumption(socket);
+  if (expired) {
+    options.onOutcome?.('forbidden');
+    log.info('CONNECT refused', { address, reason: expired });
+    socket.end(errorResponse(403, `${expired}\n`, 'Connection: close\r\n'));
+    return;
+  }
   const peer = peerIdentity(socket);
   const refusal = options.policy?.(peer, address);
   if (refusal) {
@@ -118,6 +138,18 @@ function handleConnect(options: HttpConnectFrontendOptions, req: http.IncomingMe
   });
 }
 
+/**
+ * Why a resumed TLS session may not be used: its client certificate, verified at the
+ * session's full handshake, has expired since. Undefined for full handshakes and for
+ * sessions whose certificate is still valid.
+ */
+function expiredResumption(socket: Duplex): string | undefined {
+  if (!(socket instanceof TLSSocket) || !socket.isSessionReused()) return undefined;
+  const validTo = socket.getPeerX509Certificate()?.validTo;
+  if (validTo === undefined || Date.parse(validTo) > Date.now()) return undefined;
+  return `the client certificate of this resumed TLS session expired at ${new Date(Date.parse(validTo)).toISOString()}: connect again without the session (a full handshake with a valid certificate)`;
+}
+
 function attach(server: http.Server, options: HttpConnectFrontendOptions): void {
   server.on('connect', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => handleConnect(options, req, socket, head));
   server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
@@ -142,19 +174,31 @@ function attach(server: http.Server, options: HttpConnectFrontendOptions): void 
 export function createMtlsConnectServer(tls: TlsSource, options: HttpConnectFrontendOptions): https.Server {
   const { key, cert, ca } = tls.current();
   // Every tunneled connection is a TLS connection of its own here, so handshakes are most of
-  // this frontend's cost. Stateless session tickets would add to each one (OpenSSL
-  // serializes and encrypts the session, client certificate included) for clients that do
-  // not resume anyway: kube-apiserver's egress dialer keeps no session cache. Under TLS 1.3
-  // OpenSSL still sends two stateful tickets (session ids); Node offers no way to stop
-  // those short of OpenSSL's configuration (NumTickets, see docs/performance.md).
-  const context = { secureOptions: constants.SSL_OP_NO_TICKET };
-  const server = https.createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: true, ...context, ...clientTimeOptions(options.limits ?? DEFAULT_CLIENT_TIME_LIMITS) });
+  // this frontend's cost. Stateless session tickets add to each full handshake (OpenSSL
+  // serializes and encrypts the session, client certificate included) and pay off only for
+  // clients that resume: kube-apiserver's egress dialer keeps no session cache, so they are
+  // off unless resumption is asked for. Under TLS 1.3 OpenSSL still sends two stateful
+  // tickets (session ids); Node offers no way to stop those short of OpenSSL's
+  // configuration (NumTickets, see docs/performance.md).
+  const resumption = options.resumption;
+  const context: SecureContextOptions = resumption ? {} : { secureOptions: constants.SSL_OP_NO_TICKET };
+  const server = https.createServer({
+    key, cert, ca, requestCert: true, rejectUnauthorized: true, ...context,
+    ...(resumption ? { sessionTimeout: resumption.lifetimeSeconds } : {}),
+    ...clientTimeOptions(options.limits ?? DEFAULT_CLIENT_TIME_LIMITS),
+  });
   // A listener here keeps Node from closing the socket itself, handshake timeouts included.
   server.on('tlsClientError', (err, socket) => {
     options.log.debug('frontend TLS handshake failed', { err: err.message });
     socket.destroy();
   });
+  const { onHandshake } = options;
+  if (onHandshake) server.on('secureConnection', (socket: TLSSocket) => onHandshake(socket.isSessionReused()));
   const follower = followTlsSource(server, tls, 'http-connect', options.log, context);
+  // A session resumes without the client certificate being checked again: after the trusted
+  // CAs (or the server's own certificate) change, no session of before may be resumed.
+  const newTicketKeys = resumption ? tls.changes.subscribe(() => server.setTicketKeys(randomBytes(48))) : undefined;
+  server.once('close', () => newTicketKeys?.unsubscribe());
   server.once('close', () => follower.unsubscribe());
   attach(server, options);
   return server;

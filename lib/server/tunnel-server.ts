@@ -20,7 +20,7 @@ import { HealthServer } from '../observe/health-server.js';
 import { AgentRegistry } from './agent-registry.js';
 import { agentConnectHandler } from './agent-listener.js';
 import { dialRouter } from './dial-router.js';
-import { createMtlsConnectServer, createPlainConnectServer, type ClientTimeLimits } from './http-connect-frontend.js';
+import { createMtlsConnectServer, createPlainConnectServer, type ClientTimeLimits, type TlsResumption } from './http-connect-frontend.js';
 import { proxyHandler } from './grpc-frontend.js';
 import type { ProxyStrategy } from './proxy-strategies.js';
 import type { AgentIdentityRule } from './agent-identity.js';
@@ -80,6 +80,8 @@ export interface TunnelServerOptions {
   reverseProxy?: ReverseProxyConfig;
   /** How long HTTP-CONNECT and reverse-proxy clients have for their TLS handshake and their request head. */
   clientLimits?: ClientTimeLimits;
+  /** TLS session resumption on the HTTP-CONNECT mTLS port; off when absent. */
+  tlsResumption?: TlsResumption;
 }
 
 export interface ListeningAddresses {
@@ -109,6 +111,9 @@ async function listenHttp(server: http.Server, where: { port: number; host: stri
   }
   return server.address() as AddressInfo | string;
 }
+
+const RESUMED = { resumed: 'true' };
+const FULL = { resumed: 'false' };
 
 export class TunnelServer {
   readonly registry = new AgentRegistry();
@@ -141,7 +146,7 @@ export class TunnelServer {
     const o = this.options;
     const window = o.connectionWindow === 0 ? undefined : (o.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
     const dial = dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS);
-    const outcomes = this.registerMetrics();
+    const { outcomes, handshakes } = this.registerMetrics();
     const push = this.startReverseProxy();
 
     const agentServer = new GrpcServer({ tls: o.agentTls ?? o.tls, name: 'agents', receiveWindow: agentStreamWindow(window), log: this.log });
@@ -164,7 +169,8 @@ export class TunnelServer {
       this.log.info('listening', { service: 'reverse-proxy', address: addresses.reverseProxy, transport: 'HTTPS mTLS', routes: describeRoutes(proxyConfig.routes) });
     }
 
-    const connectOptions = { dial, log: this.log, policy: o.clientPolicy, limits: o.clientLimits, onOutcome: (outcome: string) => outcomes.inc({ outcome }) };
+    const connectOptions = { dial, log: this.log, policy: o.clientPolicy, limits: o.clientLimits, resumption: o.tlsResumption, onOutcome: (outcome: string) => outcomes.inc({ outcome }),
+      onHandshake: (resumed: boolean) => handshakes.inc(resumed ? RESUMED : FULL) };
     if (o.serverPort !== undefined) {
       const server = createMtlsConnectServer(o.tls, connectOptions);
       this.httpServers.push(server);
@@ -281,6 +287,9 @@ export class TunnelServer {
       this.registry.all().reduce((n, b) => n + b.mux.stats.strayPackets, 0));
     this.metrics.gauge('protocol_violations', 'Tunneled connections closed because the agent or gRPC client sent beyond the flow-control window it was given.', () =>
       this.allStreams().reduce((n, mux) => n + mux.stats.protocolViolations, 0));
-    return this.metrics.counter('http_connect_requests_total', 'HTTP-CONNECT requests by outcome.');
+    return {
+      outcomes: this.metrics.counter('http_connect_requests_total', 'HTTP-CONNECT requests by outcome.'),
+      handshakes: this.metrics.counter('http_connect_tls_handshakes_total', 'TLS handshakes on the HTTP-CONNECT mTLS port: resumed="true" for a resumed session (--tls-resumption), "false" for a full handshake.'),
+    };
   }
 }

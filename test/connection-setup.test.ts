@@ -1,0 +1,99 @@
+/**
+ * The fast ways to open tunneled connections: TLS session resumption on the HTTP-CONNECT
+ * port (tunnel-server --tls-resumption, and the client library offering its last session),
+ * and the gRPC channel that opens every connection as a stream of one kept connection.
+ */
+import test from 'ava';
+import { randomBytes } from 'node:crypto';
+import { dialHttpConnect, type HttpConnectProxy } from '../lib/client/http-connect-dialer.js';
+import { GrpcChannel } from '../lib/client/grpc-channel.js';
+import { DialError } from '../lib/mux/dialing-mux.js';
+import { FileTlsSource } from '../lib/pki/tls-source.js';
+import { echoTarget, eventually, exchange, metric, sha256, startAgent, startServer, workspace, type Workspace } from './helpers/system.js';
+
+const clientTls = (ws: Workspace) => FileTlsSource.load({ ca: ws.pki.caCert, cert: ws.pki.clientCert, key: ws.pki.clientKey, role: 'test client' });
+
+/** Dials, moves `size` random bytes through an echo and back, closes; returns the digests. */
+async function echoThrough(open: () => Promise<NodeJS.ReadWriteStream & { end(): unknown; destroy(): unknown }>, size: number): Promise<{ sent: string; received: string }> {
+  const socket = await open();
+  const payload = randomBytes(size);
+  try {
+    return { sent: sha256(payload), received: await exchange(socket, payload, payload.length) };
+  } finally {
+    socket.destroy();
+  }
+}
+
+const handshakes = (healthPort: number, resumed: boolean) =>
+  metric(healthPort, `konnectivity_network_proxy_server_http_connect_tls_handshakes_total{resumed="${resumed}"}`).catch(() => 0);
+
+test('with --tls-resumption a client that offers its last session resumes it; without, every handshake is full', async (t) => {
+  const ws = await workspace();
+  const resuming = await startServer(ws, ['--tls-resumption'], 'resuming');
+  const plain = await startServer(ws, [], 'plain');
+  const target = await echoTarget();
+  const agents = [await startAgent(ws, resuming, 'cluster-a'), await startAgent(ws, plain, 'cluster-a')];
+  try {
+    const tls = await clientTls(ws);
+    for (const [server, resumes] of [[resuming, true], [plain, false]] as const) {
+      const proxy: HttpConnectProxy = { host: '127.0.0.1', port: server.connectPort, tls };
+      for (let i = 0; i < 5; i++) {
+        const { sent, received } = await echoThrough(() => dialHttpConnect(proxy, `cluster-a:${target.port}`), 64 * 1024);
+        t.is(received, sent);
+      }
+      // The first handshake is full; the others resume where the server allows it.
+      await eventually(async () => (await handshakes(server.healthPort, false)) + (await handshakes(server.healthPort, true)) === 5, 5_000, 'five handshakes counted');
+      t.is(await handshakes(server.healthPort, true), resumes ? 4 : 0);
+      t.is(await handshakes(server.healthPort, false), resumes ? 1 : 5);
+    }
+    // A client that does not offer sessions makes full handshakes even where they resume.
+    const before = await handshakes(resuming.healthPort, false);
+    const { sent, received } = await echoThrough(() => dialHttpConnect({ host: '127.0.0.1', port: resuming.connectPort, tls, resumeSessions: false }, `cluster-a:${target.port}`), 1024);
+    t.is(received, sent);
+    await eventually(async () => (await handshakes(resuming.healthPort, false)) === before + 1, 5_000, 'a full handshake');
+    tls.close();
+  } finally {
+    await Promise.all(agents.map((a) => a.stop()));
+    await Promise.all([resuming.stop(), plain.stop()]);
+    await target.close();
+    ws.cleanup();
+  }
+});
+
+test('a gRPC channel opens every tunneled connection as a stream of one kept connection, many at once, and reconnects after the server restarts', async (t) => {
+  const ws = await workspace();
+  let server = await startServer(ws);
+  const target = await echoTarget();
+  let agent = await startAgent(ws, server, 'cluster-a');
+  const channel = new GrpcChannel({ uds: server.grpcUds });
+  try {
+    // 40 connections at once, then 40 one after the other, each with its own bytes.
+    const results = await Promise.all(Array.from({ length: 40 }, () => echoThrough(() => channel.dial(`cluster-a:${target.port}`), 32 * 1024)));
+    for (let i = 0; i < 40; i++) results.push(await echoThrough(() => channel.dial(`cluster-a:${target.port}`), 4 * 1024));
+    for (const { sent, received } of results) t.is(received, sent);
+    // All of them on one connection to the frontend.
+    t.is(channel.connectionsOpened, 1);
+    // A refused dial is the proxy's answer, and the channel stays usable.
+    const refused = await t.throwsAsync(channel.dial(`no-such-cluster:${target.port}`));
+    t.true(refused instanceof DialError, String(refused));
+    const after = await echoThrough(() => channel.dial(`cluster-a:${target.port}`), 1024);
+    t.is(after.received, after.sent);
+    t.is(channel.connectionsOpened, 1);
+
+    // The server goes away: the next dial after it is back opens a new connection.
+    await agent.stop();
+    await server.stop();
+    await t.throwsAsync(channel.dial(`cluster-a:${target.port}`), { instanceOf: DialError });
+    server = await startServer(ws);
+    agent = await startAgent(ws, server, 'cluster-a');
+    const again = await echoThrough(() => channel.dial(`cluster-a:${target.port}`), 256 * 1024);
+    t.is(again.received, again.sent);
+    t.is(channel.connectionsOpened, 2);
+  } finally {
+    channel.close();
+    await agent.stop();
+    await server.stop();
+    await target.close();
+    ws.cleanup();
+  }
+});
