@@ -20,13 +20,14 @@ import { integrityFailures } from './lib/integrity.js';
 import { bulk } from './scenarios/bulk.js';
 import { aggregate } from './scenarios/aggregate.js';
 import { churnScenario } from './scenarios/churn.js';
+import { dials } from './scenarios/dials.js';
 import { memory } from './scenarios/memory.js';
 import { hol } from './scenarios/hol.js';
 import { wan } from './scenarios/wan.js';
 import { rotation } from './scenarios/rotation.js';
 import { push } from './scenarios/push.js';
 
-const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, memory, hol, wan, rotation, push];
+const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, dials, memory, hol, wan, rotation, push];
 
 const HELP = `usage: node dist/bench/run.js [--full] [--json FILE] [--only NAME[,NAME]] [--help]
 

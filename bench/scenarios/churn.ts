@@ -32,7 +32,7 @@ const BASELINE_OF: Record<string, string | undefined> = { relay: 'direct', 'mTLS
 /** Tunnel / mTLS relay: with full handshakes as fast as the relay, less a tenth; resumed half as fast again. */
 const TARGET_RATIO: Record<string, number | undefined> = { 'HTTP-CONNECT': 0.9, [RESUMED]: 1.5 };
 
-interface ChurnResult {
+export interface ChurnResult {
   cycles: number;
   errors: number;
   firstError?: string;
@@ -41,29 +41,41 @@ interface ChurnResult {
   cpu: CpuUse[];
 }
 
-/** Runs cycles on `concurrency` workers for `seconds`, or until `maxCycles` have started. */
-async function churn(dialer: Dialer, concurrency: number, seconds: number, maxCycles = Number.POSITIVE_INFINITY): Promise<ChurnResult> {
+/** Runs cycles of dial, 1 KiB request/response and close through `dialer` (see `cycles`). */
+function churn(dialer: Dialer, concurrency: number, seconds: number, maxCycles = Number.POSITIVE_INFINITY): Promise<ChurnResult> {
+  return cycles(dialer.pids, concurrency, seconds, maxCycles, async (n) => {
+    let conn: Conn | undefined;
+    try {
+      conn = await dialer.dial();
+      await requestResponse(conn, SIZE, CYCLE_LIMIT_MS, n * SIZE);
+    } finally {
+      conn?.destroy();
+    }
+  });
+}
+
+/**
+ * Runs `cycle` on `concurrency` workers for `seconds`, or until `maxCycles` have started,
+ * with the CPU time of `pids` over the run. Errors are counted (and bounded: a broken path
+ * stops early); a lost or changed byte ends the run.
+ */
+export async function cycles(pids: Record<string, number>, concurrency: number, seconds: number, maxCycles: number, cycle: (n: number) => Promise<void>): Promise<ChurnResult> {
   const result: ChurnResult = { cycles: 0, errors: 0, seconds: 0, latenciesMs: [], cpu: [] };
-  const meter = cpuMeter(dialer.pids);
+  const meter = cpuMeter(pids);
   const start = now();
   const deadline = start + seconds * 1000;
   let started = 0;
   const worker = async () => {
-    // Bounded by time; errors are counted (and also bounded: a broken path stops early).
     while (now() < deadline && result.errors < 1000 && started++ < maxCycles) {
       const t0 = now();
-      let conn: Conn | undefined;
       try {
-        conn = await dialer.dial();
-        await requestResponse(conn, SIZE, CYCLE_LIMIT_MS, started * SIZE);
+        await cycle(started);
         result.latenciesMs.push(now() - t0);
         result.cycles++;
       } catch (err) {
         rethrowIntegrity(err);
         result.errors++;
         result.firstError ??= (err as Error).message;
-      } finally {
-        conn?.destroy();
       }
     }
   };
@@ -71,6 +83,17 @@ async function churn(dialer: Dialer, concurrency: number, seconds: number, maxCy
   result.seconds = (now() - start) / 1000;
   result.cpu = meter();
   return result;
+}
+
+/** Rate, p50 and p99 of a run, and its failures and CPU in words. */
+export function summarize(r: ChurnResult): { rate: number | null; p50: number | null; p99: number | null; failed: string; cpu: string; line: string } {
+  const rate = r.cycles > 0 ? r.cycles / r.seconds : null;
+  const p50 = r.cycles > 0 ? percentile(r.latenciesMs, 50) : null;
+  const p99 = r.cycles > 0 ? percentile(r.latenciesMs, 99) : null;
+  const failed = r.errors > 0 ? `${r.errors} failed cycles (first: ${r.firstError})` : '';
+  const cpu = r.cycles > 0 ? `CPU: ${formatCpu(r.cpu)}; per cycle: ${formatCpuPer(r.cpu, r.cycles)}` : '';
+  const line = `${rate?.toFixed(0) ?? 'n/a'} cycles/s, p50 ${p50?.toFixed(2) ?? 'n/a'} ms, p99 ${p99?.toFixed(2) ?? 'n/a'} ms (${r.cycles} cycles${failed ? `; ${failed}` : ''}); ${cpu}`;
+  return { rate, p50, p99, failed, cpu, line };
 }
 
 export const churnScenario: Scenario = {
@@ -108,14 +131,9 @@ export const churnScenario: Scenario = {
       const by = new Map<string, { rate: number | null; p50: number | null; p99: number | null }>();
       for (const dialer of dialers) {
         ctx.step(`${dialer.label}, ${concurrency} at a time (${config.churnSeconds} s)`);
-        const r = await churn(dialer, concurrency, config.churnSeconds);
-        const rate = r.cycles > 0 ? r.cycles / r.seconds : null;
-        const p50 = r.cycles > 0 ? percentile(r.latenciesMs, 50) : null;
-        const p99 = r.cycles > 0 ? percentile(r.latenciesMs, 99) : null;
+        const { rate, p50, p99, failed, cpu, line } = summarize(await churn(dialer, concurrency, config.churnSeconds));
         by.set(dialer.label, { rate, p50, p99 });
-        const failed = r.errors > 0 ? `${r.errors} failed cycles (first: ${r.firstError})` : '';
-        const cpu = r.cycles > 0 ? `CPU: ${formatCpu(r.cpu)}; per cycle: ${formatCpuPer(r.cpu, r.cycles)}` : '';
-        ctx.info(`${rate?.toFixed(0) ?? 'n/a'} cycles/s, p50 ${p50?.toFixed(2) ?? 'n/a'} ms, p99 ${p99?.toFixed(2) ?? 'n/a'} ms (${r.cycles} cycles${failed ? `; ${failed}` : ''}); ${cpu}`);
+        ctx.info(line);
         const baselineLabel = BASELINE_OF[dialer.label];
         const base = baselineLabel ? by.get(baselineLabel) : undefined;
         const ratioTarget = TARGET_RATIO[dialer.label];
