@@ -32,10 +32,13 @@ export class ServerCall extends EventEmitter {
 
   /** The client certificate's subject (mTLS listeners), or undefined. */
   readonly peerIdentity?: PeerIdentity;
+  /** The client's address (`host:port`, or `unix socket`). */
+  readonly peer: string;
 
-  constructor(private readonly h2: http2.ServerHttp2Stream, rawHeaders: string[], readonly peer: string, private readonly maxMessageSize: number) {
+  constructor(private readonly h2: http2.ServerHttp2Stream, rawHeaders: string[], connection: ConnectionPeer, private readonly maxMessageSize: number) {
     super();
-    this.peerIdentity = peerIdentity(h2.session?.socket);
+    this.peer = connection.address;
+    this.peerIdentity = connection.identity;
     this.metadata = Metadata.fromRawHeaders(rawHeaders);
     h2.on('error', () => {}); // a reset stream; 'close' follows and says what the call needs
     h2.on('wantTrailers', () => h2.sendTrailers(this.trailers));
@@ -81,6 +84,12 @@ export class ServerCall extends EventEmitter {
   }
 }
 
+/** Who is on the other end of an HTTP/2 connection: the same for every call on it. */
+interface ConnectionPeer {
+  address: string;
+  identity?: PeerIdentity;
+}
+
 export interface GrpcServerOptions {
   /** Server certificate and the CA client certificates must chain to, followed as they change; none serves plaintext. */
   tls?: TlsSource;
@@ -96,6 +105,8 @@ export class GrpcServer {
   private readonly server: http2.Http2Server | http2.Http2SecureServer;
   private readonly handlers = new Map<string, BidiHandler>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
+  /** Read once per connection: a client that keeps one open opens many calls on it. */
+  private readonly peers = new WeakMap<http2.Http2Session, ConnectionPeer>();
   private readonly maxMessageSize: number;
   private readonly tlsFollower?: Subscription;
 
@@ -167,15 +178,25 @@ export class GrpcServer {
     }
   }
 
+  private peerOf(session: http2.Http2Session | undefined): ConnectionPeer {
+    const known = session && this.peers.get(session);
+    if (known) return known;
+    const socket = session?.socket;
+    const peer: ConnectionPeer = {
+      address: socket?.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix socket',
+      identity: peerIdentity(socket),
+    };
+    if (session) this.peers.set(session, peer);
+    return peer;
+  }
+
   private dispatch(h2: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: string[]): void {
     const contentType = String(headers['content-type'] ?? '');
     if (headers[':method'] !== 'POST' || !/^application\/grpc(?:$|[+;])/.test(contentType)) {
       if (!h2.headersSent) h2.respond({ ':status': 415, 'content-type': 'text/plain' }, { endStream: true });
       return;
     }
-    const socket = h2.session?.socket;
-    const peer = socket?.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix socket';
-    const call = new ServerCall(h2, rawHeaders, peer, this.maxMessageSize);
+    const call = new ServerCall(h2, rawHeaders, this.peerOf(h2.session), this.maxMessageSize);
     const path = headers[':path'] ?? '';
     const encoding = headers['grpc-encoding'];
     if (encoding !== undefined && encoding !== 'identity') {
@@ -190,7 +211,7 @@ export class GrpcServer {
     try {
       handler(call);
     } catch (err) {
-      this.options.log.warn('a stream handler failed', { path, peer, reason: (err as Error).message });
+      this.options.log.warn('a stream handler failed', { path, peer: call.peer, reason: (err as Error).message });
       call.sendStatus(GrpcStatus.INTERNAL, (err as Error).message);
     }
   }
