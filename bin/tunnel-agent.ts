@@ -2,7 +2,7 @@
 /** tunnel-agent: flags in, a running TunnelAgent out. */
 import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseOptionalPort, parsePort, runMain, type FlagValues } from '../lib/cli/flags.js';
 import { UsageError } from '../lib/common/errors.js';
-import { applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
+import { applyLogFormat, applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
 import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
 import { parseHostAliases } from '../lib/agent/target-dialer.js';
@@ -13,7 +13,7 @@ import { loadHookProvider, loadManagedKubeConfig, parseHookOptions, runPostStart
 import { validateAgentIdentifiers } from '../lib/wire/agent-identifiers.js';
 import { DEFAULT_AGENT_PORT } from '../lib/wire/protocol.js';
 import { applyProcessPolicy } from '../lib/cli/process-defaults.js';
-import { logger, type Logger } from '../lib/observe/log.js';
+import { logger, processLine, type Logger } from '../lib/observe/log.js';
 import { MetricsRegistry } from '../lib/observe/metrics.js';
 import { AGENT_METRICS_PREFIX } from '../lib/agent/tunnel-agent.js';
 import { certificateFlags, certDirOf, namespaceOf, parseCertSource, parseLifetime } from '../lib/cli/kube-flags.js';
@@ -67,6 +67,7 @@ function identifiersFrom(clusterName: string | undefined, explicit: string | und
 
 runMain(NAME, async () => {
   const flags = parseFlags({ name: NAME, summary: 'The tunnel agent: runs in a managed cluster, dials out to the tunnel server and opens the connections the hub asks for.' }, FLAGS, process.argv.slice(2));
+  applyLogFormat(flags['log-format']);
   applyLogLevel(flags['log-level'], flags.v);
   const log = logger('agent');
   const started: { agent?: TunnelAgent } = {};
@@ -93,7 +94,7 @@ runMain(NAME, async () => {
   const stopping = new AbortController();
   const certificates = kubeCerts ? kubeAgentCertificates(flags, hub!, cluster, log, metrics) : undefined;
   certificates?.catch((err: Error) => {
-    process.stderr.write(`${NAME}: ${err.message}\n`);
+    process.stderr.write(processLine(NAME, 'error', err.message, `${NAME}: ${err.message}`));
     process.exit(err instanceof UsageError ? 2 : 1);
   });
   const tls = certificates ? deferredTlsSource(certificates.then((c) => c.tls)) : await resolveTls(

@@ -18,7 +18,8 @@ import {
   startLocalProxy, tunnelKubeConfig, tunnelProxyLabel, type TunnelDialerOptions,
 } from '../lib/client/index.js';
 import { loadKube, type KubeConnection } from '../lib/kube/kube-config.js';
-import { logger } from '../lib/observe/log.js';
+import { logger, processLine } from '../lib/observe/log.js';
+import { applyLogFormat, logFormatFlag } from '../lib/cli/common-flags.js';
 import { defaultStateDir } from '../lib/pki/local-pki.js';
 import { DEFAULT_SERVER_PORT } from '../lib/wire/protocol.js';
 
@@ -50,6 +51,7 @@ const FLAGS = {
   'all-namespaces': { type: 'boolean', help: 'with --kubeconfig: list the pods of all namespaces' },
   listen: { type: 'string', metavar: 'HOST:PORT', help: 'run a local HTTP CONNECT proxy into the tunnel on HOST:PORT (port 0 picks one) until SIGINT or SIGTERM; for kubectl\'s proxy-url and curl --proxy http://...' },
   'allow-non-loopback': { type: 'boolean', help: 'let --listen take an address other than loopback: the local proxy has no authentication, anyone who reaches it can dial every cluster' },
+  ...logFormatFlag(),
   'write-kubeconfig': { type: 'string', metavar: 'OUT', help: 'with --listen and --kubeconfig: write a copy of the kubeconfig that goes through the local proxy (proxy-url, server https://CLUSTER:PORT, tls-server-name)' },
 } as const satisfies FlagSpecs;
 
@@ -80,6 +82,7 @@ const INFO = {
 
 runMain(NAME, async () => {
   const flags = parseFlags(INFO, FLAGS, process.argv.slice(2));
+  applyLogFormat(flags['log-format']);
   const mode = oneOf('mode', flags.mode, MODES);
   const proto = oneOf('request-proto', flags['request-proto'], PROTOS);
   const requests = parseCount('test-requests', flags['test-requests'], 1);
@@ -196,7 +199,8 @@ async function runLocalProxy(flags: Flags, listen: { host: string; port: number 
       const reason = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
       throw new Error(`cannot write the kubeconfig ${out} for the local proxy: ${reason}`, { cause: err });
     }
-    process.stderr.write(`wrote ${out}: kubectl --kubeconfig=${out} get pods goes through this proxy and the tunnel\n`);
+    const wrote = `wrote ${out}: kubectl --kubeconfig=${out} get pods goes through this proxy and the tunnel`;
+    process.stderr.write(processLine(NAME, 'info', wrote, wrote));
   }
   const route = cluster === undefined ? 'each CONNECT host:port goes to the cluster of that host' : `every CONNECT goes to cluster ${cluster}`;
   process.stdout.write(`local CONNECT proxy listening on ${proxy.address} (proxy-url ${proxy.url}); ${route} through ${tunnelProxyLabel(dialer)}\n`);

@@ -2,7 +2,7 @@
 /** tunnel-server: flags in, a running TunnelServer out. */
 import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseList, parseOptionalPort, parsePort, runMain, type FlagValues } from '../lib/cli/flags.js';
 import { UsageError } from '../lib/common/errors.js';
-import { applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
+import { applyLogFormat, applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
 import { parseProxyStrategies } from '../lib/server/proxy-strategies.js';
 import { TunnelServer } from '../lib/server/tunnel-server.js';
@@ -68,6 +68,7 @@ const FLAGS = {
 
 runMain(NAME, async () => {
   const flags = parseFlags({ name: NAME, summary: 'The tunnel server: agents in managed clusters connect to it; hub clients reach those clusters through it with HTTP-CONNECT or gRPC.' }, FLAGS, process.argv.slice(2));
+  applyLogFormat(flags['log-format']);
   applyLogLevel(flags['log-level'], flags.v);
   const log = logger('server');
   const metrics = new MetricsRegistry(SERVER_METRICS_PREFIX);

@@ -3,12 +3,12 @@
  */
 import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js';
 import { defaultStateDir } from '../pki/local-pki.js';
-import { setLogLevel, type LogLevel } from '../observe/log.js';
+import { LOG_FORMATS, setLogFormat, setLogLevel, type LogFormat, type LogLevel } from '../observe/log.js';
 import { UsageError } from '../common/errors.js';
 
 const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 
-/** --state-dir, --health-bind-address, --health-port, --connection-window, --single-stream, --log-level, --v. */
+/** --state-dir, --health-bind-address, --health-port, --connection-window, --single-stream, --log-level, --log-format, --v. */
 export function commonFlags(healthPort: number, singleStreamHelp: string) {
   return {
     'state-dir': { type: 'string', default: defaultStateDir(), metavar: 'DIR', help: 'where the local PKI lives when no certificate flags are given' },
@@ -17,10 +17,24 @@ export function commonFlags(healthPort: number, singleStreamHelp: string) {
     'connection-window': { type: 'string', default: String(DEFAULT_CONNECTION_WINDOW), metavar: 'BYTES', help: 'most bytes one tunneled connection may hold for a reader that does not keep up; a connection starts at a quarter of it and grows while its reader keeps up; on a long link, about its bandwidth-delay product, on both ends (0 turns the flow-control extension off)' },
     'single-stream': { type: 'boolean', help: singleStreamHelp },
     'log-level': { type: 'string', default: 'info', metavar: 'LEVEL', help: LOG_LEVELS.join(', ') },
+    ...logFormatFlag(),
     v: { type: 'string', metavar: 'N', help: 'klog verbosity, as konnectivity\'s and yurt-tunnel\'s manifests pass it: 0 to 3 log at info, 4 and more at debug (overrides --log-level)' },
     'process-tuning': { type: 'boolean', default: true, help: 'set this process\'s runtime as measured best for the tunnel: sockets take 64 KiB before they report full, and V8\'s heap grows up to 4x its live size between full collections (unless NODE_OPTIONS sets --heap-growing-percent)' },
     'reclaim-memory': { type: 'boolean', default: true, help: 'once most connections have closed, collect the heap and return the C allocator\'s free pages to the system (malloc_trim, where the optional koffi package loads)' },
   } as const;
+}
+
+/** --log-format, for every binary that logs. */
+export function logFormatFlag() {
+  return {
+    'log-format': { type: 'string', default: 'text', metavar: 'FORMAT', help: 'text (one klog-like line per event, fields as key=value) or json (one JSON object per line: time, level, component, msg and the fields)' },
+  } as const;
+}
+
+/** Sets the log format from --log-format. */
+export function applyLogFormat(value: string): void {
+  if (!(LOG_FORMATS as readonly string[]).includes(value)) throw new UsageError(`--log-format=${value} is not a log format: give one of ${LOG_FORMATS.join(', ')}`);
+  setLogFormat(value as LogFormat);
 }
 
 /** Sets the log level from --log-level, or from klog's --v=N when given. */

@@ -5,6 +5,7 @@
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { UsageError } from '../common/errors.js';
+import { processLine } from '../observe/log.js';
 
 export interface FlagSpec {
   type: 'string' | 'boolean';
@@ -163,10 +164,11 @@ export function runMain(name: string, main: () => Promise<void>): void {
   quietKnownWarnings();
   main().catch((err: unknown) => {
     if (err instanceof UsageError) {
-      process.stderr.write(`${name}: ${err.message}\n`);
+      process.stderr.write(processLine(name, 'error', err.message, `${name}: ${err.message}`));
       process.exit(2);
     }
-    process.stderr.write(`${name}: ${(err as Error)?.message ?? String(err)}\n`);
+    const message = (err as Error)?.message ?? String(err);
+    process.stderr.write(processLine(name, 'error', message, `${name}: ${message}`));
     process.exit(1);
   });
 }
@@ -180,9 +182,11 @@ export function onShutdownSignal(stop: () => Promise<void>): void {
   const handler = (signal: NodeJS.Signals) => {
     if (stopping) process.exit(1);
     stopping = true;
-    process.stderr.write(`received ${signal}, shutting down\n`);
+    const received = `received ${signal}, shutting down`;
+    process.stderr.write(processLine('process', 'info', received, received));
     stop().then(() => process.exit(0), (err: unknown) => {
-      process.stderr.write(`shutdown failed: ${(err as Error)?.message ?? String(err)}\n`);
+      const failed = `shutdown failed: ${(err as Error)?.message ?? String(err)}`;
+      process.stderr.write(processLine('process', 'error', failed, failed));
       process.exit(1);
     });
   };
