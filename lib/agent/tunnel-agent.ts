@@ -11,6 +11,10 @@ import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
 import { HealthServer } from '../observe/health-server.js';
+import { AGENT_DIAL_BUCKETS, StreamMetrics } from '../observe/tunnel-metrics.js';
+import { agentConnections, agentServers, type AgentServerStream } from '../observe/admin.js';
+import type { StreamCounters } from '../mux/multiplexer.js';
+import type { Histogram } from '../observe/metrics.js';
 import { Backoff, type BackoffOptions } from '../common/backoff.js';
 import { DownlinkUnpairedError, ServerConnection } from './server-connection.js';
 import type { TlsSource } from '../pki/tls-source.js';
@@ -65,6 +69,10 @@ export class TunnelAgent {
   private readonly connections = new Map<string, ServerConnection>();
   private readonly backoff: Backoff;
   private readonly dialFailures;
+  private readonly dialLatency: Histogram;
+  private readonly streamCounters: StreamCounters;
+  /** The address each server stream was opened to, for the admin endpoints. */
+  private readonly targets = new WeakMap<ServerConnection, string>();
   private serverCount = 1;
   private skipSplitOnce = false;
   private running = false;
@@ -94,6 +102,10 @@ export class TunnelAgent {
       [...this.connections.values()].reduce((n, c) => n + c.mux.stats.strayPackets, 0));
     this.metrics.processMetrics();
     this.dialFailures = this.metrics.counter('endpoint_dial_failure_total', 'Failed dials to targets, by reason.');
+    this.dialLatency = this.metrics.histogram('dial_duration_seconds', 'Latency of dial to the remote endpoint in seconds.', AGENT_DIAL_BUCKETS);
+    // The agent's side of the agent <-> server segments: it receives to_agent and sends from_agent.
+    this.streamCounters = new StreamMetrics(this.metrics, () => [...this.connections.values()].flatMap((c) => c.push ? [c.mux, c.push] : [c.mux]))
+      .counters('to_agent', 'from_agent');
     if (options.pushListen?.length) {
       this.push = new PushListeners({
         specs: options.pushListen,
@@ -128,6 +140,10 @@ export class TunnelAgent {
         port: this.options.healthPort,
         metrics: this.metrics,
         readiness: [{ name: 'server-connected', check: () => this.connections.size > 0 ? undefined : 'no servers connected' }],
+        debug: {
+          servers: (limit) => agentServers(this.agentID, this.serverStreams(), limit),
+          connections: (limit) => agentConnections(this.agentID, this.serverStreams(), limit),
+        },
       });
       const address = await this.health.listen();
       healthAddress = `${address.address}:${address.port}`;
@@ -231,6 +247,9 @@ export class TunnelAgent {
       return;
     }
     this.connections.set(connection.serverID, connection);
+    connection.mux.countInto(this.streamCounters);
+    connection.push?.countInto(this.streamCounters);
+    this.targets.set(connection, target);
     this.serverCount = connection.serverCount;
     this.markConnected();
     if (connection.pushDeclined && !this.pushDeclinedBy.has(connection.serverID)) {
@@ -251,8 +270,11 @@ export class TunnelAgent {
   }
 
   private readonly dialHandler: DialHandler = async (request, signal) => {
+    const started = performance.now();
     try {
-      return await dialTarget(request.address, signal, this.options.target);
+      const socket = await dialTarget(request.address, signal, this.options.target);
+      this.dialLatency.observe((performance.now() - started) / 1000);
+      return socket;
     } catch (err) {
       const reason = /timeout/.test((err as Error).message) ? 'timeout' : 'unknown';
       this.dialFailures.inc({ reason });
@@ -260,6 +282,11 @@ export class TunnelAgent {
       throw err;
     }
   };
+
+  /** The streams to servers, for the admin endpoints. */
+  private serverStreams(): AgentServerStream[] {
+    return [...this.connections.values()].map((c) => ({ serverID: c.serverID, address: this.targets.get(c) ?? '', split: c.split, mux: c.mux, push: c.push }));
+  }
 
   /** The address of the next attempt: the flag's, or the discovered ones in turn. */
   private nextTarget(): string {

@@ -27,6 +27,8 @@ export interface DialOptions {
   random?: bigint;
   timeoutMs?: number;
   signal?: AbortSignal;
+  /** Who asks (a frontend client), shown by the admin endpoints. */
+  client?: string;
 }
 
 export interface DialingMuxOptions extends MultiplexerOptions {
@@ -35,6 +37,7 @@ export interface DialingMuxOptions extends MultiplexerOptions {
 
 interface PendingDial {
   address: string;
+  client?: string;
   resolve(conn: TunnelConnection): void;
   reject(err: DialError): void;
   cleanup(): void;
@@ -70,6 +73,7 @@ export class DialingMux extends Multiplexer {
       options.signal?.addEventListener('abort', onAbort, { once: true });
       this.pending.set(random, {
         address,
+        client: options.client,
         resolve,
         reject,
         cleanup: () => {
@@ -101,7 +105,7 @@ export class DialingMux extends Multiplexer {
         } else if (this.connections.has(packet.connectID) || packet.connectID === 0n) {
           dial.reject(new DialError(`${this.name} answered with connectID ${packet.connectID}, which is already in use`, dial.address));
         } else {
-          dial.resolve(this.newConnection(packet.connectID, dial.address));
+          dial.resolve(this.newConnection(packet.connectID, dial.address, dial.client));
         }
         return true;
       }

@@ -32,8 +32,37 @@ export interface MultiplexerOptions {
   log?: Logger;
 }
 
+/**
+ * Counts that the streams of one kind share (e.g. every agent stream of a server), for the
+ * metrics: plain arrays and fields, so that counting a packet is one increment.
+ */
+export interface StreamCounters {
+  /** Packets received and sent, indexed by packet type. */
+  received: number[];
+  sent: number[];
+  flow: FlowCounts;
+}
+
+/** What the flow-control extension did on a kind of stream. */
+export interface FlowCounts {
+  /** Times a connection had data to send and no credit left. */
+  windowStalls: number;
+  /** Bytes of window granted to the peer, and granted by it (WINDOW_UPDATE). */
+  creditGranted: number;
+  creditReceived: number;
+}
+
+export function newFlowCounts(): FlowCounts {
+  return { windowStalls: 0, creditGranted: 0, creditReceived: 0 };
+}
+
 export interface MultiplexerStats {
   connections: number;
+  /** Payload bytes received and sent on this stream's connections, closed ones included. */
+  bytesReceived: number;
+  bytesSent: number;
+  /** Times a connection of this stream waited for the peer's window. */
+  windowStalls: number;
   /** Bytes held in this stream's connections: received and not yet read, or written and not yet sent. */
   bufferedBytes: number;
   pendingDials: number;
@@ -51,6 +80,13 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
   protected strayPackets = 0;
   protected unknownPackets = 0;
   private protocolViolations = 0;
+  /** When this stream was opened (ms since the epoch). */
+  readonly openedAt = Date.now();
+  private counters?: StreamCounters;
+  private windowStalls = 0;
+  /** Bytes of the connections that are gone. */
+  private closedBytesReceived = 0;
+  private closedBytesSent = 0;
 
   private readonly pauseThreshold: number;
   private windows?: FlowControl;
@@ -93,11 +129,30 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
     return this.closedWith !== undefined;
   }
 
+  /** Counts this stream's packets and flow control into `counters` from now on. */
+  countInto(counters: StreamCounters): void {
+    this.counters = counters;
+  }
+
+  /** The connections open on this stream. */
+  openConnections(): IterableIterator<TunnelConnection> {
+    return this.connections.values();
+  }
+
   get stats(): MultiplexerStats {
     let bufferedBytes = 0;
-    for (const conn of this.connections.values()) bufferedBytes += conn.readableLength + conn.writableLength;
+    let bytesReceived = this.closedBytesReceived;
+    let bytesSent = this.closedBytesSent;
+    for (const conn of this.connections.values()) {
+      bufferedBytes += conn.readableLength + conn.writableLength;
+      bytesReceived += conn.bytesReceived;
+      bytesSent += conn.bytesSent;
+    }
     return {
       connections: this.connections.size,
+      bytesReceived,
+      bytesSent,
+      windowStalls: this.windowStalls,
       bufferedBytes,
       pendingDials: this.pendingDialCount(),
       strayPackets: this.strayPackets,
@@ -129,7 +184,13 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
   }
 
   sendWindowUpdate(conn: TunnelConnection, bytes: number): void {
+    if (this.counters) this.counters.flow.creditGranted += bytes;
     this.sendControl(windowUpdate(conn.connectID, bytes));
+  }
+
+  windowStalled(): void {
+    this.windowStalls++;
+    if (this.counters) this.counters.flow.windowStalls++;
   }
 
   abstract closeLocally(conn: TunnelConnection): void;
@@ -142,6 +203,8 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
   forget(conn: TunnelConnection): void {
     if (this.connections.get(conn.connectID) === conn) {
       this.connections.delete(conn.connectID);
+      this.closedBytesReceived += conn.bytesReceived;
+      this.closedBytesSent += conn.bytesSent;
       this.emit('connection-closed', conn);
     }
   }
@@ -164,10 +227,11 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
     this.write(packet);
   }
 
-  protected newConnection(connectID: bigint, address: string): TunnelConnection {
+  protected newConnection(connectID: bigint, address: string, client?: string): TunnelConnection {
     const conn = new TunnelConnection(this, {
       connectID,
       address,
+      client,
       flowControl: this.windows,
       pauseThreshold: this.pauseThreshold,
     });
@@ -193,6 +257,7 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
 
   private write(packet: KnownPacket): void {
     if (!this.stream.writable) return;
+    if (this.counters) this.counters.sent[packet.type]++;
     if (!this.stream.write(packet)) this.congested = true;
   }
 
@@ -214,6 +279,8 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
 
   private receive(packet: Packet): void {
     if (this.isClosed) return;
+    const counters = this.counters;
+    if (counters && packet.type < counters.received.length) counters.received[packet.type]++;
     const lastStray = this.lastStrayID;
     this.lastStrayID = undefined;
     if (isUnknown(packet)) {
@@ -235,7 +302,10 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
       case PacketType.WINDOW_UPDATE: {
         const conn = this.connections.get(packet.connectID);
         if (packet.bytes <= 0n) this.countStray(packet, 'WINDOW_UPDATE grants no bytes');
-        else if (conn) conn.grantCredit(Number(packet.bytes));
+        else if (conn) {
+          if (this.counters) this.counters.flow.creditReceived += Number(packet.bytes);
+          conn.grantCredit(Number(packet.bytes));
+        }
         return;
       }
     }

@@ -26,6 +26,8 @@ export interface ConnectionLink {
   closeLocally(conn: TunnelConnection): void;
   /** The connection is gone: drop it from the table. */
   forget(conn: TunnelConnection): void;
+  /** The connection has data to send and no credit left (counted for the metrics). */
+  windowStalled?(conn: TunnelConnection): void;
   /** The peer broke the protocol on this connection (which then closes): say so where operators look. */
   peerViolation(conn: TunnelConnection, detail: string): void;
   /** Stop or restart reading the shared stream (reference peers only). */
@@ -43,6 +45,8 @@ export interface FlowControl {
 export interface TunnelConnectionOptions {
   connectID: bigint;
   address: string;
+  /** Who asked for the connection (a frontend client), for the admin endpoints. */
+  client?: string;
   /** Set when both ends negotiated the WINDOW_UPDATE extension. */
   flowControl?: FlowControl;
   /** Without flow control: the buffered bytes at which the shared stream is paused. */
@@ -73,6 +77,13 @@ export const CLOSE_LINGER_MS = 30_000;
 export class TunnelConnection extends Duplex {
   readonly connectID: bigint;
   readonly address: string;
+  readonly client?: string;
+  /** When the connection opened (ms since the epoch). */
+  readonly openedAt = Date.now();
+  /** Payload bytes handed to the link to send. */
+  bytesSent = 0;
+  /** Times this connection waited for the peer's window. */
+  windowStalls = 0;
 
   private readonly link: ConnectionLink;
   private readonly flowControl?: FlowControl;
@@ -108,6 +119,7 @@ export class TunnelConnection extends Duplex {
     this.link = link;
     this.connectID = options.connectID;
     this.address = options.address;
+    this.client = options.client;
     this.flowControl = options.flowControl;
     this.pauseThreshold = options.pauseThreshold;
     this.sendCredit = options.flowControl?.sendWindow ?? Number.POSITIVE_INFINITY;
@@ -117,6 +129,21 @@ export class TunnelConnection extends Duplex {
 
   get isOpenOnWire(): boolean {
     return this.wireOpen;
+  }
+
+  /** Payload bytes received from the peer. */
+  get bytesReceived(): number {
+    return this.received;
+  }
+
+  /** open, or closing: one side has sent its close and what is left is being flushed. */
+  get state(): 'open' | 'closing' {
+    return this.wireOpen ? 'open' : 'closing';
+  }
+
+  /** With flow control: the bytes this end may still send, and the window it gives the peer. */
+  get windows(): { sendCredit: number; receiveWindow: number } | undefined {
+    return this.flowControl ? { sendCredit: this.sendCredit, receiveWindow: this.window } : undefined;
   }
 
   /** Bytes waiting in this connection for its reader. */
@@ -257,9 +284,15 @@ export class TunnelConnection extends Duplex {
         continue;
       }
       const size = Math.min(pending.bytes, this.link.maxDataSize, this.sendCredit);
-      if (size <= 0) return; // wait for WINDOW_UPDATE
+      if (size <= 0) {
+        // Wait for WINDOW_UPDATE.
+        this.windowStalls++;
+        this.link.windowStalled?.(this);
+        return;
+      }
       this.sendCredit -= size;
       this.moved += size;
+      this.bytesSent += size;
       const pieces = size === pending.bytes ? pending.pieces : takeBytes(pending, size);
       if (pieces === pending.pieces) this.pending = undefined;
       const { callback } = pending;

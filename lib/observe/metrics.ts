@@ -1,16 +1,19 @@
 /**
- * A small Prometheus registry: gauges computed on scrape, and counters. Enough for the
- * tunnel's handful of series without another dependency.
+ * A small Prometheus registry: gauges computed on scrape, counters and histograms. Enough
+ * for the tunnel's handful of series without another dependency.
  */
 import { PerformanceObserver, constants, type NodeGCPerformanceDetail, type PerformanceEntry } from 'node:perf_hooks';
 
 type Labels = Record<string, string>;
 
+/** A sample's labels and value, and for a histogram the suffix of its name (_bucket, _sum, _count). */
+type Sample = [Labels, number] | [Labels, number, string];
+
 interface Series {
   name: string;
   help: string;
-  type: 'gauge' | 'counter';
-  collect(): Array<[Labels, number]>;
+  type: 'gauge' | 'counter' | 'histogram';
+  collect(): Sample[];
 }
 
 function formatLabels(labels: Labels): string {
@@ -38,6 +41,87 @@ export class Counter {
   }
 }
 
+/**
+ * Observations counted into buckets (upper bounds, in increasing order), as Prometheus
+ * histograms are. Observing costs a walk over the few bounds and two additions.
+ */
+export class Histogram {
+  /** Per bucket, not cumulative; the last one is +Inf. */
+  private readonly counts: number[];
+  private sum = 0;
+  private count = 0;
+
+  constructor(readonly buckets: readonly number[]) {
+    this.counts = new Array<number>(buckets.length + 1).fill(0);
+  }
+
+  observe(value: number): void {
+    let i = 0;
+    while (i < this.buckets.length && value > this.buckets[i]) i++;
+    this.counts[i]++;
+    this.sum += value;
+    this.count++;
+  }
+
+  /** Observations so far, and their sum. */
+  get observed(): { count: number; sum: number } {
+    return { count: this.count, sum: this.sum };
+  }
+
+  collect(): Sample[] {
+    const samples: Sample[] = [];
+    let cumulative = 0;
+    this.buckets.forEach((bound, i) => {
+      cumulative += this.counts[i];
+      samples.push([{ le: String(bound) }, cumulative, '_bucket']);
+    });
+    samples.push([{ le: '+Inf' }, this.count, '_bucket'], [{}, this.sum, '_sum'], [{}, this.count, '_count']);
+    return samples;
+  }
+}
+
+/**
+ * Packets of one segment of the tunnel (e.g. from_agent), counted by packet type in an array
+ * indexed by the type: counting a packet is one increment, with no label lookup.
+ */
+export class PacketCounts {
+  readonly byType: number[];
+
+  constructor(size: number) {
+    this.byType = new Array<number>(size).fill(0);
+  }
+}
+
+/** stream_packets_total{segment,packet_type}: one PacketCounts per segment, labelled when scraped. */
+export class PacketCounter {
+  private readonly segments = new Map<string, PacketCounts>();
+
+  /** `types` are the packet types to report, with their label values. */
+  constructor(private readonly types: ReadonlyArray<[number, string]>) {}
+
+  /** The counts of `segment`, made once: hand them to whatever handles that segment's packets. */
+  segment(name: string): PacketCounts {
+    let counts = this.segments.get(name);
+    if (!counts) {
+      counts = new PacketCounts(Math.max(...this.types.map(([type]) => type)) + 1);
+      this.segments.set(name, counts);
+    }
+    return counts;
+  }
+
+  get(segment: string, type: number): number {
+    return this.segments.get(segment)?.byType[type] ?? 0;
+  }
+
+  collect(): Sample[] {
+    const samples: Sample[] = [];
+    for (const [segment, counts] of this.segments) {
+      for (const [type, name] of this.types) samples.push([{ segment, packet_type: name }, counts.byType[type]]);
+    }
+    return samples;
+  }
+}
+
 export class MetricsRegistry {
   private readonly series: Series[] = [];
 
@@ -58,6 +142,32 @@ export class MetricsRegistry {
 
   counter(name: string, help: string): Counter {
     const counter = new Counter();
+    this.series.push({ name: `${this.prefix}_${name}`, help, type: 'counter', collect: () => counter.collect() });
+    return counter;
+  }
+
+  /** A counter kept elsewhere (a field that only grows), read when scraped. */
+  counterOf(name: string, help: string, read: () => number | Array<[Labels, number]>): void {
+    this.series.push({
+      name: `${this.prefix}_${name}`,
+      help,
+      type: 'counter',
+      collect: () => {
+        const value = read();
+        return typeof value === 'number' ? [[{}, value]] : value;
+      },
+    });
+  }
+
+  histogram(name: string, help: string, buckets: readonly number[]): Histogram {
+    const histogram = new Histogram(buckets);
+    this.series.push({ name: `${this.prefix}_${name}`, help, type: 'histogram', collect: () => histogram.collect() });
+    return histogram;
+  }
+
+  /** Packets by segment and type; `types` are the types reported, with their label values. */
+  packetCounter(name: string, help: string, types: ReadonlyArray<[number, string]>): PacketCounter {
+    const counter = new PacketCounter(types);
     this.series.push({ name: `${this.prefix}_${name}`, help, type: 'counter', collect: () => counter.collect() });
     return counter;
   }
@@ -83,7 +193,7 @@ export class MetricsRegistry {
     const lines: string[] = [];
     for (const s of this.series) {
       lines.push(`# HELP ${s.name} ${s.help}`, `# TYPE ${s.name} ${s.type}`);
-      for (const [labels, value] of s.collect()) lines.push(`${s.name}${formatLabels(labels)} ${value}`);
+      for (const [labels, value, suffix] of s.collect()) lines.push(`${s.name}${suffix ?? ''}${formatLabels(labels)} ${value}`);
     }
     return lines.join('\n') + '\n';
   }

@@ -8,6 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { joinPacketStreams, type PacketStream } from '../mux/packet-stream.js';
 import type { FlowControl } from '../mux/tunnel-connection.js';
+import type { StreamCounters } from '../mux/multiplexer.js';
 import { DialingMux } from '../mux/dialing-mux.js';
 import { AcceptingMux } from '../mux/accepting-mux.js';
 import type { TunnelConnection } from '../mux/tunnel-connection.js';
@@ -41,6 +42,8 @@ export interface AgentListenerOptions {
   push?: PushAcceptor;
   /** Called with each push stream's mux, for connection accounting. */
   onPushStream?: (mux: AcceptingMux) => void;
+  /** Where agent streams count their packets, for the metrics. */
+  counters?: StreamCounters;
   log: Logger;
 }
 
@@ -92,6 +95,7 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
     const { agentID, peer, windows } = identity;
     const name = `agent ${agentID}`;
     const mux = new DialingMux(stream, { name, flowControl: windows, maxDataSize: options.maxDataSize, log });
+    if (options.counters) mux.countInto(options.counters);
     const backend: Backend = { agentID, identifiers: parseAgentIdentifiers(identity.identifiers), mux, connectedAt: new Date(), peer };
     registry.add(backend);
     log.info('agent connected', {

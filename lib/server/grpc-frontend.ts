@@ -37,7 +37,7 @@ export function proxyHandler(options: GrpcFrontendOptions): BidiHandler {
           options.log.warn('gRPC dial refused', { address: request.address, peer: call.peer, certificate: describePeer(call.peerIdentity), reason: refusal });
           return Promise.reject(new Error(refusal));
         }
-        return options.dial(request.address, { random: request.random, signal });
+        return options.dial(request.address, { random: request.random, signal, client: call.peerIdentity ? describePeer(call.peerIdentity) : `gRPC ${call.peer}` });
       },
       { name: `frontend ${call.peer}`, flowControl: windows, maxDataSize: options.maxDataSize, log: options.log },
     );

@@ -117,7 +117,7 @@ function handleConnect(options: HttpConnectFrontendOptions, req: http.IncomingMe
   const abort = new AbortController();
   const onClose = () => abort.abort();
   socket.once('close', onClose);
-  options.dial(address, { signal: abort.signal }).then((conn) => {
+  options.dial(address, { signal: abort.signal, client: peer ? describePeer(peer) : 'a unix socket client' }).then((conn) => {
     socket.off('close', onClose);
     if (socket.destroyed) {
       conn.destroy();

@@ -17,6 +17,9 @@ import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
 import { HealthServer } from '../observe/health-server.js';
+import { SERVER_DIAL_BUCKETS, StreamMetrics, instrumentDial } from '../observe/tunnel-metrics.js';
+import { serverAgents, serverConnections } from '../observe/admin.js';
+import type { StreamCounters } from '../mux/multiplexer.js';
 import { AgentRegistry } from './agent-registry.js';
 import { agentConnectHandler } from './agent-listener.js';
 import { dialRouter } from './dial-router.js';
@@ -145,15 +148,15 @@ export class TunnelServer {
   async start(): Promise<ListeningAddresses> {
     const o = this.options;
     const window = o.connectionWindow === 0 ? undefined : (o.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
-    const dial = dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS);
-    const { outcomes, handshakes } = this.registerMetrics();
+    const { outcomes, handshakes, dialLatency, dialFailures, agentCounters, clientCounters } = this.registerMetrics();
+    const dial = instrumentDial(dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS), dialLatency, dialFailures);
     const push = this.startReverseProxy();
 
     const agentServer = new GrpcServer({ tls: o.agentTls ?? o.tls, name: 'agents', receiveWindow: agentStreamWindow(window), log: this.log });
     agentServer.handle(AGENT_CONNECT_PATH, agentConnectHandler({
       serverID: this.serverID, serverCount: o.serverCount ?? 1, registry: this.registry, connectionWindow: window, log: this.log,
       splitStreams: !o.singleStream, identityRule: o.agentIdentity, authenticate: o.authenticateAgents,
-      push, onPushStream: (mux) => this.trackStream(this.pushStreams, mux),
+      push, onPushStream: (mux) => this.trackStream(this.pushStreams, mux, agentCounters), counters: agentCounters,
     }));
     this.grpcServers.push(agentServer);
     const agentPort = await agentServer.listen({ host: o.bindAddress, port: o.agentPort });
@@ -189,7 +192,7 @@ export class TunnelServer {
     if (o.udsName || o.grpcPort !== undefined) {
       const handler = proxyHandler({
         dial, log: this.log, connectionWindow: window, policy: o.clientPolicy,
-        onStream: (mux) => this.trackStream(this.frontendStreams, mux),
+        onStream: (mux) => this.trackStream(this.frontendStreams, mux, clientCounters),
       });
       if (o.udsName) {
         const frontend = this.grpcServer(undefined, handler);
@@ -211,6 +214,10 @@ export class TunnelServer {
         port: o.healthPort,
         metrics: this.metrics,
         readiness: [{ name: 'agents', check: () => this.registry.size > 0 ? undefined : 'no connection to any proxy agent' }],
+        debug: {
+          agents: (limit) => serverAgents(this.serverID, this.registry.all(), limit),
+          connections: (limit) => serverConnections(this.serverID, this.registry.all(), limit),
+        },
       });
       const address = await this.health.listen();
       addresses.health = hostPort(o.healthBindAddress, address.port);
@@ -253,7 +260,8 @@ export class TunnelServer {
   }
 
   /** Holds an accepting stream (a gRPC frontend client's, an agent's push stream) in `set` while it is open. */
-  private trackStream(set: Set<AcceptingMux>, mux: AcceptingMux): void {
+  private trackStream(set: Set<AcceptingMux>, mux: AcceptingMux, counters: StreamCounters): void {
+    mux.countInto(counters);
     set.add(mux);
     mux.once('close', () => set.delete(mux));
   }
@@ -273,6 +281,13 @@ export class TunnelServer {
 
   private registerMetrics() {
     this.metrics.gauge('ready_backends', 'Connected agents.', () => this.registry.size);
+    this.metrics.gauge('ready_backend_connections', 'Connected agents (the reference\'s older name of ready_backends).', () => this.registry.size);
+    this.metrics.gauge('grpc_connections', 'Open gRPC streams, by service method (Connect: agents, Proxy: gRPC frontend clients).', () => [
+      [{ service_method: 'Connect' }, this.registry.all().length],
+      [{ service_method: 'Proxy' }, this.frontendStreams.size],
+    ]);
+    this.metrics.gauge('http_connections', 'Open HTTP-CONNECT tunnels (connections through agents that no gRPC frontend stream carries).', () =>
+      Math.max(0, this.establishedConnections - [...this.frontendStreams].reduce((n, mux) => n + mux.stats.connections, 0)));
     this.metrics.gauge('agent_streams', 'Open agent streams.', () => this.registry.all().length);
     this.metrics.gauge('established_connections', 'Tunneled connections open through agents.', () => this.establishedConnections);
     this.metrics.gauge('pending_backend_dials', 'Dials waiting for an agent\'s answer.', () => this.pendingDials);
@@ -287,9 +302,14 @@ export class TunnelServer {
       this.registry.all().reduce((n, b) => n + b.mux.stats.strayPackets, 0));
     this.metrics.gauge('protocol_violations', 'Tunneled connections closed because the agent or gRPC client sent beyond the flow-control window it was given.', () =>
       this.allStreams().reduce((n, mux) => n + mux.stats.protocolViolations, 0));
+    const streams = new StreamMetrics(this.metrics, () => this.allStreams());
     return {
       outcomes: this.metrics.counter('http_connect_requests_total', 'HTTP-CONNECT requests by outcome.'),
       handshakes: this.metrics.counter('http_connect_tls_handshakes_total', 'TLS handshakes on the HTTP-CONNECT mTLS port: resumed="true" for a resumed session (--tls-resumption), "false" for a full handshake.'),
+      dialLatency: this.metrics.histogram('dial_duration_seconds', 'Latency of dial to the remote endpoint in seconds (DIAL_REQ to the agent\'s successful DIAL_RSP).', SERVER_DIAL_BUCKETS),
+      dialFailures: this.metrics.counter('dial_failure_count', 'Number of dial failures observed, by reason (no_agent, error_response, backend_dial_timeout, backend_close, frontend_close).'),
+      agentCounters: streams.counters('from_agent', 'to_agent'),
+      clientCounters: streams.counters('from_client', 'to_client'),
     };
   }
 }
