@@ -17,6 +17,7 @@ import { DEFAULT_CONNECTION_WINDOW } from '../transport/flow-control-metadata.js
 import { logger } from '../observe/log.js';
 import { MetricsRegistry } from '../observe/metrics.js';
 import { HealthServer } from '../observe/health-server.js';
+import { Readiness } from '../observe/readiness.js';
 import { SERVER_DIAL_BUCKETS, StreamMetrics, instrumentDial } from '../observe/tunnel-metrics.js';
 import { serverAgents, serverConnections } from '../observe/admin.js';
 import type { StreamCounters } from '../mux/multiplexer.js';
@@ -58,6 +59,8 @@ export interface TunnelServerOptions {
   grpcPort?: number;
   healthBindAddress: string;
   healthPort?: number;
+  /** /readyz fails while fewer agents than this are connected (default 1, as the reference; 0: ready without agents). */
+  readyMinAgents?: number;
   /** Server certificate and key, and the CAs that frontend clients' certificates must chain to (followed as they change). */
   tls: TlsSource;
   /** The same for the agent port, when agents' certificates chain to other CAs than clients'. */
@@ -122,6 +125,8 @@ export class TunnelServer {
   readonly registry = new AgentRegistry();
   readonly serverID: string;
   readonly metrics: MetricsRegistry;
+  /** What /readyz checks; `readiness.setDraining(reason)` marks the server as draining. */
+  readonly readiness = new Readiness();
 
   private readonly log = logger('server');
   private readonly grpcServers: GrpcServer[] = [];
@@ -213,7 +218,7 @@ export class TunnelServer {
         host: o.healthBindAddress,
         port: o.healthPort,
         metrics: this.metrics,
-        readiness: [{ name: 'agents', check: () => this.registry.size > 0 ? undefined : 'no connection to any proxy agent' }],
+        readiness: this.readiness.serverChecks(() => this.registry.size, o.readyMinAgents ?? 1),
         debug: {
           agents: (limit) => serverAgents(this.serverID, this.registry.all(), limit),
           connections: (limit) => serverConnections(this.serverID, this.registry.all(), limit),
@@ -257,6 +262,11 @@ export class TunnelServer {
     this.proxy = proxy;
     if (config.acceptPush === false) return undefined;
     return { refusal: (name) => proxy.pushRefusal(name), serve: (conn, name, caller) => proxy.servePushed(conn, name, caller) };
+  }
+
+  /** Marks the server as draining (/readyz answers 503 with the reason), or, with undefined, as not. */
+  setDraining(reason: string | undefined): void {
+    this.readiness.setDraining(reason);
   }
 
   /** Holds an accepting stream (a gRPC frontend client's, an agent's push stream) in `set` while it is open. */
