@@ -108,6 +108,12 @@ test('konnectivity metric names, types and labels carry the values of a real tra
     t.is(a.get(`${AGENT}_endpoint_dial_failure_total{reason="unknown"}`), 1, 'the agent counts the refused dial');
     t.is(a.get(`${AGENT}_dial_duration_seconds_count`), 1, 'only successful dials are observed');
     t.is((await scrape(server.healthPort)).get(`${SERVER}_dial_duration_seconds_count`), 1);
+    t.false([...(await scrape(server.healthPort)).keys()].some((k) => k.startsWith(`${SERVER}_stream_errors_total`)), 'no stream failed so far');
+
+    // An agent that dies without a word: its stream fails on the server.
+    await agent.proc.stop('SIGKILL');
+    await eventually(async () => ((await scrape(server.healthPort)).get(`${SERVER}_stream_errors_total{segment="from_agent",code="Unknown",packet_type="Unknown"}`) ?? 0) >= 1,
+      10_000, 'the failed agent stream is counted');
   } finally {
     socket?.destroy();
     await agent.stop();

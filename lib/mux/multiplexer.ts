@@ -41,6 +41,8 @@ export interface StreamCounters {
   received: number[];
   sent: number[];
   flow: FlowCounts;
+  /** Counts a failure of the packet stream itself (not a clean end). */
+  streamError?(err: Error): void;
 }
 
 /** What the flow-control extension did on a kind of stream. */
@@ -107,7 +109,10 @@ export abstract class Multiplexer extends EventEmitter implements ConnectionLink
     stream.on('data', (packet: Packet) => this.receive(packet));
     stream.on('drain', () => this.serveWaiting());
     stream.on('end', () => this.shutdown(new Error(`${this.name}: the peer ended the stream`)));
-    stream.on('error', (err: Error) => this.shutdown(err));
+    stream.on('error', (err: Error) => {
+      this.counters?.streamError?.(err);
+      this.shutdown(err);
+    });
     stream.on('close', () => this.shutdown(new Error(`${this.name}: the stream closed`)));
   }
 

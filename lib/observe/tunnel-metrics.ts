@@ -8,6 +8,8 @@ import { newFlowCounts, type FlowCounts, type Multiplexer, type StreamCounters }
 import { PacketType, packetTypeName } from '../wire/packet.js';
 import { ERR_NO_AGENT } from '../wire/protocol.js';
 import type { Dial } from '../server/dial-router.js';
+import { GrpcCallError } from '../transport/grpc-client.js';
+import { GrpcFramingError } from '../transport/grpc-stream.js';
 import type { Counter, Histogram, MetricsRegistry, PacketCounter } from './metrics.js';
 
 /** The packet types reported, by their protocol names (WINDOW_UPDATE is this tunnel's extension). */
@@ -28,8 +30,10 @@ export type Segment = 'from_client' | 'to_client' | 'from_agent' | 'to_agent';
 export class StreamMetrics {
   readonly packets: PacketCounter;
   readonly flow: FlowCounts = newFlowCounts();
+  readonly errors: Counter;
 
   constructor(metrics: MetricsRegistry, streams: () => Iterable<Multiplexer>) {
+    this.errors = metrics.counter('stream_errors_total', 'Count of gRPC stream errors, by segment, grpc Code, packet type (example: from_agent, Unavailable, Unknown: a stream that failed while receiving).');
     this.packets = metrics.packetCounter('stream_packets_total', 'Count of packets processed, by segment and packet type (example: from_client, DIAL_REQ). DATA arriving over gRPC counts the pieces it is handled in.', PACKET_TYPES);
     metrics.counterOf('flow_control_window_stalls_total', 'Times a tunneled connection had data to send and no flow-control window left, waiting for the peer\'s WINDOW_UPDATE.', () => this.flow.windowStalls);
     metrics.counterOf('flow_control_credit_granted_bytes_total', 'Bytes of flow-control window granted to peers (WINDOW_UPDATE sent).', () => this.flow.creditGranted);
@@ -43,8 +47,29 @@ export class StreamMetrics {
 
   /** Counters for streams whose received packets are `received`'s segment and sent ones `sent`'s. */
   counters(received: Segment, sent: Segment): StreamCounters {
-    return { received: this.packets.segment(received).byType, sent: this.packets.segment(sent).byType, flow: this.flow };
+    const labels = new Map<string, Record<string, string>>();
+    return {
+      received: this.packets.segment(received).byType,
+      sent: this.packets.segment(sent).byType,
+      flow: this.flow,
+      streamError: (err) => {
+        const code = grpcCodeName(err);
+        let set = labels.get(code);
+        if (!set) labels.set(code, (set = { segment: received, code, packet_type: 'Unknown' }));
+        this.errors.inc(set);
+      },
+    };
   }
+}
+
+/** grpc-go's names of the status codes, as the reference's code label reads. */
+const GO_CODE_NAMES = ['OK', 'Canceled', 'Unknown', 'InvalidArgument', 'DeadlineExceeded', 'NotFound', 'AlreadyExists', 'PermissionDenied',
+  'ResourceExhausted', 'FailedPrecondition', 'Aborted', 'OutOfRange', 'Unimplemented', 'Internal', 'Unavailable', 'DataLoss', 'Unauthenticated'];
+
+/** The gRPC status of a stream error, when it carries one; Unknown otherwise (a connection that went away). */
+function grpcCodeName(err: Error): string {
+  const code = err instanceof GrpcCallError || err instanceof GrpcFramingError ? err.code : undefined;
+  return code === undefined ? 'Unknown' : GO_CODE_NAMES[code] ?? 'Unknown';
 }
 
 /** Why a dial through an agent failed, by the reference's dial_failure_count reasons. */
