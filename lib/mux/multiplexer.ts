@@ -38,8 +38,8 @@ export interface MultiplexerOptions {
  */
 export interface StreamCounters {
   /** Packets received and sent, indexed by packet type. */
-  received: number[];
-  sent: number[];
+  received: Float64Array;
+  sent: Float64Array;
   flow: FlowCounts;
   /** Counts a failure of the packet stream itself (not a clean end). */
   streamError?(err: Error): void;

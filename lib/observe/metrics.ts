@@ -85,10 +85,11 @@ export class Histogram {
  * indexed by the type: counting a packet is one increment, with no label lookup.
  */
 export class PacketCounts {
-  readonly byType: number[];
+  /** A typed array: the increment stays one machine operation however large the count grows. */
+  readonly byType: Float64Array;
 
   constructor(size: number) {
-    this.byType = new Array<number>(size).fill(0);
+    this.byType = new Float64Array(size);
   }
 }
 
