@@ -3,8 +3,17 @@
  * port (tunnel-server --tls-resumption, and the client library offering its last session),
  * and the gRPC channel that opens every connection as a stream of one kept connection.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import tls from 'node:tls';
+import { Subject } from 'rxjs';
+import { createMtlsConnectServer } from '../lib/server/http-connect-frontend.js';
+import { issueCertificate } from '../lib/pki/certificates.js';
+import { CLIENT_ORGANIZATION } from '../lib/pki/identities.js';
+import { logger } from '../lib/observe/log.js';
+import type { TlsSource } from '../lib/pki/tls-source.js';
 import { dialHttpConnect, type HttpConnectProxy } from '../lib/client/http-connect-dialer.js';
 import { GrpcChannel } from '../lib/client/grpc-channel.js';
 import { DialError } from '../lib/mux/dialing-mux.js';
@@ -94,6 +103,84 @@ test('a gRPC channel opens every tunneled connection as a stream of one kept con
     await agent.stop();
     await server.stop();
     await target.close();
+    ws.cleanup();
+  }
+});
+
+/** The HTTP-CONNECT frontend alone, with resumption, on a TLS source whose changes the test makes. */
+async function resumingFrontend(ws: Workspace) {
+  const material = { key: readFileSync(ws.pki.serverKey), cert: readFileSync(ws.pki.serverCert), ca: readFileSync(ws.pki.caCert) };
+  const changes = new Subject<typeof material>();
+  const source: TlsSource = { current: () => material, changes, close: () => changes.complete() };
+  const server = createMtlsConnectServer(source, {
+    dial: () => Promise.reject(new Error('no agent here')),
+    log: logger('test'),
+    resumption: { lifetimeSeconds: 300 },
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, port: (server.address() as AddressInfo).port, renew: () => changes.next(material), ca: material.ca };
+}
+
+/** A TLS connection to `port` that offers `session`; resolves once the handshake is done. */
+function connectWith(port: number, client: { key: Buffer | string; cert: Buffer | string; ca: Buffer }, session?: Buffer): Promise<{ socket: tls.TLSSocket; sessions: Buffer[] }> {
+  const sessions: Buffer[] = [];
+  const socket = tls.connect({ host: '127.0.0.1', port, servername: 'localhost', ...client, session });
+  socket.on('session', (s: Buffer) => sessions.push(s));
+  return new Promise((resolve, reject) => {
+    socket.once('secureConnect', () => resolve({ socket, sessions }));
+    socket.once('error', reject);
+  });
+}
+
+/** What the server answers a CONNECT with, up to its close. */
+function answerTo(socket: tls.TLSSocket): Promise<string> {
+  return new Promise((resolve) => {
+    let text = '';
+    socket.on('data', (d: Buffer) => { text += d.toString('latin1'); });
+    socket.on('error', () => undefined);
+    socket.on('close', () => resolve(text));
+    socket.write('CONNECT cluster-a:443 HTTP/1.1\r\nHost: cluster-a:443\r\n\r\n');
+  });
+}
+
+/** The session a full handshake to `port` leaves. */
+async function firstSession(t: ExecutionContext, port: number, client: Parameters<typeof connectWith>[1]): Promise<Buffer> {
+  const { socket, sessions } = await connectWith(port, client);
+  t.false(socket.isSessionReused(), 'a first handshake is a full one');
+  await eventually(() => sessions.length > 0, 5_000, 'a session ticket');
+  socket.destroy();
+  return sessions[sessions.length - 1];
+}
+
+test('sessions stop resuming when the TLS material changes, and one whose client certificate expired is refused', async (t) => {
+  const ws = await workspace();
+  const frontend = await resumingFrontend(ws);
+  try {
+    const client = { key: readFileSync(ws.pki.clientKey), cert: readFileSync(ws.pki.clientCert), ca: frontend.ca };
+    const session = await firstSession(t, frontend.port, client);
+    const resumed = await connectWith(frontend.port, client, session);
+    t.true(resumed.socket.isSessionReused(), 'the session resumes');
+    // A resumed session is a client like any other: its CONNECT is answered (here: no agent).
+    t.regex(await answerTo(resumed.socket), /^HTTP\/1\.1 5\d\d /);
+
+    frontend.renew();
+    const after = await connectWith(frontend.port, client, session);
+    t.false(after.socket.isSessionReused(), 'no session of before the change resumes');
+    after.socket.destroy();
+
+    // A client certificate that expires two seconds from now.
+    const ca = { certPem: readFileSync(ws.pki.caCert, 'utf8'), keyPem: readFileSync(ws.pki.caKey, 'utf8') };
+    const short = issueCertificate(ca, { commonName: 'short-lived', organization: [CLIENT_ORGANIZATION], usage: 'client', lifetimeSeconds: 2 });
+    const shortClient = { key: short.keyPem, cert: short.certPem, ca: frontend.ca };
+    const shortSession = await firstSession(t, frontend.port, shortClient);
+    await new Promise((r) => setTimeout(r, 2_500));
+    const late = await connectWith(frontend.port, shortClient, shortSession);
+    t.true(late.socket.isSessionReused());
+    const answer = await answerTo(late.socket);
+    t.regex(answer, /^HTTP\/1\.1 403 /);
+    t.regex(answer, /expired at .*full handshake/);
+  } finally {
+    frontend.server.close();
     ws.cleanup();
   }
 });
