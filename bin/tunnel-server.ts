@@ -7,7 +7,8 @@ import { resolveTls } from '../lib/pki/resolve-tls.js';
 import { parseProxyStrategies } from '../lib/server/proxy-strategies.js';
 import { TunnelServer } from '../lib/server/tunnel-server.js';
 import { DEFAULT_AGENT_IDENTITY, parseAgentIdentityRule } from '../lib/server/agent-identity.js';
-import { refuseAgentCertificates } from '../lib/server/client-policy.js';
+import { allPolicies, refuseAgentCertificates } from '../lib/server/client-policy.js';
+import { authorizeClients, loadClientAuthorization } from '../lib/server/authorization.js';
 import { AGENT_ORGANIZATION } from '../lib/pki/identities.js';
 import { fileCaBundle, withTrust } from '../lib/pki/tls-source.js';
 import { SERVER_METRICS_PREFIX } from '../lib/server/tunnel-server.js';
@@ -50,6 +51,13 @@ const FLAGS = {
   'tls-resumption': { type: 'boolean', default: false, help: 'let HTTP-CONNECT clients that offer it resume their TLS session (TLS 1.3 tickets): no certificates or signatures in such a handshake. A resumed session keeps the client identity of its full handshake for up to --tls-resumption-lifetime; see the README' },
   'tls-resumption-lifetime': { type: 'string', default: `${DEFAULT_TLS_RESUMPTION_LIFETIME_S}s`, metavar: 'DURATION', help: 'how long after its full handshake a TLS session may be resumed (with --tls-resumption)' },
   'request-head-timeout': { type: 'string', default: '10s', metavar: 'DURATION', help: 'how long an HTTP-CONNECT or reverse-proxy client has for its request head (the CONNECT line and headers) after connecting; later is 408' },
+  'client-authorization': { type: 'string', metavar: 'FILE', help: 'JSON file of which clients may reach which cluster, by certificate CN, O, DNS or URI SAN, and "uds" for unix-socket clients (see the README); read at start (default: every client may reach every cluster)' },
+  'max-connections-per-agent': { type: 'string', default: '0', metavar: 'N', help: 'most open and dialing connections through one agent; more are refused with 503 (0 = no limit)' },
+  'max-dials-per-second-per-agent': { type: 'string', default: '0', metavar: 'N', help: 'most new dials through one agent per second (bursts of N); more are refused with 429 (0 = no limit)' },
+  'max-connections-per-client': { type: 'string', default: '0', metavar: 'N', help: 'most open and dialing connections of one client (one certificate subject; unix-socket clients together count as one); more are refused with 503 (0 = no limit)' },
+  'max-dials-per-second-per-client': { type: 'string', default: '0', metavar: 'N', help: 'most new dials of one client per second (bursts of N); more are refused with 429 (0 = no limit)' },
+  'max-pending-dials': { type: 'string', default: '0', metavar: 'N', help: 'most dials waiting for agents\' answers, all agents together; more are refused with 503 (0 = no limit)' },
+  'tcp-keepalive': { type: 'string', default: '30s', metavar: 'DURATION', help: 'TCP keepalive of HTTP-CONNECT client sockets: probes after this long without a packet, so that a dead client\'s tunnels close (0 turns it off)' },
   ...reverseProxyFlags(),
   ...certificateFlags('server'),
   kubeconfig: { type: 'string', metavar: 'FILE', help: 'kubeconfig of the hub cluster, for --cert-source=kube and token authentication (default: the pod\'s service account)' },
@@ -83,6 +91,11 @@ runMain(NAME, async () => {
     throw new UsageError((err as Error).message);
   }
   const reverseProxy = reverseProxyConfig(flags);
+  const authorization = flags['client-authorization'] === undefined ? undefined
+    : await loadClientAuthorization(flags['client-authorization']).catch((err: Error) => {
+      throw new UsageError(`--client-authorization: ${err.message}`);
+    });
+  if (authorization) log.info('client authorization', { file: authorization.source, clusters: [...authorization.clusters.keys()].join(',') });
   const source = parseCertSource(flags['cert-source']);
   const tokenAuth = flags['agent-namespace'] !== undefined;
   const kube = source === 'kube' || tokenAuth ? hubConnection(flags.kubeconfig, source === 'kube' ? '--cert-source=kube' : 'token authentication (--agent-namespace)') : undefined;
@@ -125,7 +138,7 @@ runMain(NAME, async () => {
     agentTls: await trusting('cluster-ca-cert', 'tunnel-server agent port (--cluster-ca-cert)'),
     agentIdentity,
     authenticateAgents: authenticate,
-    clientPolicy: refuseAgentCertificates(flags['agent-organization']),
+    clientPolicy: allPolicies(refuseAgentCertificates(flags['agent-organization']), authorization && authorizeClients(authorization)),
     metrics,
     proxyStrategies: strategies,
     serverID: flags['server-id'],
@@ -135,6 +148,14 @@ runMain(NAME, async () => {
     singleStream: flags['single-stream'],
     reverseProxy,
     tlsResumption: flags['tls-resumption'] ? { lifetimeSeconds: Math.ceil(positiveDuration('tls-resumption-lifetime', flags['tls-resumption-lifetime']) / 1000) } : undefined,
+    dialLimits: {
+      maxConnectionsPerAgent: parseCount('max-connections-per-agent', flags['max-connections-per-agent'], 0),
+      maxDialsPerSecondPerAgent: parseCount('max-dials-per-second-per-agent', flags['max-dials-per-second-per-agent'], 0),
+      maxConnectionsPerClient: parseCount('max-connections-per-client', flags['max-connections-per-client'], 0),
+      maxDialsPerSecondPerClient: parseCount('max-dials-per-second-per-client', flags['max-dials-per-second-per-client'], 0),
+      maxPendingDials: parseCount('max-pending-dials', flags['max-pending-dials'], 0),
+    },
+    keepAliveMs: parseDuration('tcp-keepalive', flags['tcp-keepalive']),
     clientLimits: {
       handshakeMs: positiveDuration('handshake-timeout', flags['handshake-timeout']),
       requestHeadMs: positiveDuration('request-head-timeout', flags['request-head-timeout']),

@@ -15,3 +15,26 @@ export function refuseAgentCertificates(agentOrganization: string): ClientPolicy
     ? `the client certificate (${describePeer(peer)}) is an agent's, which may not dial through the tunnel server: use a client certificate (tunnel-pki issue --kind client)`
     : undefined);
 }
+
+/** The first refusal of `policies`, in order (e.g. the agent-certificate check, then the authorization file). */
+export function allPolicies(...policies: Array<ClientPolicy | undefined>): ClientPolicy | undefined {
+  const given = policies.filter((p): p is ClientPolicy => p !== undefined);
+  if (given.length <= 1) return given[0];
+  return (peer, address) => {
+    for (const policy of given) {
+      const refusal = policy(peer, address);
+      if (refusal) return refusal;
+    }
+    return undefined;
+  };
+}
+
+/** `policy`, calling `refused` for each refusal (for a metric). */
+export function observedPolicy(policy: ClientPolicy | undefined, refused: () => void): ClientPolicy | undefined {
+  if (!policy) return undefined;
+  return (peer, address) => {
+    const refusal = policy(peer, address);
+    if (refusal) refused();
+    return refusal;
+  };
+}

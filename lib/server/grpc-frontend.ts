@@ -11,6 +11,7 @@ import type { Logger } from '../observe/log.js';
 import type { Dial } from './dial-router.js';
 import type { ClientPolicy } from './client-policy.js';
 import { describePeer } from '../transport/peer-identity.js';
+import { clientKey } from './limits.js';
 
 export interface GrpcFrontendOptions {
   dial: Dial;
@@ -37,7 +38,7 @@ export function proxyHandler(options: GrpcFrontendOptions): BidiHandler {
           options.log.warn('gRPC dial refused', { address: request.address, peer: call.peer, certificate: describePeer(call.peerIdentity), reason: refusal });
           return Promise.reject(new Error(refusal));
         }
-        return options.dial(request.address, { random: request.random, signal, client: call.peerIdentity ? describePeer(call.peerIdentity) : `gRPC ${call.peer}` });
+        return options.dial(request.address, { random: request.random, signal, client: clientKey(call.peerIdentity), frontend: 'grpc' });
       },
       { name: `frontend ${call.peer}`, flowControl: windows, maxDataSize: options.maxDataSize, log: options.log },
     );

@@ -8,6 +8,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import { constants, randomBytes } from 'node:crypto';
+import type net from 'node:net';
 import { TLSSocket, type SecureContextOptions } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { DialError } from '../mux/dialing-mux.js';
@@ -19,6 +20,7 @@ import type { Dial } from './dial-router.js';
 import { followTlsSource } from '../transport/tls-reload.js';
 import { describePeer, peerIdentity } from '../transport/peer-identity.js';
 import type { ClientPolicy } from './client-policy.js';
+import { DialLimitError, clientKey } from './limits.js';
 
 const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
 /** A CONNECT target: host:port, [v6]:port. */
@@ -37,6 +39,8 @@ export interface HttpConnectFrontendOptions {
   resumption?: TlsResumption;
   /** Told of each completed TLS handshake on the mTLS port: a resumed session, or a full handshake. */
   onHandshake?: (resumed: boolean) => void;
+  /** TCP keepalive of the client sockets, in ms after the last packet (0 or absent: off). */
+  keepAliveMs?: number;
 }
 
 export interface TlsResumption {
@@ -79,6 +83,9 @@ export function dialFailureResponse(err: unknown): { status: number; response: s
     };
   }
   const text = (err as Error).message ?? String(err);
+  if (err instanceof DialLimitError) {
+    return { status: err.status, outcome: 'limited', response: errorResponse(err.status, `${text}\n`, `${err.status === 429 ? 'Retry-After: 1\r\n' : ''}Connection: close\r\n`) };
+  }
   if (err instanceof DialError && err.kind === 'timeout') {
     return { status: 504, outcome: 'backend_dial_timeout', response: errorResponse(504, `Backend dial timeout: ${text}\r\n`, 'Connection: close\r\n') };
   }
@@ -117,7 +124,8 @@ function handleConnect(options: HttpConnectFrontendOptions, req: http.IncomingMe
   const abort = new AbortController();
   const onClose = () => abort.abort();
   socket.once('close', onClose);
-  options.dial(address, { signal: abort.signal, client: peer ? describePeer(peer) : 'a unix socket client' }).then((conn) => {
+  if (options.keepAliveMs && 'setKeepAlive' in socket) (socket as net.Socket).setKeepAlive(true, options.keepAliveMs);
+  options.dial(address, { signal: abort.signal, client: clientKey(peer), frontend: 'http-connect' }).then((conn) => {
     socket.off('close', onClose);
     if (socket.destroyed) {
       conn.destroy();

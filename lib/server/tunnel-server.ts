@@ -28,7 +28,8 @@ import { createMtlsConnectServer, createPlainConnectServer, type ClientTimeLimit
 import { proxyHandler } from './grpc-frontend.js';
 import type { ProxyStrategy } from './proxy-strategies.js';
 import type { AgentIdentityRule } from './agent-identity.js';
-import type { ClientPolicy } from './client-policy.js';
+import { observedPolicy, type ClientPolicy } from './client-policy.js';
+import { DialLimiter, type DialLimits } from './limits.js';
 import type { AgentAuthenticator } from './token-auth.js';
 import { ReverseProxy } from './reverse-proxy/reverse-proxy.js';
 import { describeRoutes, type RouteTable } from './reverse-proxy/routes.js';
@@ -88,6 +89,10 @@ export interface TunnelServerOptions {
   clientLimits?: ClientTimeLimits;
   /** TLS session resumption on the HTTP-CONNECT mTLS port; off when absent. */
   tlsResumption?: TlsResumption;
+  /** Caps on the frontends' connections and dial rates, per agent and per client (default: none). */
+  dialLimits?: DialLimits;
+  /** TCP keepalive of HTTP-CONNECT client sockets, ms (0 or absent: off). */
+  keepAliveMs?: number;
 }
 
 export interface ListeningAddresses {
@@ -154,7 +159,12 @@ export class TunnelServer {
     const o = this.options;
     const window = o.connectionWindow === 0 ? undefined : (o.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
     const { outcomes, handshakes, dialLatency, dialFailures, agentCounters, clientCounters } = this.registerMetrics();
-    const dial = instrumentDial(dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS), dialLatency, dialFailures);
+    const refusals = this.metrics.counter('frontend_dials_refused_total', 'Frontend dials refused before they reached an agent, by frontend and reason (unauthorized, or the limit: max_pending_dials, max_connections_per_client, ...).');
+    const limiter = o.dialLimits && DialLimiter.any(o.dialLimits)
+      ? new DialLimiter({ limits: o.dialLimits, log: this.log, onRefusal: (reason, frontend) => refusals.inc({ frontend, reason }) })
+      : undefined;
+    const dial = instrumentDial(dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS, limiter), dialLatency, dialFailures);
+    const policyOf = (frontend: string) => observedPolicy(o.clientPolicy, () => refusals.inc({ frontend, reason: 'unauthorized' }));
     const push = this.startReverseProxy();
 
     const agentServer = new GrpcServer({ tls: o.agentTls ?? o.tls, name: 'agents', receiveWindow: agentStreamWindow(window), log: this.log });
@@ -177,8 +187,11 @@ export class TunnelServer {
       this.log.info('listening', { service: 'reverse-proxy', address: addresses.reverseProxy, transport: 'HTTPS mTLS', routes: describeRoutes(proxyConfig.routes) });
     }
 
-    const connectOptions = { dial, log: this.log, policy: o.clientPolicy, limits: o.clientLimits, resumption: o.tlsResumption, onOutcome: (outcome: string) => outcomes.inc({ outcome }),
-      onHandshake: (resumed: boolean) => handshakes.inc(resumed ? RESUMED : FULL) };
+    const connectOptions = {
+      dial, log: this.log, policy: policyOf('http-connect'), limits: o.clientLimits, keepAliveMs: o.keepAliveMs, resumption: o.tlsResumption,
+      onOutcome: (outcome: string) => outcomes.inc({ outcome }),
+      onHandshake: (resumed: boolean) => handshakes.inc(resumed ? RESUMED : FULL),
+    };
     if (o.serverPort !== undefined) {
       const server = createMtlsConnectServer(o.tls, connectOptions);
       this.httpServers.push(server);
@@ -196,7 +209,7 @@ export class TunnelServer {
 
     if (o.udsName || o.grpcPort !== undefined) {
       const handler = proxyHandler({
-        dial, log: this.log, connectionWindow: window, policy: o.clientPolicy,
+        dial, log: this.log, connectionWindow: window, policy: policyOf('grpc'),
         onStream: (mux) => this.trackStream(this.frontendStreams, mux, clientCounters),
       });
       if (o.udsName) {

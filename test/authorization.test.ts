@@ -1,0 +1,133 @@
+/**
+ * Per-cluster client authorization (--client-authorization): on both frontends, over mTLS
+ * and unix sockets, a client reaches the clusters whose rules match its certificate (CN, O,
+ * DNS SAN) or its unix socket, and is refused the others: HTTP-CONNECT with 403 and the
+ * reason, gRPC with the reason in DIAL_RSP. Refusals are logged and counted; an invalid
+ * file stops the server with the entry at fault.
+ */
+import test from 'ava';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { dialHttpConnect, ProxyError } from '../lib/client/http-connect-dialer.js';
+import { dialGrpc } from '../lib/client/grpc-dialer.js';
+import { DialError } from '../lib/mux/dialing-mux.js';
+import { FileTlsSource, type TlsSource } from '../lib/pki/tls-source.js';
+import { issueFromLocalCa } from '../lib/pki/local-pki.js';
+import { echoTarget, exchange, httpGet, runToEnd, sha256, startAgent, startServer, workspace, type Target } from './helpers/system.js';
+
+/** Sends 256 KiB through `socket` and checks that the same bytes (length and sha256) come back. */
+async function roundTrip(socket: NodeJS.ReadWriteStream & { end(): unknown; destroy(): unknown }): Promise<boolean> {
+  const payload = randomBytes(256 * 1024);
+  const digest = await exchange(socket, payload, payload.length);
+  socket.destroy();
+  return digest === sha256(payload);
+}
+
+test('clients reach the clusters their rules name, on HTTP-CONNECT and gRPC, over mTLS and unix sockets; others are refused with the reason, logged and counted', async (t) => {
+  const ws = await workspace();
+  const rules = join(ws.dir, 'authorization.json');
+  writeFileSync(rules, JSON.stringify({
+    clusters: {
+      'cluster-a': [{ cn: 'tunnel-client', o: 'tunnel:clients' }, { uds: true }],
+      'cluster-b': [{ dns: 'ops.hub.example' }],
+      '*': [{ cn: 'admin' }],
+    },
+  }));
+  const issued = join(ws.dir, 'issued');
+  const ops = await issueFromLocalCa(ws.dir, { kind: 'client', commonName: 'ops', dnsNames: ['ops.hub.example'], outDir: issued });
+  const admin = await issueFromLocalCa(ws.dir, { kind: 'client', commonName: 'admin', outDir: issued });
+  const tlsOf = (cert: string, key: string): Promise<TlsSource> => FileTlsSource.load({ ca: ws.pki.caCert, cert, key, role: 'test client' });
+  const clients = {
+    default: await tlsOf(ws.pki.clientCert, ws.pki.clientKey),
+    ops: await tlsOf(ops.cert, ops.key),
+    admin: await tlsOf(admin.cert, admin.key),
+  };
+  const target: Target = await echoTarget();
+  const server = await startServer(ws, [`--client-authorization=${rules}`]);
+  const agents = [await startAgent(ws, server, 'cluster-a'), await startAgent(ws, server, 'cluster-b')];
+  try {
+    t.regex(server.proc.output, /client authorization .*clusters=cluster-a,cluster-b,\*/);
+    const connect = (tls: TlsSource, cluster: string) => dialHttpConnect({ host: '127.0.0.1', port: server.connectPort, tls }, `${cluster}:${target.port}`);
+    const connectUds = (cluster: string) => dialHttpConnect({ path: server.connectUds }, `${cluster}:${target.port}`);
+    const grpc = (tls: TlsSource, cluster: string) => dialGrpc({ host: '127.0.0.1', port: server.grpcPort, tls }, `${cluster}:${target.port}`);
+    const grpcUds = (cluster: string) => dialGrpc({ uds: server.grpcUds }, `${cluster}:${target.port}`);
+
+    // Allowed: by CN and O, by DNS SAN, by the "*" entry, and unix-socket clients by "uds".
+    t.true(await roundTrip(await connect(clients.default, 'cluster-a')));
+    t.true(await roundTrip(await connect(clients.ops, 'cluster-b')));
+    t.true(await roundTrip(await connect(clients.admin, 'cluster-a')));
+    t.true(await roundTrip(await connect(clients.admin, 'cluster-b')));
+    t.true(await roundTrip(await connectUds('cluster-a')));
+    t.true(await roundTrip(await grpc(clients.default, 'cluster-a')));
+    t.true(await roundTrip(await grpc(clients.ops, 'cluster-b')));
+    t.true(await roundTrip(await grpcUds('cluster-a')));
+
+    // Refused on HTTP-CONNECT: 403 with the reason.
+    for (const [what, dial] of [
+      ['default client to cluster-b', () => connect(clients.default, 'cluster-b')],
+      ['ops to cluster-a', () => connect(clients.ops, 'cluster-a')],
+      ['unix socket to cluster-b', () => connectUds('cluster-b')],
+      ['default client to an unlisted cluster', () => connect(clients.default, 'cluster-c')],
+    ] as const) {
+      const err = await t.throwsAsync(dial(), { instanceOf: ProxyError }, what);
+      t.is(err?.statusCode, 403, what);
+      t.regex(err?.body ?? '', /may not reach cluster "cluster-[bac]"/, what);
+    }
+    const unlisted = await t.throwsAsync(connect(clients.default, 'cluster-c'), { instanceOf: ProxyError });
+    t.regex(unlisted?.body ?? '', /no rule of cluster "cluster-c" in --client-authorization matches/);
+    const byCertificate = await t.throwsAsync(connect(clients.ops, 'cluster-a'), { instanceOf: ProxyError });
+    t.regex(byCertificate?.body ?? '', /CN=ops, O=tunnel:clients; DNS:ops\.hub\.example/);
+
+    // Refused on gRPC: the reason is the DIAL_RSP error.
+    const grpcRefused = await t.throwsAsync(grpc(clients.default, 'cluster-b'), { instanceOf: DialError });
+    t.regex(grpcRefused?.message ?? '', /CN=tunnel-client, O=tunnel:clients\) may not reach cluster "cluster-b"/);
+    const udsRefused = await t.throwsAsync(grpcUds('cluster-b'), { instanceOf: DialError });
+    t.regex(udsRefused?.message ?? '', /a unix-socket client \(no certificate\) may not reach cluster "cluster-b"/);
+
+    // Logged with the subject and reason, and counted per frontend.
+    t.regex(server.proc.output, /CONNECT refused .*certificate="?CN=tunnel-client, O=tunnel:clients"? .*may not reach cluster/);
+    t.regex(server.proc.output, /gRPC dial refused .*may not reach cluster \\"cluster-b\\"/);
+    const { body } = await httpGet(server.healthPort, '/metrics');
+    t.regex(body, /frontend_dials_refused_total\{frontend="http-connect",reason="unauthorized"\} 6\b/);
+    t.regex(body, /frontend_dials_refused_total\{frontend="grpc",reason="unauthorized"\} 2\b/);
+    t.regex(body, /http_connect_requests_total\{outcome="forbidden"\} 6\b/);
+
+    // The allowed connections still work after the refusals.
+    t.true(await roundTrip(await grpcUds('cluster-a')));
+    t.is(server.proc.child.exitCode, null);
+  } finally {
+    for (const agent of agents) await agent.stop();
+    await server.stop();
+    await target.close();
+    ws.cleanup();
+  }
+});
+
+test('an invalid --client-authorization file stops the server with the entry at fault', async (t) => {
+  const ws = await workspace();
+  try {
+    const cases: Array<[unknown, RegExp]> = [
+      [{ clusters: { 'cluster-a': [{ cm: 'x' }] } }, /clusters\["cluster-a"\]\[0\] has an unknown field "cm"/],
+      [{ clusters: { 'cluster-a': [{ cn: 'x' }, {}] } }, /clusters\["cluster-a"\]\[1\] is empty/],
+      [{ clusters: { 'cluster-a': [{ uds: true, cn: 'x' }] } }, /clusters\["cluster-a"\]\[0\] mixes uds with cn/],
+      [{ clusters: { 'cluster-a': { cn: 'x' } } }, /clusters\["cluster-a"\] must be a list of rules/],
+      [{ clusters: { 'bad name!': [] } }, /"bad name!" is not a cluster name/],
+      [{ cluster: {} }, /unknown field "cluster"/],
+    ];
+    for (const [content, message] of cases) {
+      const file = join(ws.dir, 'authorization.json');
+      writeFileSync(file, JSON.stringify(content));
+      const result = await runToEnd('tunnel-server', [`--state-dir=${ws.dir}`, `--client-authorization=${file}`, '--agent-port=0', '--server-port=0', '--health-port=off']);
+      t.is(result.code, 2, result.stderr);
+      t.regex(result.stderr, message);
+      t.regex(result.stderr, /--client-authorization: /);
+    }
+    writeFileSync(join(ws.dir, 'broken.json'), '{ "clusters": ');
+    const broken = await runToEnd('tunnel-server', [`--state-dir=${ws.dir}`, `--client-authorization=${join(ws.dir, 'broken.json')}`]);
+    t.is(broken.code, 2);
+    t.regex(broken.stderr, /broken\.json is not JSON/);
+  } finally {
+    ws.cleanup();
+  }
+});
