@@ -6,6 +6,8 @@ import { applyLogFormat, applyLogLevel, commonFlags } from '../lib/cli/common-fl
 import { resolveTls } from '../lib/pki/resolve-tls.js';
 import { TunnelAgent } from '../lib/agent/tunnel-agent.js';
 import { parseHostAliases } from '../lib/agent/target-dialer.js';
+import { DialAllowList } from '../lib/agent/dial-allow-list.js';
+import { IdleWatch } from '../lib/agent/idle-watch.js';
 import { parsePushListen } from '../lib/agent/push-listener.js';
 import { discoverServer, parseServiceRef } from '../lib/agent/server-discovery.js';
 import { joinHostPort } from '../lib/transport/host-port.js';
@@ -38,6 +40,9 @@ const FLAGS = {
   'dial-timeout': { type: 'string', default: '5s', metavar: 'DURATION', help: 'timeout for dialing a target' },
   'push-listen': { type: 'string', multiple: true, metavar: 'ADDRESS:PORT=ROUTE', help: 'push mode: listen on ADDRESS:PORT in this cluster and carry each connection through the tunnel to the server\'s route ROUTE (apiserver, norm, healthz, or one of its routes file), e.g. 127.0.0.1:8080=apiserver' },
   'host-alias': { type: 'string', multiple: true, metavar: 'NAME=ADDRESS', help: 'dial ADDRESS when asked for NAME, before DNS (e.g. my-cluster=127.0.0.1)' },
+  'allow-dial': { type: 'string', multiple: true, metavar: 'HOST:PORT', help: 'dial only these targets: HOST is a name, *.domain, *, an IP or a CIDR (checked against the resolved address), PORT a number, a range or *; e.g. 10.0.0.0/8:443, *.svc.cluster.local:*, kubernetes.default:443 (default: every target, as before; refused dials get a DIAL_RSP error, HTTP-CONNECT clients a 502)' },
+  'tcp-keepalive': { type: 'string', default: '30s', metavar: 'DURATION', help: 'TCP keepalive of target sockets: probes after this long without a packet, so that a vanished target\'s tunnels close (0 turns it off)' },
+  'idle-timeout': { type: 'string', default: '0', metavar: 'DURATION', help: 'close a tunneled connection that moved no byte either way for this long, on both sides (0 = never)' },
   ...certificateFlags('agent'),
   'hub-kubeconfig': { type: 'string', metavar: 'FILE', help: 'kubeconfig for the hub\'s API server with the bootstrap credential, for --cert-source=kube (or --apiserver-addr, --hub-ca-cert and --bootstrap-token-file)' },
   'apiserver-addr': { type: 'string', metavar: 'HOST:PORT', help: 'the hub\'s API server as this agent reaches it, for --cert-source=kube' },
@@ -81,7 +86,17 @@ runMain(NAME, async () => {
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
+  let allowList;
+  try {
+    allowList = new DialAllowList(flags['allow-dial']);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  log.info('dial allow-list', { allow: allowList.allowsEverything ? 'every target (no --allow-dial)' : allowList.describe() });
   const metrics = new MetricsRegistry(AGENT_METRICS_PREFIX);
+  const idleMs = parseDuration('idle-timeout', flags['idle-timeout']);
+  const idleClosed = metrics.counter('idle_connections_closed_total', 'Tunneled connections closed by --idle-timeout.');
+  const idle = idleMs > 0 ? new IdleWatch(idleMs, log, () => idleClosed.inc()) : undefined;
   const serverAddress = serverAddressOf(flags);
   const serverService = flags['server-service'] === undefined ? undefined : serviceRef(flags['server-service']);
   // A certificate from the CSR API may wait for approval: the agent starts meanwhile (its
@@ -108,7 +123,13 @@ runMain(NAME, async () => {
     serverName: flags['server-name'],
     agentID: flags['agent-id'] ?? process.env.PROXY_AGENT_ID,
     agentIdentifiers: identifiers,
-    target: { timeoutMs: parseDuration('dial-timeout', flags['dial-timeout']), hostAliases },
+    target: {
+      timeoutMs: parseDuration('dial-timeout', flags['dial-timeout']),
+      hostAliases,
+      allow: allowList.allowsEverything ? undefined : allowList,
+      keepAliveMs: parseDuration('tcp-keepalive', flags['tcp-keepalive']),
+      onConnected: idle ? (socket, address) => idle.watch(socket, address) : undefined,
+    },
     connectionWindow: parseCount('connection-window', flags['connection-window'], 0),
     healthBindAddress: flags['health-bind-address'],
     healthPort: parseOptionalPort('health-port', flags['health-port']),
@@ -145,6 +166,7 @@ runMain(NAME, async () => {
     stopping.abort();
     policy.stop();
     await agent.stop();
+    idle?.close();
     tls.close();
   });
   await agent.start();

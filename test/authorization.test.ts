@@ -1,9 +1,10 @@
 /**
- * Per-cluster client authorization (--client-authorization): on both frontends, over mTLS
- * and unix sockets, a client reaches the clusters whose rules match its certificate (CN, O,
- * DNS SAN) or its unix socket, and is refused the others: HTTP-CONNECT with 403 and the
- * reason, gRPC with the reason in DIAL_RSP. Refusals are logged and counted; an invalid
- * file stops the server with the entry at fault.
+ * Authorization on both ends of the tunnel. At the server, per-cluster client authorization
+ * (--client-authorization): on both frontends, over mTLS and unix sockets, a client reaches
+ * the clusters whose rules match its certificate (CN, O, DNS SAN) or its unix socket, and is
+ * refused the others: HTTP-CONNECT with 403 and the reason, gRPC with the reason in
+ * DIAL_RSP. At the agent, the dial allow-list (--allow-dial). Refusals are logged and
+ * counted; invalid configuration stops the binary with the entry at fault.
  */
 import test from 'ava';
 import { writeFileSync } from 'node:fs';
@@ -14,7 +15,7 @@ import { dialGrpc } from '../lib/client/grpc-dialer.js';
 import { DialError } from '../lib/mux/dialing-mux.js';
 import { FileTlsSource, type TlsSource } from '../lib/pki/tls-source.js';
 import { issueFromLocalCa } from '../lib/pki/local-pki.js';
-import { echoTarget, exchange, httpGet, runToEnd, sha256, startAgent, startServer, workspace, type Target } from './helpers/system.js';
+import { echoTarget, exchange, httpGet, metric, runToEnd, sha256, startAgent, startServer, workspace, type Target } from './helpers/system.js';
 
 /** Sends 256 KiB through `socket` and checks that the same bytes (length and sha256) come back. */
 async function roundTrip(socket: NodeJS.ReadWriteStream & { end(): unknown; destroy(): unknown }): Promise<boolean> {
@@ -127,6 +128,68 @@ test('an invalid --client-authorization file stops the server with the entry at 
     const broken = await runToEnd('tunnel-server', [`--state-dir=${ws.dir}`, `--client-authorization=${join(ws.dir, 'broken.json')}`]);
     t.is(broken.code, 2);
     t.regex(broken.stderr, /broken\.json is not JSON/);
+  } finally {
+    ws.cleanup();
+  }
+});
+
+test('the agent dials only what --allow-dial allows: a CIDR through a host alias, a name; refusals reach the client (502, DIAL_RSP) and are logged and counted', async (t) => {
+  const ws = await workspace();
+  const allowed = await echoTarget();
+  const other = await echoTarget();
+  const server = await startServer(ws);
+  // cluster-a is aliased to 127.0.0.1: its CIDR entries are checked against that address.
+  const byNetwork = await startAgent(ws, server, 'cluster-a', ['--allow-dial=10.0.0.0/8:*', `--allow-dial=127.0.0.0/8:${allowed.port}`]);
+  const byName = await startAgent(ws, server, 'cluster-b', [`--allow-dial=cluster-b:${other.port},*.svc.cluster.local:*`]);
+  try {
+    t.regex(byNetwork.proc.output, new RegExp(`dial allow-list allow=10\\.0\\.0\\.0/8:\\*,127\\.0\\.0\\.0/8:${allowed.port}`));
+    const tls = await FileTlsSource.load({ ca: ws.pki.caCert, cert: ws.pki.clientCert, key: ws.pki.clientKey, role: 'test client' });
+    const connect = (address: string) => dialHttpConnect({ host: '127.0.0.1', port: server.connectPort, tls }, address);
+
+    t.true(await roundTrip(await connect(`cluster-a:${allowed.port}`)));
+    t.true(await roundTrip(await dialGrpc({ uds: server.grpcUds }, `cluster-a:${allowed.port}`)));
+    t.true(await roundTrip(await connect(`cluster-b:${other.port}`)));
+
+    // Resolved (through the alias) to an address no entry allows for that port.
+    const outside = await t.throwsAsync(connect(`cluster-a:${other.port}`), { instanceOf: ProxyError });
+    t.is(outside?.statusCode, 502);
+    t.regex(outside?.body ?? '', new RegExp(`dial tcp cluster-a:${other.port}: not allowed by this agent's --allow-dial list \\(cluster-a is 127\\.0\\.0\\.1, in no allowed network\\)`));
+    // A name entry allows that name and port only.
+    const wrongPort = await t.throwsAsync(connect(`cluster-b:${allowed.port}`), { instanceOf: ProxyError });
+    t.is(wrongPort?.statusCode, 502);
+    t.regex(wrongPort?.body ?? '', new RegExp(`dial tcp cluster-b:${allowed.port}: not allowed by this agent's --allow-dial list$`, 'm'));
+    const grpcRefused = await t.throwsAsync(dialGrpc({ uds: server.grpcUds }, `cluster-b:${allowed.port}`), { instanceOf: DialError });
+    t.regex(grpcRefused?.message ?? '', /not allowed by this agent's --allow-dial list/);
+
+    t.is(await metric(byNetwork.healthPort, 'konnectivity_network_proxy_agent_endpoint_dial_failure_total{reason="not_allowed"}'), 1);
+    t.is(await metric(byName.healthPort, 'konnectivity_network_proxy_agent_endpoint_dial_failure_total{reason="not_allowed"}'), 2);
+    t.regex(byName.proc.output, /dial to target failed address=cluster-b:\d+ reason="dial tcp cluster-b:\d+: not allowed by this agent's --allow-dial list"/);
+    // Refused dials left nothing open; allowed ones still work.
+    t.is(other.open, 0);
+    t.true(await roundTrip(await connect(`cluster-b:${other.port}`)));
+  } finally {
+    await byNetwork.stop();
+    await byName.stop();
+    await server.stop();
+    await allowed.close();
+    await other.close();
+    ws.cleanup();
+  }
+});
+
+test('an invalid --allow-dial entry stops the agent with the entry and the expected form', async (t) => {
+  const ws = await workspace();
+  try {
+    for (const [value, message] of [
+      ['10.0.0.0/33:443', /--allow-dial=10\.0\.0\.0\/33:443: "10\.0\.0\.0\/33" has no valid prefix length/],
+      ['cluster-a', /--allow-dial=cluster-a is not HOST:PORT/],
+      ['cluster-a:http', /--allow-dial=cluster-a:http: "http" is not a port/],
+      ['bad host!:443', /"bad host!" is not a host/],
+    ] as const) {
+      const result = await runToEnd('tunnel-agent', [`--state-dir=${ws.dir}`, '--cluster-name=cluster-a', `--allow-dial=${value}`, '--health-port=off']);
+      t.is(result.code, 2, result.stderr);
+      t.regex(result.stderr, message);
+    }
   } finally {
     ws.cleanup();
   }

@@ -3,9 +3,10 @@
  * Failures are reported in the words of Go's net.Dial, as the reference agent reports them,
  * since clients (and the server's HTTP status mapping) match on them.
  */
-import net from 'node:net';
+import net, { isIP } from 'node:net';
 import dns from 'node:dns';
 import { splitHostPort } from '../transport/host-port.js';
+import { DialNotAllowedError, type DialAllowList } from './dial-allow-list.js';
 
 export const DEFAULT_TARGET_DIAL_TIMEOUT_MS = 5_000;
 
@@ -13,6 +14,12 @@ export interface TargetDialerOptions {
   timeoutMs?: number;
   /** Static name -> address overrides consulted before DNS (like curl --resolve). */
   hostAliases?: ReadonlyMap<string, string>;
+  /** Which targets may be dialed (default: all). */
+  allow?: DialAllowList;
+  /** TCP keepalive of target sockets, ms after the last packet (0 or absent: off). */
+  keepAliveMs?: number;
+  /** Called with each connected target socket (e.g. to watch it for idleness). */
+  onConnected?: (socket: net.Socket, address: string) => void;
 }
 
 function goErrorText(address: string, host: string, err: NodeJS.ErrnoException): string {
@@ -40,33 +47,63 @@ export function dialTarget(address: string, signal: AbortSignal, options: Target
       return;
     }
     const alias = options.hostAliases?.get(target.host);
-    const socket = net.connect({
-      host: alias ?? target.host,
-      port: target.port,
-      lookup: (hostname, opts, callback) => dns.lookup(hostname, opts, callback),
-    });
-    const fail = (text: string) => {
+    const allow = options.allow;
+    let socket: net.Socket | undefined;
+    let settled = false;
+    const fail = (err: Error) => {
+      if (settled) return;
+      settled = true;
       cleanup();
-      socket.destroy();
-      reject(new Error(text));
+      socket?.destroy();
+      reject(err);
     };
-    const timer = setTimeout(() => fail(`dial tcp ${address}: i/o timeout`), timeoutMs);
-    const onAbort = () => fail(`dial tcp ${address}: operation was canceled`);
-    const onError = (err: NodeJS.ErrnoException) => fail(goErrorText(address, target.host, err));
+    const timer = setTimeout(() => fail(new Error(`dial tcp ${address}: i/o timeout`)), timeoutMs);
+    const onAbort = () => fail(new Error(`dial tcp ${address}: operation was canceled`));
+    const onError = (err: NodeJS.ErrnoException) => fail(new Error(goErrorText(address, target.host, err)));
     const onConnect = () => {
+      if (settled) return;
+      settled = true;
       cleanup();
-      socket.setNoDelay(true);
-      resolve(socket);
+      socket!.setNoDelay(true);
+      if (options.keepAliveMs) socket!.setKeepAlive(true, options.keepAliveMs);
+      options.onConnected?.(socket!, address);
+      resolve(socket!);
     };
     const cleanup = () => {
       clearTimeout(timer);
       signal.removeEventListener('abort', onAbort);
-      socket.off('error', onError);
-      socket.off('connect', onConnect);
+      socket?.off('error', onError);
+      socket?.off('connect', onConnect);
+    };
+    const connect = (host: string) => {
+      socket = net.connect({
+        host,
+        port: target.port,
+        lookup: (hostname, opts, callback) => dns.lookup(hostname, opts, callback),
+      });
+      socket.once('error', onError);
+      socket.once('connect', onConnect);
     };
     signal.addEventListener('abort', onAbort, { once: true });
-    socket.once('error', onError);
-    socket.once('connect', onConnect);
+    if (!allow || allow.allowsName(target.host, target.port)) {
+      connect(alias ?? target.host);
+      return;
+    }
+    const notAllowed = (detail = '') => fail(new DialNotAllowedError(`dial tcp ${address}: not allowed by this agent's --allow-dial list${detail}`));
+    if (!allow.hasAddressRules(target.port)) {
+      notAllowed();
+      return;
+    }
+    // An address entry is checked against the address the agent connects to: resolve,
+    // check, then connect to that very address (a second lookup could answer otherwise).
+    const host = alias ?? target.host;
+    const lookup = isIP(host) !== 0 ? Promise.resolve([{ address: host }]) : dns.promises.lookup(host, { all: true });
+    lookup.then((addresses) => {
+      if (settled) return;
+      const allowed = addresses.find((a) => allow.allowsAddress(a.address, target.port));
+      if (allowed) connect(allowed.address);
+      else notAllowed(` (${target.host} is ${addresses.map((a) => a.address).join(', ')}, in no allowed network)`);
+    }, (err: NodeJS.ErrnoException) => onError(err));
   });
 }
 

@@ -19,6 +19,7 @@ import { Backoff, type BackoffOptions } from '../common/backoff.js';
 import { DownlinkUnpairedError, ServerConnection } from './server-connection.js';
 import type { TlsSource } from '../pki/tls-source.js';
 import { dialTarget, type TargetDialerOptions } from './target-dialer.js';
+import { DialNotAllowedError } from './dial-allow-list.js';
 import { PushListeners, type PushListenSpec } from './push-listener.js';
 import type { Observable, Subscription } from 'rxjs';
 import type { ServerAddresses } from './server-discovery.js';
@@ -276,7 +277,7 @@ export class TunnelAgent {
       this.dialLatency.observe((performance.now() - started) / 1000);
       return socket;
     } catch (err) {
-      const reason = /timeout/.test((err as Error).message) ? 'timeout' : 'unknown';
+      const reason = err instanceof DialNotAllowedError ? 'not_allowed' : /timeout/.test((err as Error).message) ? 'timeout' : 'unknown';
       this.dialFailures.inc({ reason });
       this.log.info('dial to target failed', { address: request.address, reason: (err as Error).message });
       throw err;

@@ -1,0 +1,127 @@
+/**
+ * Life-cycle hardening of tunneled connections: the agent's --idle-timeout closes a
+ * connection that moved no byte for that long, on both sides (the client's socket and the
+ * target's), and never one that keeps moving bytes; TCP keepalive is on for the server's
+ * HTTP-CONNECT client sockets and the agent's target sockets (--tcp-keepalive), as the
+ * kernel's socket table shows.
+ */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createHash, randomBytes } from 'node:crypto';
+import type { Duplex } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { dialHttpConnect } from '../lib/client/http-connect-dialer.js';
+import { dialGrpc } from '../lib/client/grpc-dialer.js';
+import { FileTlsSource } from '../lib/pki/tls-source.js';
+import { echoTarget, eventually, metric, sha256, startAgent, startServer, workspace } from './helpers/system.js';
+
+type Stream = Duplex & { destroy(): unknown; destroyed: boolean };
+
+/** Writes `size` random bytes and reads the echo: whether exactly those bytes came back (length and sha256). */
+function echoed(conn: Stream, size: number): Promise<boolean> {
+  const payload = randomBytes(size);
+  const hash = createHash('sha256');
+  let received = 0;
+  return new Promise((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      hash.update(chunk);
+      received += chunk.length;
+      if (received < size) return;
+      conn.off('data', onData);
+      conn.off('close', onClose);
+      resolve(received === size && hash.digest('hex') === sha256(payload));
+    };
+    const onClose = () => reject(new Error(`the connection closed after ${received} of ${size} echoed bytes`));
+    conn.on('data', onData);
+    conn.once('close', onClose);
+    conn.write(payload);
+  });
+}
+
+/** The kernel's established TCP sockets matching an `ss` filter, with their timers. */
+async function sockets(filter: string): Promise<string> {
+  const child = spawn('ss', ['-tnoH', 'state', 'established', ...filter.split(' ')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  await once(child, 'exit');
+  return out;
+}
+
+test('--idle-timeout closes an idle connection on both sides, and not one that keeps moving bytes', async (t) => {
+  const ws = await workspace();
+  const target = await echoTarget();
+  const server = await startServer(ws);
+  const agent = await startAgent(ws, server, 'cluster-a', ['--idle-timeout=1s']);
+  const address = `cluster-a:${target.port}`;
+  const tls = await FileTlsSource.load({ ca: ws.pki.caCert, cert: ws.pki.clientCert, key: ws.pki.clientKey, role: 'test client' });
+  const idle = await dialHttpConnect({ host: '127.0.0.1', port: server.connectPort, tls }, address) as Stream;
+  const idleGrpc = await dialGrpc({ uds: server.grpcUds }, address) as unknown as Stream;
+  const busy = await dialHttpConnect({ host: '127.0.0.1', port: server.connectPort, tls }, address) as Stream;
+  try {
+    for (const conn of [idle, idleGrpc, busy]) t.true(await echoed(conn, 64 * 1024));
+    t.is(target.open, 3);
+    const idleClosed = Promise.all([once(idle, 'close'), once(idleGrpc, 'close')]);
+
+    // The busy one moves a little every 200 ms, for four times the timeout.
+    const until = Date.now() + 4_000;
+    let rounds = 0;
+    while (Date.now() < until) {
+      t.true(await echoed(busy, 1024), `round ${rounds}`);
+      rounds++;
+      await sleep(200);
+    }
+    await idleClosed;
+    t.false(busy.destroyed, 'the busy connection is still open');
+    t.true(await echoed(busy, 256 * 1024));
+    // Closed at the target too: only the busy connection's socket is left there.
+    await eventually(() => target.open === 1, 5_000, 'the idle connections\' target sockets close');
+    t.is(await metric(agent.healthPort, 'konnectivity_network_proxy_agent_idle_connections_closed_total'), 2);
+    t.regex(agent.proc.output, /closing an idle tunneled connection address=cluster-a:\d+ idle=1s/);
+  } finally {
+    for (const conn of [idle, idleGrpc, busy]) conn.destroy();
+    await agent.stop();
+    await server.stop();
+    await target.close();
+    ws.cleanup();
+  }
+});
+
+test('TCP keepalive is on for HTTP-CONNECT client sockets and target sockets (--tcp-keepalive), and off with 0', async (t) => {
+  const ws = await workspace();
+  const target = await echoTarget();
+  const server = await startServer(ws, ['--tcp-keepalive=45s']);
+  const agent = await startAgent(ws, server, 'cluster-a', ['--tcp-keepalive=50s']);
+  const plainServer = await startServer(ws, ['--tcp-keepalive=0'], 'plain');
+  const plainAgent = await startAgent(ws, plainServer, 'cluster-b', ['--tcp-keepalive=0']);
+  const plainTarget = await echoTarget();
+  const tls = await FileTlsSource.load({ ca: ws.pki.caCert, cert: ws.pki.clientCert, key: ws.pki.clientKey, role: 'test client' });
+  const conn = await dialHttpConnect({ host: '127.0.0.1', port: server.connectPort, tls }, `cluster-a:${target.port}`) as Stream;
+  const plain = await dialHttpConnect({ host: '127.0.0.1', port: plainServer.connectPort, tls }, `cluster-b:${plainTarget.port}`) as Stream;
+  try {
+    t.true(await echoed(conn, 64 * 1024));
+    t.true(await echoed(plain, 64 * 1024));
+    // The server's end of the client connection, and the agent's end of the target connection.
+    // (A socket with unacknowledged data shows its retransmit timer instead, for a moment.)
+    const shows = async (filter: string, pattern: RegExp) => {
+      let seen = '';
+      await eventually(async () => pattern.test(seen = await sockets(filter)), 5_000, `${filter} shows ${pattern}`).catch(() => undefined);
+      t.regex(seen, pattern, filter);
+    };
+    await shows(`sport = :${server.connectPort}`, /timer:\(keepalive,4\dsec/);
+    await shows(`dport = :${target.port}`, /timer:\(keepalive,(50|4\d)sec/);
+    t.notRegex(await sockets(`sport = :${plainServer.connectPort}`), /keepalive/);
+    t.notRegex(await sockets(`dport = :${plainTarget.port}`), /keepalive/);
+    t.true(await echoed(conn, 64 * 1024));
+  } finally {
+    conn.destroy();
+    plain.destroy();
+    await agent.stop();
+    await plainAgent.stop();
+    await server.stop();
+    await plainServer.stop();
+    await target.close();
+    await plainTarget.close();
+    ws.cleanup();
+  }
+});
