@@ -15,6 +15,8 @@ import { dialGrpc } from '../lib/client/grpc-dialer.js';
 import { DialError } from '../lib/mux/dialing-mux.js';
 import { FileTlsSource, type TlsSource } from '../lib/pki/tls-source.js';
 import { issueFromLocalCa } from '../lib/pki/local-pki.js';
+import { DialAllowList } from '../lib/agent/dial-allow-list.js';
+import { authorizeClients, parseClientAuthorization } from '../lib/server/authorization.js';
 import { echoTarget, exchange, httpGet, metric, runToEnd, sha256, startAgent, startServer, workspace, type Target } from './helpers/system.js';
 
 /** Sends 256 KiB through `socket` and checks that the same bytes (length and sha256) come back. */
@@ -193,4 +195,48 @@ test('an invalid --allow-dial entry stops the agent with the entry and the expec
   } finally {
     ws.cleanup();
   }
+});
+
+test('allow-list entries: names case-insensitively, *.domain below the domain only, port ranges, IPv4 and IPv6 networks', (t) => {
+  const list = new DialAllowList(['Kubernetes.Default:443', '*.svc.cluster.local:8000-8999', '10.0.0.0/8:*,[fd00::/8]:443', '192.168.1.7:22']);
+  t.true(list.allowsName('kubernetes.default', 443));
+  t.false(list.allowsName('kubernetes.default', 444));
+  t.true(list.allowsName('api.NS.svc.cluster.local', 8080));
+  t.false(list.allowsName('svc.cluster.local', 8080));
+  t.false(list.allowsName('evil-svc.cluster.local', 8080));
+  t.false(list.allowsName('api.ns.svc.cluster.local', 9000));
+  // IP hosts match networks by name too; other names need their address.
+  t.true(list.allowsName('10.1.2.3', 1));
+  t.false(list.allowsName('db.example', 1));
+  t.true(list.hasAddressRules(1));
+  t.false(new DialAllowList(['a.example:80', '10.0.0.0/8:443']).hasAddressRules(80), 'a port that only name entries cover needs no lookup');
+  t.true(list.allowsAddress('10.255.0.1', 5432));
+  t.true(list.allowsAddress('::ffff:10.0.0.1', 5432));
+  t.true(list.allowsAddress('fd12::1', 443));
+  t.false(list.allowsAddress('fd12::1', 80));
+  t.true(list.allowsAddress('192.168.1.7', 22));
+  t.false(list.allowsAddress('192.168.1.8', 22));
+  t.false(list.allowsAddress('11.0.0.1', 443));
+  t.true(new DialAllowList([]).allowsEverything);
+  t.throws(() => new DialAllowList(['fd00::/8:443']), { message: /is not HOST:PORT .*IPv6 in brackets/ });
+  t.throws(() => new DialAllowList(['a:9-1']), { message: /"9-1" is not a port/ });
+});
+
+test('authorization rules: every field a rule gives must match; "*" rules apply to every cluster; unix-socket clients match only uds', (t) => {
+  const policy = authorizeClients(parseClientAuthorization(JSON.stringify({
+    clusters: {
+      'cluster-a': [{ cn: 'kube-apiserver', o: 'system:masters' }, { uri: 'spiffe://hub/ns/ops/sa/deployer' }],
+      '*': [{ uds: true }],
+    },
+  }), 'rules.json'));
+  const peer = (commonName: string, organization: string[], uris: string[] = []) => ({ commonName, organization, dnsNames: [], uris });
+  t.is(policy(peer('kube-apiserver', ['system:masters']), 'cluster-a:443'), undefined);
+  t.regex(policy(peer('kube-apiserver', ['other']), 'cluster-a:443') ?? '', /may not reach cluster "cluster-a": no rule of cluster "cluster-a"/);
+  t.is(policy(peer('anyone', [], ['spiffe://hub/ns/ops/sa/deployer']), 'cluster-a:6443'), undefined);
+  t.regex(policy(peer('anyone', [], ['spiffe://hub/ns/ops/sa/other']), 'cluster-a:6443') ?? '', /URI:spiffe:\/\/hub\/ns\/ops\/sa\/other\) may not reach/);
+  t.is(policy(undefined, 'cluster-a:443'), undefined);
+  t.is(policy(undefined, 'cluster-z:443'), undefined);
+  t.regex(policy(peer('kube-apiserver', ['system:masters']), 'cluster-z:443') ?? '', /may not reach cluster "cluster-z"/);
+  const strict = authorizeClients(parseClientAuthorization('{ "clusters": { "cluster-a": [{ "cn": "x" }] } }', 'strict.json'));
+  t.regex(strict(undefined, 'cluster-b:443') ?? '', /no entry of --client-authorization names cluster "cluster-b"/);
 });
