@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /** tunnel-agent: flags in, a running TunnelAgent out. */
-import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseOptionalPort, parsePort, runMain, type FlagValues } from '../lib/cli/flags.js';
+import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseKeepAlive, parseOptionalPort, parsePort, runMain, type FlagValues } from '../lib/cli/flags.js';
 import { UsageError } from '../lib/common/errors.js';
 import { applyLogFormat, applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
@@ -93,6 +93,7 @@ runMain(NAME, async () => {
     throw new UsageError((err as Error).message);
   }
   log.info('dial allow-list', { allow: allowList.allowsEverything ? 'every target (no --allow-dial)' : allowList.describe() });
+  const keepAliveMs = parseKeepAlive('tcp-keepalive', flags['tcp-keepalive']);
   const metrics = new MetricsRegistry(AGENT_METRICS_PREFIX);
   const idleMs = parseDuration('idle-timeout', flags['idle-timeout']);
   const idleClosed = metrics.counter('idle_connections_closed_total', 'Tunneled connections closed by --idle-timeout.');
@@ -127,7 +128,7 @@ runMain(NAME, async () => {
       timeoutMs: parseDuration('dial-timeout', flags['dial-timeout']),
       hostAliases,
       allow: allowList.allowsEverything ? undefined : allowList,
-      keepAliveMs: parseDuration('tcp-keepalive', flags['tcp-keepalive']),
+      keepAliveMs,
       onConnected: idle ? (socket, address) => idle.watch(socket, address) : undefined,
     },
     connectionWindow: parseCount('connection-window', flags['connection-window'], 0),

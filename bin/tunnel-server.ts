@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /** tunnel-server: flags in, a running TunnelServer out. */
-import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseList, parseOptionalPort, parsePort, runMain, type FlagValues } from '../lib/cli/flags.js';
+import { onShutdownSignal, parseCount, parseFlags, parseDuration, parseKeepAlive, parseList, parseOptionalPort, parsePort, runMain, type FlagValues } from '../lib/cli/flags.js';
 import { UsageError } from '../lib/common/errors.js';
 import { applyLogFormat, applyLogLevel, commonFlags } from '../lib/cli/common-flags.js';
 import { resolveTls } from '../lib/pki/resolve-tls.js';
@@ -91,6 +91,14 @@ runMain(NAME, async () => {
     throw new UsageError((err as Error).message);
   }
   const reverseProxy = reverseProxyConfig(flags);
+  const dialLimits = {
+    maxConnectionsPerAgent: parseCount('max-connections-per-agent', flags['max-connections-per-agent'], 0),
+    maxDialsPerSecondPerAgent: parseCount('max-dials-per-second-per-agent', flags['max-dials-per-second-per-agent'], 0),
+    maxConnectionsPerClient: parseCount('max-connections-per-client', flags['max-connections-per-client'], 0),
+    maxDialsPerSecondPerClient: parseCount('max-dials-per-second-per-client', flags['max-dials-per-second-per-client'], 0),
+    maxPendingDials: parseCount('max-pending-dials', flags['max-pending-dials'], 0),
+  };
+  const keepAliveMs = parseKeepAlive('tcp-keepalive', flags['tcp-keepalive']);
   const authorization = flags['client-authorization'] === undefined ? undefined
     : await loadClientAuthorization(flags['client-authorization']).catch((err: Error) => {
       throw new UsageError(`--client-authorization: ${err.message}`);
@@ -148,14 +156,8 @@ runMain(NAME, async () => {
     singleStream: flags['single-stream'],
     reverseProxy,
     tlsResumption: flags['tls-resumption'] ? { lifetimeSeconds: Math.ceil(positiveDuration('tls-resumption-lifetime', flags['tls-resumption-lifetime']) / 1000) } : undefined,
-    dialLimits: {
-      maxConnectionsPerAgent: parseCount('max-connections-per-agent', flags['max-connections-per-agent'], 0),
-      maxDialsPerSecondPerAgent: parseCount('max-dials-per-second-per-agent', flags['max-dials-per-second-per-agent'], 0),
-      maxConnectionsPerClient: parseCount('max-connections-per-client', flags['max-connections-per-client'], 0),
-      maxDialsPerSecondPerClient: parseCount('max-dials-per-second-per-client', flags['max-dials-per-second-per-client'], 0),
-      maxPendingDials: parseCount('max-pending-dials', flags['max-pending-dials'], 0),
-    },
-    keepAliveMs: parseDuration('tcp-keepalive', flags['tcp-keepalive']),
+    dialLimits,
+    keepAliveMs,
     clientLimits: {
       handshakeMs: positiveDuration('handshake-timeout', flags['handshake-timeout']),
       requestHeadMs: positiveDuration('request-head-timeout', flags['request-head-timeout']),

@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { dialHttpConnect } from '../lib/client/http-connect-dialer.js';
 import { dialGrpc } from '../lib/client/grpc-dialer.js';
 import { FileTlsSource } from '../lib/pki/tls-source.js';
-import { echoTarget, eventually, metric, sha256, startAgent, startServer, workspace } from './helpers/system.js';
+import { echoTarget, eventually, metric, runToEnd, sha256, startAgent, startServer, workspace } from './helpers/system.js';
 
 type Stream = Duplex & { destroy(): unknown; destroyed: boolean };
 
@@ -122,6 +122,23 @@ test('TCP keepalive is on for HTTP-CONNECT client sockets and target sockets (--
     await plainServer.stop();
     await target.close();
     await plainTarget.close();
+    ws.cleanup();
+  }
+});
+
+test('--tcp-keepalive takes whole seconds (the kernel\'s unit) or 0; --idle-timeout a duration', async (t) => {
+  const ws = await workspace();
+  try {
+    for (const [binary, args, message] of [
+      ['tunnel-agent', ['--cluster-name=cluster-a', '--tcp-keepalive=500ms'], /--tcp-keepalive=500ms is not a keepalive time: give whole seconds from 1s to 32767s, or 0/],
+      ['tunnel-server', ['--tcp-keepalive=1.5s'], /--tcp-keepalive=1\.5s is not a keepalive time/],
+      ['tunnel-agent', ['--cluster-name=cluster-a', '--idle-timeout=soon'], /--idle-timeout=soon is not a duration/],
+    ] as const) {
+      const result = await runToEnd(binary, [`--state-dir=${ws.dir}`, '--health-port=off', ...args]);
+      t.is(result.code, 2, result.stderr);
+      t.regex(result.stderr, message);
+    }
+  } finally {
     ws.cleanup();
   }
 });

@@ -151,6 +151,18 @@ export function parseDuration(flag: string, value: string): number {
   return n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[unit]!;
 }
 
+/** The kernel counts TCP keepalive idle time in whole seconds, up to 32767. */
+const MAX_KEEPALIVE_S = 32_767;
+
+/** Parses a TCP keepalive flag: 0 (off), or 1 s to 32767 s in whole seconds. */
+export function parseKeepAlive(flag: string, value: string): number {
+  const ms = parseDuration(flag, value);
+  if (ms !== 0 && (ms < 1000 || ms > MAX_KEEPALIVE_S * 1000 || ms % 1000 !== 0)) {
+    throw new UsageError(`--${flag}=${value} is not a keepalive time: give whole seconds from 1s to ${MAX_KEEPALIVE_S}s, or 0 to turn keepalive off`);
+  }
+  return ms;
+}
+
 /** Splits a comma-separated list flag, dropping empty items. */
 export function parseList(value: string | undefined): string[] {
   return (value ?? '').split(',').map((s) => s.trim()).filter(Boolean);
