@@ -141,7 +141,8 @@ function handleConnect(options: HttpConnectFrontendOptions, req: http.IncomingMe
     socket.off('close', onClose);
     const failure = dialFailureResponse(err);
     options.onOutcome?.(failure.outcome);
-    log.info('CONNECT failed', { address, status: failure.status, reason: (err as Error).message });
+    // Limit refusals are logged by the limiter, at a rate a dial storm cannot flood.
+    if (!(err instanceof DialLimitError)) log.info('CONNECT failed', { address, status: failure.status, reason: (err as Error).message });
     if (!socket.destroyed) socket.end(failure.response);
   });
 }
