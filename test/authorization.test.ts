@@ -29,6 +29,7 @@ async function roundTrip(socket: NodeJS.ReadWriteStream & { end(): unknown; dest
 
 test('clients reach the clusters their rules name, on HTTP-CONNECT and gRPC, over mTLS and unix sockets; others are refused with the reason, logged and counted', async (t) => {
   const ws = await workspace();
+  t.teardown(() => ws.cleanup());
   const rules = join(ws.dir, 'authorization.json');
   writeFileSync(rules, JSON.stringify({
     clusters: {
@@ -47,64 +48,62 @@ test('clients reach the clusters their rules name, on HTTP-CONNECT and gRPC, ove
     admin: await tlsOf(admin.cert, admin.key),
   };
   const target: Target = await echoTarget();
+  t.teardown(() => target.close());
   const server = await startServer(ws, [`--client-authorization=${rules}`]);
-  const agents = [await startAgent(ws, server, 'cluster-a'), await startAgent(ws, server, 'cluster-b')];
-  try {
-    t.regex(server.proc.output, /client authorization .*clusters=cluster-a,cluster-b,\*/);
-    const connect = (tls: TlsSource, cluster: string) => dialHttpConnect({ host: '127.0.0.1', port: server.connectPort, tls }, `${cluster}:${target.port}`);
-    const connectUds = (cluster: string) => dialHttpConnect({ path: server.connectUds }, `${cluster}:${target.port}`);
-    const grpc = (tls: TlsSource, cluster: string) => dialGrpc({ host: '127.0.0.1', port: server.grpcPort, tls }, `${cluster}:${target.port}`);
-    const grpcUds = (cluster: string) => dialGrpc({ uds: server.grpcUds }, `${cluster}:${target.port}`);
-
-    // Allowed: by CN and O, by DNS SAN, by the "*" entry, and unix-socket clients by "uds".
-    t.true(await roundTrip(await connect(clients.default, 'cluster-a')));
-    t.true(await roundTrip(await connect(clients.ops, 'cluster-b')));
-    t.true(await roundTrip(await connect(clients.admin, 'cluster-a')));
-    t.true(await roundTrip(await connect(clients.admin, 'cluster-b')));
-    t.true(await roundTrip(await connectUds('cluster-a')));
-    t.true(await roundTrip(await grpc(clients.default, 'cluster-a')));
-    t.true(await roundTrip(await grpc(clients.ops, 'cluster-b')));
-    t.true(await roundTrip(await grpcUds('cluster-a')));
-
-    // Refused on HTTP-CONNECT: 403 with the reason.
-    for (const [what, dial] of [
-      ['default client to cluster-b', () => connect(clients.default, 'cluster-b')],
-      ['ops to cluster-a', () => connect(clients.ops, 'cluster-a')],
-      ['unix socket to cluster-b', () => connectUds('cluster-b')],
-      ['default client to an unlisted cluster', () => connect(clients.default, 'cluster-c')],
-    ] as const) {
-      const err = await t.throwsAsync(dial(), { instanceOf: ProxyError }, what);
-      t.is(err?.statusCode, 403, what);
-      t.regex(err?.body ?? '', /may not reach cluster "cluster-[bac]"/, what);
-    }
-    const unlisted = await t.throwsAsync(connect(clients.default, 'cluster-c'), { instanceOf: ProxyError });
-    t.regex(unlisted?.body ?? '', /no rule of cluster "cluster-c" in --client-authorization matches/);
-    const byCertificate = await t.throwsAsync(connect(clients.ops, 'cluster-a'), { instanceOf: ProxyError });
-    t.regex(byCertificate?.body ?? '', /CN=ops, O=tunnel:clients; DNS:ops\.hub\.example/);
-
-    // Refused on gRPC: the reason is the DIAL_RSP error.
-    const grpcRefused = await t.throwsAsync(grpc(clients.default, 'cluster-b'), { instanceOf: DialError });
-    t.regex(grpcRefused?.message ?? '', /CN=tunnel-client, O=tunnel:clients\) may not reach cluster "cluster-b"/);
-    const udsRefused = await t.throwsAsync(grpcUds('cluster-b'), { instanceOf: DialError });
-    t.regex(udsRefused?.message ?? '', /a unix-socket client \(no certificate\) may not reach cluster "cluster-b"/);
-
-    // Logged with the subject and reason, and counted per frontend.
-    t.regex(server.proc.output, /CONNECT refused .*certificate="?CN=tunnel-client, O=tunnel:clients"? .*may not reach cluster/);
-    t.regex(server.proc.output, /gRPC dial refused .*may not reach cluster \\"cluster-b\\"/);
-    const { body } = await httpGet(server.healthPort, '/metrics');
-    t.regex(body, /frontend_dials_refused_total\{frontend="http-connect",reason="unauthorized"\} 6\b/);
-    t.regex(body, /frontend_dials_refused_total\{frontend="grpc",reason="unauthorized"\} 2\b/);
-    t.regex(body, /http_connect_requests_total\{outcome="forbidden"\} 6\b/);
-
-    // The allowed connections still work after the refusals.
-    t.true(await roundTrip(await grpcUds('cluster-a')));
-    t.is(server.proc.child.exitCode, null);
-  } finally {
-    for (const agent of agents) await agent.stop();
-    await server.stop();
-    await target.close();
-    ws.cleanup();
+  t.teardown(() => server.stop());
+  for (const cluster of ['cluster-a', 'cluster-b']) {
+    const agent = await startAgent(ws, server, cluster);
+    t.teardown(() => agent.stop());
   }
+  t.regex(server.proc.output, /client authorization .*clusters=cluster-a,cluster-b,\*/);
+  const connect = (tls: TlsSource, cluster: string) => dialHttpConnect({ host: '127.0.0.1', port: server.connectPort, tls }, `${cluster}:${target.port}`);
+  const connectUds = (cluster: string) => dialHttpConnect({ path: server.connectUds }, `${cluster}:${target.port}`);
+  const grpc = (tls: TlsSource, cluster: string) => dialGrpc({ host: '127.0.0.1', port: server.grpcPort, tls }, `${cluster}:${target.port}`);
+  const grpcUds = (cluster: string) => dialGrpc({ uds: server.grpcUds }, `${cluster}:${target.port}`);
+
+  // Allowed: by CN and O, by DNS SAN, by the "*" entry, and unix-socket clients by "uds".
+  t.true(await roundTrip(await connect(clients.default, 'cluster-a')));
+  t.true(await roundTrip(await connect(clients.ops, 'cluster-b')));
+  t.true(await roundTrip(await connect(clients.admin, 'cluster-a')));
+  t.true(await roundTrip(await connect(clients.admin, 'cluster-b')));
+  t.true(await roundTrip(await connectUds('cluster-a')));
+  t.true(await roundTrip(await grpc(clients.default, 'cluster-a')));
+  t.true(await roundTrip(await grpc(clients.ops, 'cluster-b')));
+  t.true(await roundTrip(await grpcUds('cluster-a')));
+
+  // Refused on HTTP-CONNECT: 403 with the reason.
+  for (const [what, dial] of [
+    ['default client to cluster-b', () => connect(clients.default, 'cluster-b')],
+    ['ops to cluster-a', () => connect(clients.ops, 'cluster-a')],
+    ['unix socket to cluster-b', () => connectUds('cluster-b')],
+    ['default client to an unlisted cluster', () => connect(clients.default, 'cluster-c')],
+  ] as const) {
+    const err = await t.throwsAsync(dial(), { instanceOf: ProxyError }, what);
+    t.is(err?.statusCode, 403, what);
+    t.regex(err?.body ?? '', /may not reach cluster "cluster-[bac]"/, what);
+  }
+  const unlisted = await t.throwsAsync(connect(clients.default, 'cluster-c'), { instanceOf: ProxyError });
+  t.regex(unlisted?.body ?? '', /no rule of cluster "cluster-c" in --client-authorization matches/);
+  const byCertificate = await t.throwsAsync(connect(clients.ops, 'cluster-a'), { instanceOf: ProxyError });
+  t.regex(byCertificate?.body ?? '', /CN=ops, O=tunnel:clients; DNS:ops\.hub\.example/);
+
+  // Refused on gRPC: the reason is the DIAL_RSP error.
+  const grpcRefused = await t.throwsAsync(grpc(clients.default, 'cluster-b'), { instanceOf: DialError });
+  t.regex(grpcRefused?.message ?? '', /CN=tunnel-client, O=tunnel:clients\) may not reach cluster "cluster-b"/);
+  const udsRefused = await t.throwsAsync(grpcUds('cluster-b'), { instanceOf: DialError });
+  t.regex(udsRefused?.message ?? '', /a unix-socket client \(no certificate\) may not reach cluster "cluster-b"/);
+
+  // Logged with the subject and reason, and counted per frontend.
+  t.regex(server.proc.output, /CONNECT refused .*certificate="?CN=tunnel-client, O=tunnel:clients"? .*may not reach cluster/);
+  t.regex(server.proc.output, /gRPC dial refused .*may not reach cluster \\"cluster-b\\"/);
+  const { body } = await httpGet(server.healthPort, '/metrics');
+  t.regex(body, /frontend_dials_refused_total\{frontend="http-connect",reason="unauthorized"\} 6\b/);
+  t.regex(body, /frontend_dials_refused_total\{frontend="grpc",reason="unauthorized"\} 2\b/);
+  t.regex(body, /http_connect_requests_total\{outcome="forbidden"\} 6\b/);
+
+  // The allowed connections still work after the refusals.
+  t.true(await roundTrip(await grpcUds('cluster-a')));
+  t.is(server.proc.child.exitCode, null);
 });
 
 test('an invalid --client-authorization file stops the server with the entry at fault', async (t) => {
@@ -137,46 +136,43 @@ test('an invalid --client-authorization file stops the server with the entry at 
 
 test('the agent dials only what --allow-dial allows: a CIDR through a host alias, a name; refusals reach the client (502, DIAL_RSP) and are logged and counted', async (t) => {
   const ws = await workspace();
+  t.teardown(() => ws.cleanup());
   const allowed = await echoTarget();
+  t.teardown(() => allowed.close());
   const other = await echoTarget();
+  t.teardown(() => other.close());
   const server = await startServer(ws);
+  t.teardown(() => server.stop());
   // cluster-a is aliased to 127.0.0.1: its CIDR entries are checked against that address.
   const byNetwork = await startAgent(ws, server, 'cluster-a', ['--allow-dial=10.0.0.0/8:*', `--allow-dial=127.0.0.0/8:${allowed.port}`]);
+  t.teardown(() => byNetwork.stop());
   const byName = await startAgent(ws, server, 'cluster-b', [`--allow-dial=cluster-b:${other.port},*.svc.cluster.local:*`]);
-  try {
-    t.regex(byNetwork.proc.output, new RegExp(`dial allow-list allow=10\\.0\\.0\\.0/8:\\*,127\\.0\\.0\\.0/8:${allowed.port}`));
-    const tls = await FileTlsSource.load({ ca: ws.pki.caCert, cert: ws.pki.clientCert, key: ws.pki.clientKey, role: 'test client' });
-    const connect = (address: string) => dialHttpConnect({ host: '127.0.0.1', port: server.connectPort, tls }, address);
+  t.teardown(() => byName.stop());
+  t.regex(byNetwork.proc.output, new RegExp(`dial allow-list allow=10\\.0\\.0\\.0/8:\\*,127\\.0\\.0\\.0/8:${allowed.port}`));
+  const tls = await FileTlsSource.load({ ca: ws.pki.caCert, cert: ws.pki.clientCert, key: ws.pki.clientKey, role: 'test client' });
+  const connect = (address: string) => dialHttpConnect({ host: '127.0.0.1', port: server.connectPort, tls }, address);
 
-    t.true(await roundTrip(await connect(`cluster-a:${allowed.port}`)));
-    t.true(await roundTrip(await dialGrpc({ uds: server.grpcUds }, `cluster-a:${allowed.port}`)));
-    t.true(await roundTrip(await connect(`cluster-b:${other.port}`)));
+  t.true(await roundTrip(await connect(`cluster-a:${allowed.port}`)));
+  t.true(await roundTrip(await dialGrpc({ uds: server.grpcUds }, `cluster-a:${allowed.port}`)));
+  t.true(await roundTrip(await connect(`cluster-b:${other.port}`)));
 
-    // Resolved (through the alias) to an address no entry allows for that port.
-    const outside = await t.throwsAsync(connect(`cluster-a:${other.port}`), { instanceOf: ProxyError });
-    t.is(outside?.statusCode, 502);
-    t.regex(outside?.body ?? '', new RegExp(`dial tcp cluster-a:${other.port}: not allowed by this agent's --allow-dial list \\(cluster-a is 127\\.0\\.0\\.1, in no allowed network\\)`));
-    // A name entry allows that name and port only.
-    const wrongPort = await t.throwsAsync(connect(`cluster-b:${allowed.port}`), { instanceOf: ProxyError });
-    t.is(wrongPort?.statusCode, 502);
-    t.regex(wrongPort?.body ?? '', new RegExp(`dial tcp cluster-b:${allowed.port}: not allowed by this agent's --allow-dial list$`, 'm'));
-    const grpcRefused = await t.throwsAsync(dialGrpc({ uds: server.grpcUds }, `cluster-b:${allowed.port}`), { instanceOf: DialError });
-    t.regex(grpcRefused?.message ?? '', /not allowed by this agent's --allow-dial list/);
+  // Resolved (through the alias) to an address no entry allows for that port.
+  const outside = await t.throwsAsync(connect(`cluster-a:${other.port}`), { instanceOf: ProxyError });
+  t.is(outside?.statusCode, 502);
+  t.regex(outside?.body ?? '', new RegExp(`dial tcp cluster-a:${other.port}: not allowed by this agent's --allow-dial list \\(cluster-a is 127\\.0\\.0\\.1, in no allowed network\\)`));
+  // A name entry allows that name and port only.
+  const wrongPort = await t.throwsAsync(connect(`cluster-b:${allowed.port}`), { instanceOf: ProxyError });
+  t.is(wrongPort?.statusCode, 502);
+  t.regex(wrongPort?.body ?? '', new RegExp(`dial tcp cluster-b:${allowed.port}: not allowed by this agent's --allow-dial list$`, 'm'));
+  const grpcRefused = await t.throwsAsync(dialGrpc({ uds: server.grpcUds }, `cluster-b:${allowed.port}`), { instanceOf: DialError });
+  t.regex(grpcRefused?.message ?? '', /not allowed by this agent's --allow-dial list/);
 
-    t.is(await metric(byNetwork.healthPort, 'konnectivity_network_proxy_agent_endpoint_dial_failure_total{reason="not_allowed"}'), 1);
-    t.is(await metric(byName.healthPort, 'konnectivity_network_proxy_agent_endpoint_dial_failure_total{reason="not_allowed"}'), 2);
-    t.regex(byName.proc.output, /dial to target failed address=cluster-b:\d+ reason="dial tcp cluster-b:\d+: not allowed by this agent's --allow-dial list"/);
-    // Refused dials left nothing open; allowed ones still work.
-    t.is(other.open, 0);
-    t.true(await roundTrip(await connect(`cluster-b:${other.port}`)));
-  } finally {
-    await byNetwork.stop();
-    await byName.stop();
-    await server.stop();
-    await allowed.close();
-    await other.close();
-    ws.cleanup();
-  }
+  t.is(await metric(byNetwork.healthPort, 'konnectivity_network_proxy_agent_endpoint_dial_failure_total{reason="not_allowed"}'), 1);
+  t.is(await metric(byName.healthPort, 'konnectivity_network_proxy_agent_endpoint_dial_failure_total{reason="not_allowed"}'), 2);
+  t.regex(byName.proc.output, /dial to target failed address=cluster-b:\d+ reason="dial tcp cluster-b:\d+: not allowed by this agent's --allow-dial list"/);
+  // Refused dials left nothing open; allowed ones still work.
+  t.is(other.open, 0);
+  t.true(await roundTrip(await connect(`cluster-b:${other.port}`)));
 });
 
 test('an invalid --allow-dial entry stops the agent with the entry and the expected form', async (t) => {

@@ -55,7 +55,7 @@ export class IdleWatch {
         entry.since = now;
       } else if (now - entry.since >= this.idleMs) {
         this.sockets.delete(socket);
-        this.log.info('closing an idle tunneled connection', { address: entry.address, idle: `${Math.round((now - entry.since) / 1000)}s`, limit: `--idle-timeout=${this.idleMs}ms` });
+        this.log.info('closing an idle tunneled connection', { address: entry.address, idle: `${Math.round((now - entry.since) / 1000)}s`, idleTimeout: `${this.idleMs}ms` });
         this.onIdleClose?.();
         socket.destroy();
       }
