@@ -10,7 +10,8 @@ import { DialAllowList } from '../lib/agent/dial-allow-list.js';
 import { IdleWatch } from '../lib/agent/idle-watch.js';
 import { parsePushListen } from '../lib/agent/push-listener.js';
 import { discoverServer, parseServiceRef } from '../lib/agent/server-discovery.js';
-import { joinHostPort } from '../lib/transport/host-port.js';
+import { isIPv6 } from 'node:net';
+import { joinHostPort, splitHostPort } from '../lib/transport/host-port.js';
 import { loadHookProvider, loadManagedKubeConfig, parseHookOptions, runPostStartHooks, runPreStartHooks, type HookContext } from '../lib/agent/hooks/index.js';
 import { validateAgentIdentifiers } from '../lib/wire/agent-identifiers.js';
 import { DEFAULT_AGENT_PORT } from '../lib/wire/protocol.js';
@@ -30,7 +31,7 @@ const FLAGS = {
   'agent-identifiers': { type: 'string', metavar: 'QUERY', help: 'what this agent serves, as a URL query: host=, ipv4=, ipv6=, cidr=, default-route=true (overrides --cluster-name\'s host=NAME)' },
   'agent-id': { type: 'string', metavar: 'ID', help: 'this agent\'s id (default: $PROXY_AGENT_ID, else a random UUID)' },
   'tunnelserver-addr': { type: 'string', default: `127.0.0.1:${DEFAULT_AGENT_PORT}`, metavar: 'HOST:PORT', help: 'the tunnel server\'s agent port' },
-  'proxy-server-host': { type: 'string', metavar: 'HOST', help: 'the tunnel server\'s host, as the reference agent names it (with --proxy-server-port; instead of --tunnelserver-addr)' },
+  'proxy-server-host': { type: 'string', multiple: true, metavar: 'HOST[:PORT],...', help: 'the tunnel server\'s host, as the reference agent names it (with --proxy-server-port; instead of --tunnelserver-addr); several, comma-separated or repeated, hold a stream through each (servers without a balancer), each with its own back-off' },
   'proxy-server-port': { type: 'string', metavar: 'PORT', help: `the tunnel server's agent port, as the reference agent names it (default ${DEFAULT_AGENT_PORT} with --proxy-server-host)` },
   'server-service': { type: 'string', metavar: 'NS/NAME', help: 'find the tunnel server from this hub Service and follow it (its tunnel.tkestack.io/public-address annotation, LoadBalancer ingress or NodePort), through the hub API of --hub-kubeconfig or --apiserver-addr' },
   'server-name': { type: 'string', metavar: 'NAME', help: 'name to verify the server certificate against (default: the host of --tunnelserver-addr)' },
@@ -38,6 +39,7 @@ const FLAGS = {
   'agent-cert': { type: 'string', metavar: 'PATH', help: 'this agent\'s client certificate (PEM)' },
   'agent-key': { type: 'string', metavar: 'PATH', help: 'this agent\'s private key (PEM)' },
   'dial-timeout': { type: 'string', default: '5s', metavar: 'DURATION', help: 'timeout for dialing a target' },
+  'drain-timeout': { type: 'string', default: '30s', metavar: 'DURATION', help: 'on SIGTERM, how long open connections may go on: the servers get DRAIN and new dials are refused, and whatever is still open then is closed (0 closes at once; a second signal exits at once)' },
   'push-listen': { type: 'string', multiple: true, metavar: 'ADDRESS:PORT=ROUTE', help: 'push mode: listen on ADDRESS:PORT in this cluster and carry each connection through the tunnel to the server\'s route ROUTE (apiserver, norm, healthz, or one of its routes file), e.g. 127.0.0.1:8080=apiserver' },
   'host-alias': { type: 'string', multiple: true, metavar: 'NAME=ADDRESS', help: 'dial ADDRESS when asked for NAME, before DNS (e.g. my-cluster=127.0.0.1)' },
   'allow-dial': { type: 'string', multiple: true, metavar: 'HOST:PORT', help: 'dial only these targets: HOST is a name, *.domain, *, an IP or a CIDR (checked against the resolved address), PORT a number, a range or *; e.g. 10.0.0.0/8:443, *.svc.cluster.local:*, kubernetes.default:443 (default: every target, as before; refused dials get a DIAL_RSP error, HTTP-CONNECT clients a 502)' },
@@ -98,7 +100,8 @@ runMain(NAME, async () => {
   const idleMs = parseDuration('idle-timeout', flags['idle-timeout']);
   const idleClosed = metrics.counter('idle_connections_closed_total', 'Tunneled connections closed by --idle-timeout.');
   const idle = idleMs > 0 ? new IdleWatch(idleMs, log, () => idleClosed.inc()) : undefined;
-  const serverAddress = serverAddressOf(flags);
+  const serverAddresses = serverAddressesOf(flags);
+  const serverAddress = serverAddresses.join(',');
   const serverService = flags['server-service'] === undefined ? undefined : serviceRef(flags['server-service']);
   // A certificate from the CSR API may wait for approval: the agent starts meanwhile (its
   // health and metrics answer), and connects once it has one.
@@ -119,6 +122,7 @@ runMain(NAME, async () => {
   );
   const agent = new TunnelAgent({
     serverAddress,
+    serverAddressList: serverAddresses,
     serverAddresses: serverService ? discoverServer({ kube: hub!, service: serverService, log }) : undefined,
     tls,
     serverName: flags['server-name'],
@@ -163,10 +167,11 @@ runMain(NAME, async () => {
     stopping.abort();
     void agent.stop().finally(() => process.exit(1));
   };
+  const drainTimeout = parseDuration('drain-timeout', flags['drain-timeout']);
   onShutdownSignal(async () => {
     stopping.abort();
+    await agent.shutdown(drainTimeout);
     policy.stop();
-    await agent.stop();
     idle?.close();
     tls.close();
   });
@@ -202,15 +207,27 @@ function hubKube(flags: FlagValues<typeof FLAGS>, what: string): KubeConnection 
   throw new UsageError(`${what} needs the hub's API server: give --hub-kubeconfig, or --apiserver-addr with --hub-ca-cert and --bootstrap-token-file`);
 }
 
-/** --tunnelserver-addr, or the reference agent's --proxy-server-host and --proxy-server-port. */
-function serverAddressOf(flags: FlagValues<typeof FLAGS>): string {
-  const host = flags['proxy-server-host'];
-  if (host === undefined) {
+/**
+ * --tunnelserver-addr, or the reference agent's --proxy-server-host and --proxy-server-port;
+ * --proxy-server-host may name several hosts (comma-separated, or the flag repeated), each
+ * with its own :PORT or --proxy-server-port's.
+ */
+function serverAddressesOf(flags: FlagValues<typeof FLAGS>): string[] {
+  const hosts = flags['proxy-server-host'].flatMap((value) => value.split(',')).map((h) => h.trim());
+  if (flags['proxy-server-host'].length === 0) {
     if (flags['proxy-server-port'] !== undefined) throw new UsageError('--proxy-server-port needs --proxy-server-host');
-    return flags['tunnelserver-addr'];
+    return [flags['tunnelserver-addr']];
   }
   if (process.argv.some((a) => a.startsWith('--tunnelserver-addr'))) throw new UsageError('give --tunnelserver-addr or --proxy-server-host, not both');
-  return joinHostPort(host, parsePort('proxy-server-port', flags['proxy-server-port'] ?? String(DEFAULT_AGENT_PORT)));
+  const port = parsePort('proxy-server-port', flags['proxy-server-port'] ?? String(DEFAULT_AGENT_PORT));
+  const addresses = hosts.map((host) => {
+    if (host === '') throw new UsageError(`--proxy-server-host=${flags['proxy-server-host'].join(',')} has an empty host: give HOST or HOST:PORT, comma-separated`);
+    const withPort = splitHostPort(host);
+    if (withPort) return joinHostPort(withPort.host, withPort.port);
+    if (host.includes(':') && !isIPv6(host)) throw new UsageError(`--proxy-server-host: ${host} is neither HOST nor HOST:PORT (a port is 1 to 65535)`);
+    return joinHostPort(host, port);
+  });
+  return [...new Set(addresses)];
 }
 
 function serviceRef(value: string): { namespace: string; name: string } {

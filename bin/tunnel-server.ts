@@ -50,6 +50,7 @@ const FLAGS = {
   'handshake-timeout': { type: 'string', default: '10s', metavar: 'DURATION', help: 'how long an HTTP-CONNECT or reverse-proxy client has for its TLS handshake before it is disconnected' },
   'tls-resumption': { type: 'boolean', default: false, help: 'let HTTP-CONNECT clients that offer it resume their TLS session (TLS 1.3 tickets): no certificates or signatures in such a handshake. A resumed session keeps the client identity of its full handshake for up to --tls-resumption-lifetime; see the README' },
   'tls-resumption-lifetime': { type: 'string', default: `${DEFAULT_TLS_RESUMPTION_LIFETIME_S}s`, metavar: 'DURATION', help: 'how long after its full handshake a TLS session may be resumed (with --tls-resumption)' },
+  'drain-timeout': { type: 'string', default: '30s', metavar: 'DURATION', help: 'on SIGTERM, how long open connections may go on: new clients and agent streams are refused, agents get DRAIN, and whatever is still open then is closed (0 closes at once; keep it below the pod\'s terminationGracePeriodSeconds; a second signal exits at once)' },
   'request-head-timeout': { type: 'string', default: '10s', metavar: 'DURATION', help: 'how long an HTTP-CONNECT or reverse-proxy client has for its request head (the CONNECT line and headers) after connecting; later is 408' },
   'client-authorization': { type: 'string', metavar: 'FILE', help: 'JSON file of which clients may reach which cluster, by certificate CN, O, DNS or URI SAN, and "uds" for unix-socket clients (see the README); read at start (default: every client may reach every cluster)' },
   'max-connections-per-agent': { type: 'string', default: '0', metavar: 'N', help: 'most open and dialing connections through one agent; more are refused with 503 (0 = no limit)' },
@@ -164,9 +165,10 @@ runMain(NAME, async () => {
     },
   });
   started.server = server;
+  const drainTimeout = parseDuration('drain-timeout', flags['drain-timeout']);
   onShutdownSignal(async () => {
+    await server.shutdown(drainTimeout);
     policy.stop();
-    await server.stop();
     certificates?.close();
   });
   await server.start();

@@ -7,7 +7,7 @@ import { AcceptingMux, type DialHandler } from '../mux/accepting-mux.js';
 import { DialingMux } from '../mux/dialing-mux.js';
 import { joinPacketStreams, type PacketStream } from '../mux/packet-stream.js';
 import {
-  AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_AUTHORIZATION, MD_DOWNLINK_FOR, MD_PUSH, MD_PUSH_FOR, MD_SERVER_COUNT, MD_SERVER_ID, MD_SPLIT_STREAMS,
+  AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_AUTHORIZATION, MD_DOWNLINK_FOR, MD_PUSH, MD_PUSH_FOR, MD_SERVER_COUNT, MD_SERVER_DRAIN, MD_SERVER_ID, MD_SPLIT_STREAMS,
 } from '../wire/protocol.js';
 import { GrpcCallError, closeSession, connect, openCall } from '../transport/grpc-client.js';
 import { GrpcStatus, KEEPALIVE, Metadata } from '../transport/grpc-metadata.js';
@@ -68,6 +68,11 @@ export class ServerConnection {
     this.mux.sendDrain();
   }
 
+  /** The server sent DRAIN (it is shutting down): its connections go on, new ones should come through other servers. */
+  get serverDraining(): boolean {
+    return this.mux.draining;
+  }
+
   close(): void {
     this.push?.close(new Error('the agent closed the stream'));
     this.mux.close(new Error('the agent closed the stream'));
@@ -101,6 +106,7 @@ export class ServerConnection {
     if (o.connectionWindow) announceFlowControl(metadata, o.connectionWindow);
     if (o.split) metadata.set(MD_SPLIT_STREAMS, '1');
     if (o.push) metadata.set(MD_PUSH, '1');
+    metadata.set(MD_SERVER_DRAIN, '1');
     try {
       const { stream: uplink, headers } = await openCall(await connectTo(), AGENT_CONNECT_PATH, metadata, HEADERS_TIMEOUT_MS);
       streams.push(uplink);

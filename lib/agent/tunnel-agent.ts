@@ -1,7 +1,9 @@
 /**
  * The tunnel agent: keeps streams open to the tunnel server (as many as the server count
- * says, each to a distinct server id, for HA behind a load balancer), reconnects with
- * jittered backoff, and dials targets for the server.
+ * says, each to a distinct server id, for HA behind a load balancer, and at least one
+ * through each of several addresses), reconnects with jittered backoff per address, and
+ * dials targets for the server. A graceful shutdown sends DRAIN and lets open connections
+ * finish; a server's DRAIN makes the agent find its other servers.
  */
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
@@ -21,17 +23,40 @@ import type { TlsSource } from '../pki/tls-source.js';
 import { dialTarget, type TargetDialerOptions } from './target-dialer.js';
 import { DialNotAllowedError } from './dial-allow-list.js';
 import { PushListeners, type PushListenSpec } from './push-listener.js';
-import type { Observable, Subscription } from 'rxjs';
+import { filter, firstValueFrom, interval, map, race, startWith, timer, type Observable, type Subscription } from 'rxjs';
 import type { ServerAddresses } from './server-discovery.js';
 
 export const AGENT_METRICS_PREFIX = 'konnectivity_network_proxy_agent';
 
 /** How often the agent checks whether it holds streams to every server. */
 const SYNC_INTERVAL_MS = 1_000;
+/** How often a draining agent looks whether its connections have finished. */
+const DRAIN_POLL_MS = 100;
+/** Node's timers hold at most this many milliseconds. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * One way to the servers: an address of --proxy-server-host (or the discovered Service's
+ * addresses in turn), with its own back-off, and the server its last attempt reached.
+ */
+interface ServerRoute {
+  label: string;
+  target(): string;
+  backoff: Backoff;
+  /** When the next attempt through it may start (ms since the epoch). */
+  dueAt: number;
+  /** The server id its last successful attempt reached. */
+  reached?: string;
+}
 
 export interface TunnelAgentOptions {
   /** host:port of the tunnel server (or of a load balancer in front of several); ignored with serverAddresses. */
   serverAddress: string;
+  /**
+   * Several host:port of servers (or balancers); the agent holds a stream through each,
+   * and to as many distinct servers as the server count says. Overrides serverAddress.
+   */
+  serverAddressList?: string[];
   /** The server's addresses as they change (e.g. discovered from its hub Service); attempts go round them. */
   serverAddresses?: Observable<ServerAddresses>;
   /** The agent's client certificate and key, and the CA the server certificate chains to. */
@@ -68,7 +93,7 @@ export class TunnelAgent {
 
   private readonly log = logger('agent');
   private readonly connections = new Map<string, ServerConnection>();
-  private readonly backoff: Backoff;
+  private readonly routes: ServerRoute[];
   private readonly dialFailures;
   private readonly dialLatency: Histogram;
   private readonly streamCounters: StreamCounters;
@@ -77,6 +102,8 @@ export class TunnelAgent {
   private serverCount = 1;
   private skipSplitOnce = false;
   private running = false;
+  private stopping = false;
+  private turn = 0;
   private wake?: () => void;
   private loop?: Promise<void>;
   private health?: HealthServer;
@@ -91,7 +118,9 @@ export class TunnelAgent {
     this.agentID = options.agentID ?? randomUUID();
     this.connected = new Promise((resolve) => { this.markConnected = resolve; });
     this.metrics = options.metrics ?? new MetricsRegistry(AGENT_METRICS_PREFIX);
-    this.backoff = new Backoff(options.backoff);
+    const route = (label: string, target: () => string): ServerRoute => ({ label, target, backoff: new Backoff(options.backoff), dueAt: 0 });
+    const list = options.serverAddressList?.length ? options.serverAddressList : [options.serverAddress];
+    this.routes = options.serverAddresses ? [route('from its Service', () => this.nextDiscovered())] : list.map((address) => route(address, () => address));
     this.metrics.gauge('open_server_connections', 'Streams open to tunnel servers.', () => this.connections.size);
     this.metrics.gauge('known_server_count', 'Server count announced by the servers.', () => this.serverCount);
     this.metrics.gauge('open_endpoint_connections', 'Connections open to targets.', () => this.openEndpointConnections);
@@ -132,8 +161,35 @@ export class TunnelAgent {
     return [...this.connections.keys()];
   }
 
+  /** Dials waiting for a target's answer. */
+  get pendingDials(): number {
+    return [...this.connections.values()].reduce((n, c) => n + c.mux.stats.pendingDials, 0);
+  }
+
+  /** Streams to servers that are not shutting down. */
+  private get liveConnections(): number {
+    return [...this.connections.values()].filter((c) => !c.serverDraining).length;
+  }
+
+  /** Whether the route's last attempt reached a server this agent holds a live stream to. */
+  private covered(route: ServerRoute): boolean {
+    const connection = route.reached === undefined ? undefined : this.connections.get(route.reached);
+    return connection !== undefined && !connection.serverDraining;
+  }
+
   /** Starts the health server and the connect loop; returns the health address if any. */
   async start(): Promise<string | undefined> {
+    try {
+      return await this.startListeners();
+    } catch (err) {
+      // A listener that failed leaves none of the others open.
+      this.push?.close();
+      await this.health?.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async startListeners(): Promise<string | undefined> {
     let healthAddress: string | undefined;
     if (this.options.healthPort !== undefined) {
       this.health = new HealthServer({
@@ -157,12 +213,38 @@ export class TunnelAgent {
     });
     this.running = true;
     this.loop = this.syncLoop();
-    this.log.info('tunnel agent started', { agentID: this.agentID, identifiers: this.options.agentIdentifiers, server: this.options.serverAddresses ? 'from its Service' : this.options.serverAddress });
+    this.log.info('tunnel agent started', { agentID: this.agentID, identifiers: this.options.agentIdentifiers, server: this.routes.map((r) => r.label).join(',') });
     return healthAddress;
+  }
+
+  /**
+   * A graceful shutdown, as the reference agent's first SIGTERM: sends DRAIN on every stream
+   * (the servers route no new dials here), opens no new streams and refuses new dials, lets
+   * the open connections finish for up to `drainTimeoutMs`, then closes everything.
+   */
+  async shutdown(drainTimeoutMs: number): Promise<void> {
+    if (!this.stopping) {
+      this.stopping = true;
+      this.running = false;
+      this.wake?.();
+      for (const connection of this.connections.values()) connection.drain();
+      this.log.info('draining: the servers route no new dials here; waiting for open connections', {
+        openConnections: this.openEndpointConnections, servers: this.connections.size, timeout: `${drainTimeoutMs}ms`,
+      });
+    }
+    const open = () => this.openEndpointConnections + this.pendingDials;
+    const outcome = await firstValueFrom(race(
+      interval(DRAIN_POLL_MS).pipe(startWith(0), filter(() => open() === 0), map(() => 'drained' as const)),
+      timer(Math.min(Math.max(0, drainTimeoutMs), MAX_TIMER_MS)).pipe(map(() => 'timeout' as const)),
+    ));
+    if (outcome === 'drained') this.log.info('drained: every connection has finished');
+    else this.log.warn('drain timeout: closing the connections still open', { openConnections: open(), timeout: `${drainTimeoutMs}ms` });
+    await this.stop();
   }
 
   /** Sends DRAIN on every stream, then closes them. */
   async stop(): Promise<void> {
+    this.stopping = true;
     this.running = false;
     this.wake?.();
     this.push?.close();
@@ -198,31 +280,47 @@ export class TunnelAgent {
       }
     }
     while (this.running) {
-      if (this.connections.size >= this.serverCount) {
+      // Every route until it reaches a live server, and any while fewer servers than the
+      // count are held (behind a balancer, one route reaches several servers in turn).
+      const wanted = this.liveConnections < this.serverCount ? this.routes : this.routes.filter((r) => !this.covered(r));
+      if (wanted.length === 0) {
         await this.sleepUntilWoken(SYNC_INTERVAL_MS);
         continue;
       }
+      const now = Date.now();
+      const due = wanted.filter((r) => r.dueAt <= now);
+      if (due.length === 0) {
+        await this.sleepUntilWoken(Math.min(...wanted.map((r) => r.dueAt)) - now);
+        continue;
+      }
+      const route = due[this.turn++ % due.length];
       try {
-        await this.connectOnce();
-        this.backoff.reset();
+        const { serverID, known } = await this.connectOnce(route);
+        route.backoff.reset();
+        route.reached = serverID;
+        // Behind a load balancer a known server means: try again in a while.
+        route.dueAt = known ? Date.now() + SYNC_INTERVAL_MS : Date.now();
       } catch (err) {
         // A server that agreed to split but did not take the downlink (another server behind
         // a load balancer got it): the next attempt carries both directions on one stream.
         if ((err as Error).cause instanceof DownlinkUnpairedError) this.skipSplitOnce = true;
-        const delay = this.backoff.next();
+        const delay = route.backoff.next();
+        route.dueAt = Date.now() + delay;
         this.log.warn('cannot connect to the tunnel server; retrying', { server: this.lastTarget, in: `${delay}ms`, reason: (err as Error).message });
-        await this.sleepUntilWoken(delay);
       }
     }
   }
 
-  private async connectOnce(): Promise<void> {
+  /** One attempt through `route`: the server it reached, and whether the agent held a stream to it already. */
+  private async connectOnce(route: ServerRoute): Promise<{ serverID: string; known: boolean }> {
     // Each attempt opens its own connections: to reach every server behind a load balancer,
     // and to give the downlink a connection of its own.
     const split = !this.options.singleStream && !this.skipSplitOnce;
     this.skipSplitOnce = false;
     const window = this.options.connectionWindow === 0 ? undefined : (this.options.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
-    const target = this.nextTarget();
+    this.lastTarget = route.label;
+    const target = route.target();
+    this.lastTarget = target;
     const bearerToken = this.options.tokenFile ? await readToken(this.options.tokenFile) : undefined;
     const connection = await ServerConnection.open({
       bearerToken,
@@ -239,13 +337,12 @@ export class TunnelAgent {
     });
     if (!this.running) {
       connection.close();
-      return;
+      return { serverID: connection.serverID, known: true };
     }
     if (this.connections.has(connection.serverID)) {
-      // Behind a load balancer: we reached a server we already hold a stream to.
+      // Behind a load balancer, or two addresses of one server: we hold a stream to it already.
       connection.close();
-      await this.sleepUntilWoken(SYNC_INTERVAL_MS);
-      return;
+      return { serverID: connection.serverID, known: true };
     }
     this.connections.set(connection.serverID, connection);
     connection.mux.countInto(this.streamCounters);
@@ -262,15 +359,22 @@ export class TunnelAgent {
       serverID: connection.serverID, serverCount: connection.serverCount, flowControl: connection.mux.flowControl ? 'on' : 'off', streams: connection.split ? 'split' : 'single',
       ...(this.push ? { push: connection.push ? 'on' : 'off' } : {}),
     });
+    connection.mux.once('drain-requested', () => {
+      this.log.info('the tunnel server is shutting down: its open connections go on, new streams go to other servers', { serverID: connection.serverID });
+      this.wake?.();
+    });
     connection.mux.once('close', (reason: Error) => {
       if (this.connections.get(connection.serverID) !== connection) return;
       this.connections.delete(connection.serverID);
       if (this.running) this.log.warn('lost the stream to the tunnel server; reconnecting', { serverID: connection.serverID, reason: reason.message });
       this.wake?.();
     });
+    return { serverID: connection.serverID, known: false };
   }
 
   private readonly dialHandler: DialHandler = async (request, signal) => {
+    // A server that does not honour DRAIN (before v0.35) may still send dials.
+    if (this.stopping) throw new Error(`agent ${this.agentID} is shutting down; dial through another agent`);
     const started = performance.now();
     try {
       const socket = await dialTarget(request.address, signal, this.options.target);
@@ -289,13 +393,11 @@ export class TunnelAgent {
     return [...this.connections.values()].map((c) => ({ serverID: c.serverID, address: this.targets.get(c) ?? '', split: c.split, mux: c.mux, push: c.push }));
   }
 
-  /** The address of the next attempt: the flag's, or the discovered ones in turn. */
-  private nextTarget(): string {
-    if (!this.options.serverAddresses) return (this.lastTarget = this.options.serverAddress);
+  /** The discovered Service's addresses in turn. */
+  private nextDiscovered(): string {
     const { addresses, problem } = this.discovered;
-    this.lastTarget = 'from its Service';
     if (addresses.length === 0) throw new Error(`no address for the tunnel server yet: ${problem}`);
-    return (this.lastTarget = addresses[this.attempt++ % addresses.length]);
+    return addresses[this.attempt++ % addresses.length];
   }
 
   /** Whether a connected server has taken this agent's push stream. */
@@ -312,7 +414,7 @@ export class TunnelAgent {
   private async sleepUntilWoken(ms: number): Promise<void> {
     const controller = new AbortController();
     this.wake = () => controller.abort();
-    await sleep(ms, undefined, { signal: controller.signal }).catch(() => undefined);
+    await sleep(Math.min(Math.max(0, ms), MAX_TIMER_MS), undefined, { signal: controller.signal }).catch(() => undefined);
     this.wake = undefined;
   }
 }

@@ -28,6 +28,7 @@ export type DialHandler = (request: DialRequestPacket, signal: AbortSignal) => P
 export class AcceptingMux extends Multiplexer {
   private nextConnectID = 1n;
   private readonly pending = new Map<bigint, AbortController>();
+  private drainReceived = false;
 
   constructor(stream: PacketStream, private readonly dialHandler: DialHandler, options: MultiplexerOptions = {}) {
     super(stream, options);
@@ -36,6 +37,14 @@ export class AcceptingMux extends Multiplexer {
   /** Tells the dialing end to route no new dials here (the agent is shutting down). */
   sendDrain(): void {
     this.sendControl(drain());
+  }
+
+  /**
+   * The dialing end sent DRAIN: it is shutting down (our extension, sent only to agents that
+   * announced MD_SERVER_DRAIN). Its open connections go on; new ones should go elsewhere.
+   */
+  get draining(): boolean {
+    return this.drainReceived;
   }
 
   closeLocally(conn: TunnelConnection): void {
@@ -59,6 +68,12 @@ export class AcceptingMux extends Multiplexer {
         }
         return true;
       }
+      case PacketType.DRAIN:
+        if (!this.drainReceived) {
+          this.drainReceived = true;
+          this.emit('drain-requested');
+        }
+        return true;
       case PacketType.DIAL_CLS: {
         const controller = this.pending.get(packet.random);
         this.pending.delete(packet.random);

@@ -3,7 +3,7 @@
  * ProxyService stream. It sends DIAL_REQ and turns each successful DIAL_RSP into a
  * TunnelConnection.
  */
-import { PacketType, closeDial, closeRequest, closeResponse, dialRequest, dialResponse, type KnownPacket } from '../wire/packet.js';
+import { PacketType, closeDial, closeRequest, closeResponse, dialRequest, dialResponse, drain, type KnownPacket } from '../wire/packet.js';
 import { ERR_UNKNOWN_CONNECT_ID } from '../wire/protocol.js';
 import { Multiplexer, type MultiplexerOptions } from './multiplexer.js';
 import type { PacketStream } from './packet-stream.js';
@@ -58,6 +58,14 @@ export class DialingMux extends Multiplexer {
   /** The peer sent DRAIN: it is shutting down and should get no new dials. */
   get draining(): boolean {
     return this.drainRequested;
+  }
+
+  /**
+   * Tells the accepting end (an agent that announced MD_SERVER_DRAIN) that this end is
+   * shutting down: its open connections go on, new ones should go to another server.
+   */
+  sendDrain(): void {
+    if (!this.isClosed) this.sendControl(drain());
   }
 
   dial(address: string, options: DialOptions = {}): Promise<TunnelConnection> {

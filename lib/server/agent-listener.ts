@@ -12,7 +12,7 @@ import type { StreamCounters } from '../mux/multiplexer.js';
 import { DialingMux } from '../mux/dialing-mux.js';
 import { AcceptingMux } from '../mux/accepting-mux.js';
 import type { TunnelConnection } from '../mux/tunnel-connection.js';
-import { MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_DOWNLINK_FOR, MD_PUSH, MD_PUSH_FOR, MD_SERVER_COUNT, MD_SERVER_ID, MD_SPLIT_STREAMS } from '../wire/protocol.js';
+import { MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_DOWNLINK_FOR, MD_PUSH, MD_PUSH_FOR, MD_SERVER_COUNT, MD_SERVER_DRAIN, MD_SERVER_ID, MD_SPLIT_STREAMS } from '../wire/protocol.js';
 import { GrpcStatus, Metadata } from '../transport/grpc-metadata.js';
 import type { BidiHandler, ServerCall } from '../transport/grpc-server.js';
 import { announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
@@ -44,6 +44,8 @@ export interface AgentListenerOptions {
   onPushStream?: (mux: AcceptingMux) => void;
   /** Where agent streams count their packets, for the metrics. */
   counters?: StreamCounters;
+  /** Whether the server is shutting down: new streams are then refused (UNAVAILABLE), so agents go to another server. */
+  draining?: () => boolean;
   log: Logger;
 }
 
@@ -71,6 +73,8 @@ interface AgentIdentity {
   windows?: FlowControl;
   /** The token of the agent's push stream, when it asked for one. */
   pushToken?: string;
+  /** The agent understands DRAIN from the server (MD_SERVER_DRAIN). */
+  takesServerDrain: boolean;
 }
 
 /** An agent stream whose agent may open a push stream. */
@@ -96,7 +100,9 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
     const name = `agent ${agentID}`;
     const mux = new DialingMux(stream, { name, flowControl: windows, maxDataSize: options.maxDataSize, log });
     if (options.counters) mux.countInto(options.counters);
-    const backend: Backend = { agentID, identifiers: parseAgentIdentifiers(identity.identifiers), mux, connectedAt: new Date(), peer };
+    const backend: Backend = {
+      agentID, identifiers: parseAgentIdentifiers(identity.identifiers), mux, connectedAt: new Date(), peer, takesServerDrain: identity.takesServerDrain,
+    };
     registry.add(backend);
     log.info('agent connected', {
       agentID, identifiers: identity.identifiers, peer, flowControl: windows ? 'on' : 'off', streams: calls.length === 2 ? 'split' : 'single',
@@ -121,13 +127,25 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
     });
   };
 
+  /**
+   * Ends a stream the server does not take. The reference agent reads the response headers
+   * before the status and, without a serverid among them, logs that instead of the reason;
+   * so a stream of an agent that is not ours gets the headers first. Ours (MD_SERVER_DRAIN,
+   * and every downlink and push stream) get the status alone, which fails their open at once.
+   */
+  const refuse = (call: ServerCall, code: number, reason: string) => {
+    const ours = single(call.metadata, MD_SERVER_DRAIN) === '1' || call.metadata.get(MD_DOWNLINK_FOR).length > 0 || call.metadata.get(MD_PUSH_FOR).length > 0;
+    if (!ours) call.sendMetadata(serverHeaders(options));
+    call.sendStatus(code, reason);
+  };
+
   /** The second stream of a split agent: packets to the agent go here. */
   const attachDownlink = (call: ServerCall, token: string) => {
     const uplink = waiting.get(token);
     if (!uplink) {
       // Routine behind a load balancer: the agent tries another connection.
       log.info('refusing a downlink stream for no waiting agent stream (its uplink is on another server?)', { peer: call.peer });
-      call.sendStatus(GrpcStatus.NOT_FOUND, 'no agent stream of this server waits for this downlink (behind a load balancer it may have reached another server); reconnect');
+      refuse(call, GrpcStatus.NOT_FOUND, 'no agent stream of this server waits for this downlink (behind a load balancer it may have reached another server); reconnect');
       return;
     }
     waiting.delete(token);
@@ -139,14 +157,14 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
   /** An agent's push stream: it dials route names, the reverse proxy serves what they open. */
   const attachPush = (call: ServerCall, token: string) => {
     const slot = pushSlots.get(token);
-    const refuse = (code: number, reason: string) => {
+    const refusePush = (code: number, reason: string) => {
       log.warn('refusing a push stream', { peer: call.peer, reason });
-      call.sendStatus(code, reason);
+      refuse(call, code, reason);
     };
-    if (!slot || !options.push) return refuse(GrpcStatus.NOT_FOUND, 'no agent stream of this server is waiting for this push stream; reconnect');
-    if (slot.mux) return refuse(GrpcStatus.ALREADY_EXISTS, 'this agent stream has its push stream already');
+    if (!slot || !options.push) return refusePush(GrpcStatus.NOT_FOUND, 'no agent stream of this server is waiting for this push stream; reconnect');
+    if (slot.mux) return refusePush(GrpcStatus.ALREADY_EXISTS, 'this agent stream has its push stream already');
     if (slot.identity.peerIdentity?.commonName !== call.peerIdentity?.commonName) {
-      return refuse(GrpcStatus.PERMISSION_DENIED, `the push stream's certificate (${describePeer(call.peerIdentity)}) is not its agent stream's (${describePeer(slot.identity.peerIdentity)})`);
+      return refusePush(GrpcStatus.PERMISSION_DENIED, `the push stream's certificate (${describePeer(call.peerIdentity)}) is not its agent stream's (${describePeer(slot.identity.peerIdentity)})`);
     }
     const push = options.push;
     const windows = negotiateFlowControl(call.metadata, options.connectionWindow);
@@ -179,7 +197,8 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
     if (windows) announceFlowControl(headers, options.connectionWindow!);
     const pushToken = options.push && single(call.metadata, MD_PUSH) === '1' ? randomBytes(16).toString('hex') : undefined;
     if (pushToken) headers.set(MD_PUSH, pushToken);
-    const identity: AgentIdentity = { agentID, identifiers, peer, peerIdentity: call.peerIdentity, windows, pushToken };
+    const takesServerDrain = single(call.metadata, MD_SERVER_DRAIN) === '1';
+    const identity: AgentIdentity = { agentID, identifiers, peer, peerIdentity: call.peerIdentity, windows, pushToken, takesServerDrain };
 
     if (options.splitStreams && single(call.metadata, MD_SPLIT_STREAMS) === '1') {
       const splitToken = randomBytes(16).toString('hex');
@@ -202,6 +221,11 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
   };
 
   return (call: ServerCall) => {
+    if (options.draining?.()) {
+      log.info('refusing an agent stream: this server is shutting down', { peer: call.peer });
+      refuse(call, GrpcStatus.UNAVAILABLE, `tunnel server ${options.serverID} is shutting down; connect to another server`);
+      return;
+    }
     const token = single(call.metadata, MD_DOWNLINK_FOR);
     if (typeof token === 'string') {
       attachDownlink(call, token);
@@ -220,14 +244,14 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
         : !agentID ? new Error(`expected one ${MD_AGENT_ID} in the stream metadata, got none`) : undefined;
     if (problem) {
       log.warn('refusing agent stream', { peer, reason: problem.message });
-      call.sendStatus(GrpcStatus.INVALID_ARGUMENT, problem.message);
+      refuse(call, GrpcStatus.INVALID_ARGUMENT, problem.message);
       return;
     }
     const parsed = parseAgentIdentifiers((identifiers as string | undefined) ?? '');
     const refusal = agentRefusal(options.identityRule ?? { kind: 'off' }, call.peerIdentity, parsed);
     if (refusal) {
       log.warn('refusing agent stream', { peer, agentID, identifiers, certificate: describePeer(call.peerIdentity), reason: refusal });
-      call.sendStatus(GrpcStatus.PERMISSION_DENIED, refusal);
+      refuse(call, GrpcStatus.PERMISSION_DENIED, refusal);
       return;
     }
     if (!options.authenticate) {
@@ -241,10 +265,10 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
         return;
       }
       log.warn('refusing agent stream', { peer, agentID, identifiers, reason: denied });
-      call.sendStatus(GrpcStatus.UNAUTHENTICATED, denied);
+      refuse(call, GrpcStatus.UNAUTHENTICATED, denied);
     }, (err: Error) => {
       log.warn('cannot authenticate an agent; refusing its stream for now', { peer, agentID, reason: err.message });
-      call.sendStatus(GrpcStatus.UNAVAILABLE, `the tunnel server cannot check the agent's token now: ${err.message}`);
+      refuse(call, GrpcStatus.UNAVAILABLE, `the tunnel server cannot check the agent's token now: ${err.message}`);
     });
   };
 

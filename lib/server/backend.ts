@@ -12,6 +12,8 @@ export interface Backend {
   readonly connectedAt: Date;
   /** The agent's address, for logs. */
   readonly peer: string;
+  /** The agent announced MD_SERVER_DRAIN: it may be sent DRAIN when this server shuts down. */
+  readonly takesServerDrain?: boolean;
 }
 
 export function isDraining(backend: Backend): boolean {

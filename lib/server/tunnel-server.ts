@@ -7,6 +7,7 @@ import { rmSync } from 'node:fs';
 import type http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
+import { BehaviorSubject, filter, firstValueFrom, interval, map, race, startWith, timer } from 'rxjs';
 import type { TlsSource } from '../pki/tls-source.js';
 import type { AcceptingMux } from '../mux/accepting-mux.js';
 import type { Multiplexer } from '../mux/multiplexer.js';
@@ -23,7 +24,9 @@ import { serverAgents, serverConnections } from '../observe/admin.js';
 import type { StreamCounters } from '../mux/multiplexer.js';
 import { AgentRegistry } from './agent-registry.js';
 import { agentConnectHandler } from './agent-listener.js';
-import { dialRouter } from './dial-router.js';
+import { dialRouter, type Dial } from './dial-router.js';
+import { DialError } from '../mux/dialing-mux.js';
+import { GrpcStatus } from '../transport/grpc-metadata.js';
 import { createMtlsConnectServer, createPlainConnectServer, type ClientTimeLimits, type TlsResumption } from './http-connect-frontend.js';
 import { proxyHandler } from './grpc-frontend.js';
 import type { ProxyStrategy } from './proxy-strategies.js';
@@ -106,6 +109,10 @@ export interface ListeningAddresses {
 }
 
 const DEFAULT_DIAL_TIMEOUT_MS = 30_000;
+/** How often a draining server looks whether its connections have finished. */
+const DRAIN_POLL_MS = 100;
+/** Node's timers hold at most this many milliseconds. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 export const SERVER_METRICS_PREFIX = 'konnectivity_network_proxy_server';
 
 function hostPort(host: string, port: number): string {
@@ -141,6 +148,12 @@ export class TunnelServer {
   private health?: HealthServer;
   private proxy?: ReverseProxy;
 
+  /**
+   * True from the start of a graceful shutdown: new clients and agent streams are refused,
+   * /readyz fails, and the connections already open may finish.
+   */
+  readonly draining$ = new BehaviorSubject<boolean>(false);
+
   constructor(private readonly options: TunnelServerOptions) {
     this.serverID = options.serverID ?? randomUUID();
     this.metrics = options.metrics ?? new MetricsRegistry(SERVER_METRICS_PREFIX);
@@ -155,7 +168,26 @@ export class TunnelServer {
     return this.registry.all().reduce((n, b) => n + b.mux.stats.pendingDials, 0);
   }
 
+  get draining(): boolean {
+    return this.draining$.value;
+  }
+
+  /** Connections a graceful shutdown waits for: tunneled through agents, dialing, and pushed by agents. */
+  get openConnections(): number {
+    return this.establishedConnections + this.pendingDials + [...this.pushStreams].reduce((n, mux) => n + mux.stats.connections, 0);
+  }
+
+  /** Starts every listener of the options; when one fails, closes those already open. */
   async start(): Promise<ListeningAddresses> {
+    try {
+      return await this.startListeners();
+    } catch (err) {
+      await this.stop().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async startListeners(): Promise<ListeningAddresses> {
     const o = this.options;
     const window = o.connectionWindow === 0 ? undefined : (o.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
     const { outcomes, handshakes, dialLatency, dialFailures, agentCounters, clientCounters } = this.registerMetrics();
@@ -163,7 +195,10 @@ export class TunnelServer {
     const limiter = o.dialLimits && DialLimiter.any(o.dialLimits)
       ? new DialLimiter({ limits: o.dialLimits, log: this.log, onRefusal: (reason, frontend) => refusals.inc({ frontend, reason }) })
       : undefined;
-    const dial = instrumentDial(dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS, limiter), dialLatency, dialFailures);
+    const routed = instrumentDial(dialRouter(this.registry, o.proxyStrategies, o.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS, limiter), dialLatency, dialFailures);
+    const dial: Dial = (address, dialOptions) => this.draining
+      ? Promise.reject(new DialError(`tunnel server ${this.serverID} is shutting down; dial through another server`, address, 'refused'))
+      : routed(address, dialOptions);
     const policyOf = (frontend: string) => observedPolicy(o.clientPolicy, () => refusals.inc({ frontend, reason: 'unauthorized' }));
     const push = this.startReverseProxy();
 
@@ -171,7 +206,7 @@ export class TunnelServer {
     agentServer.handle(AGENT_CONNECT_PATH, agentConnectHandler({
       serverID: this.serverID, serverCount: o.serverCount ?? 1, registry: this.registry, connectionWindow: window, log: this.log,
       splitStreams: !o.singleStream, identityRule: o.agentIdentity, authenticate: o.authenticateAgents,
-      push, onPushStream: (mux) => this.trackStream(this.pushStreams, mux, agentCounters), counters: agentCounters,
+      push, onPushStream: (mux) => this.trackStream(this.pushStreams, mux, agentCounters), counters: agentCounters, draining: () => this.draining,
     }));
     this.grpcServers.push(agentServer);
     const agentPort = await agentServer.listen({ host: o.bindAddress, port: o.agentPort });
@@ -208,10 +243,15 @@ export class TunnelServer {
     }
 
     if (o.udsName || o.grpcPort !== undefined) {
-      const handler = proxyHandler({
+      const serve = proxyHandler({
         dial, log: this.log, connectionWindow: window, policy: policyOf('grpc'),
         onStream: (mux) => this.trackStream(this.frontendStreams, mux, clientCounters),
       });
+      const handler: BidiHandler = (call) => {
+        if (!this.draining) return serve(call);
+        this.log.info('refusing a gRPC client stream: this server is shutting down', { peer: call.peer });
+        call.sendStatus(GrpcStatus.UNAVAILABLE, `tunnel server ${this.serverID} is shutting down; connect to another server`);
+      };
       if (o.udsName) {
         const frontend = this.grpcServer(undefined, handler);
         await frontend.listen({ path: o.udsName });
@@ -245,7 +285,39 @@ export class TunnelServer {
     return addresses;
   }
 
+  /**
+   * A graceful shutdown: refuses new clients and agent streams from now on (the HTTP
+   * listeners close, gRPC calls are answered UNAVAILABLE), sends DRAIN to the agents that
+   * understand it, so that they take new dials through their other servers, and lets the
+   * open connections finish for up to `drainTimeoutMs` before it closes everything.
+   */
+  async shutdown(drainTimeoutMs: number): Promise<void> {
+    if (!this.draining) {
+      this.draining$.next(true);
+      this.setDraining('the server is shutting down');
+      for (const server of this.httpServers) server.close();
+      let told = 0;
+      for (const backend of this.registry.all()) {
+        if (!backend.takesServerDrain) continue;
+        backend.mux.sendDrain();
+        told++;
+      }
+      for (const mux of this.pushStreams) mux.sendDrain();
+      this.log.info('draining: refusing new clients and agent streams, waiting for open connections', {
+        openConnections: this.openConnections, agentsTold: told, timeout: `${drainTimeoutMs}ms`,
+      });
+    }
+    const outcome = await firstValueFrom(race(
+      interval(DRAIN_POLL_MS).pipe(startWith(0), filter(() => this.openConnections === 0), map(() => 'drained' as const)),
+      timer(Math.min(Math.max(0, drainTimeoutMs), MAX_TIMER_MS)).pipe(map(() => 'timeout' as const)),
+    ));
+    if (outcome === 'drained') this.log.info('drained: every connection has finished');
+    else this.log.warn('drain timeout: closing the connections still open', { openConnections: this.openConnections, timeout: `${drainTimeoutMs}ms` });
+    await this.stop();
+  }
+
   async stop(): Promise<void> {
+    this.draining$.next(true);
     for (const mux of [...this.frontendStreams, ...this.pushStreams]) mux.close();
     this.proxy?.close();
     for (const backend of this.registry.all()) backend.mux.close(new Error('the tunnel server is shutting down'));
@@ -254,7 +326,7 @@ export class TunnelServer {
       server.closeAllConnections();
       server.close(() => resolve());
     })));
-    await this.health?.close();
+    await this.health?.close().catch(() => undefined);
     if (this.options.udsName) rmSync(this.options.udsName, { force: true });
     if (this.options.httpConnectUds) rmSync(this.options.httpConnectUds, { force: true });
     this.log.info('tunnel server stopped');

@@ -43,6 +43,14 @@ export const MD_DOWNLINK_FOR = 'tke-downlink-for';
 export const MD_PUSH = 'tke-push';
 export const MD_PUSH_FOR = 'tke-push-for';
 
+/**
+ * Our agents announce `tke-server-drain: 1` on Connect: they understand a DRAIN from the
+ * server (in the reference DRAIN goes from agent to server only), which the server sends
+ * when it shuts down so that the agent takes new dials through its other servers. Agents
+ * without it (the reference's) never get one.
+ */
+export const MD_SERVER_DRAIN = 'tke-server-drain';
+
 /** Error texts, as the reference writes them (clients match on some of them). */
 export const ERR_NO_AGENT = 'No agent available';
 export const ERR_UNRECOGNIZED_CONNECT_ID = 'unrecognized connectID';
