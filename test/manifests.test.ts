@@ -222,6 +222,37 @@ function containersOf(pod: Pod): V1Container[] {
   return [...(pod.spec.initContainers ?? []), ...pod.spec.containers];
 }
 
+/** Seconds of a duration flag's value (30s, 2m, 500ms), as the binaries parse it. */
+function seconds(value: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(value);
+  if (!match) return NaN;
+  return Number(match[1]) * { ms: 0.001, s: 1, m: 60, h: 3600 }[match[2] ?? 's']!;
+}
+
+/**
+ * A rolling update lets open connections finish: every server and agent sets --drain-timeout,
+ * and its pod's terminationGracePeriodSeconds covers preStop, the drain and 5 s of margin
+ * (Kubernetes kills the container at the end of the grace period, connections and all).
+ */
+function shutdownProblems(manifests: Manifest[]): string[] {
+  const problems: string[] = [];
+  for (const pod of podsOf(manifests)) {
+    for (const c of pod.spec.containers) {
+      if (!['tunnel-server', 'tunnel-agent'].includes(c.command?.[0] ?? '')) continue;
+      const at = `${pod.owner} container ${c.name}`;
+      const drain = flag(c, 'drain-timeout');
+      if (drain === undefined) {
+        problems.push(`${at}: no --drain-timeout`);
+        continue;
+      }
+      const preStop = c.lifecycle?.preStop?.sleep?.seconds ?? 0;
+      const grace = pod.spec.terminationGracePeriodSeconds ?? 30;
+      if (preStop + seconds(drain) + 5 > grace) problems.push(`${at}: preStop ${preStop}s + --drain-timeout=${drain} + 5s margin is more than terminationGracePeriodSeconds ${grace}`);
+    }
+  }
+  return problems;
+}
+
 /** Hardening every pod must have, and what the cluster-wide grants must never include. */
 function securityProblems(manifests: Manifest[]): string[] {
   const problems: string[] = [];
@@ -544,7 +575,7 @@ test('every container runs a binary of package.json bin with flags that its --he
   t.deepEqual(server.args, [
     '--cert-source=kube', '--namespace=tunnel-system', '--server-service=tunnel-system/tunnel-server', '--bind-address=0.0.0.0',
     '--agent-port=10262', '--server-port=10263', '--reverse-proxy-port=10261', '--health-bind-address=0.0.0.0', '--health-port=8092',
-    '--state-dir=/var/lib/tunnel', '--server-ca-cert=/etc/tunnel/clients-ca/ca.crt', '--uds-name=/run/tunnel/grpc.sock', '--v=2',
+    '--state-dir=/var/lib/tunnel', '--server-ca-cert=/etc/tunnel/clients-ca/ca.crt', '--uds-name=/run/tunnel/grpc.sock', '--drain-timeout=30s', '--v=2',
   ]);
   const misnamed = structuredClone(find<V1Deployment>(raw, 'Deployment', 'tunnel-server')!);
   misnamed.spec!.template.spec!.containers[0].args = ['--no-such-flag=1'];
@@ -563,6 +594,15 @@ test('paths in the flags are mounted (files of Secrets and ConfigMaps are their 
     'x: Deployment tunnel-system/tunnel-agent container tunnel-agent: --health-port=9000, but its container port health is 8093',
     'x: Deployment tunnel-system/tunnel-agent container tunnel-agent: the liveness probe is not GET /healthz on the health port 9000',
     'x: Deployment tunnel-system/tunnel-agent container tunnel-agent: the readiness probe is not GET /healthz on the health port 9000',
+  ]);
+});
+
+test('every server and agent drains on SIGTERM within its pod\'s grace period', (t) => {
+  t.deepEqual(shutdownProblems(raw), []);
+  const broken = structuredClone(find<V1Deployment>(raw, 'Deployment', 'tunnel-server')!);
+  broken.spec!.template.spec!.terminationGracePeriodSeconds = 30;
+  t.deepEqual(shutdownProblems([{ source: 'x', object: broken }]), [
+    'x: Deployment tunnel-system/tunnel-server container tunnel-server: preStop 5s + --drain-timeout=30s + 5s margin is more than terminationGracePeriodSeconds 30',
   ]);
 });
 
@@ -592,6 +632,7 @@ test('every kustomization builds with kubectl kustomize, and what it builds pass
       t.deepEqual(await allSchemaProblems(build.manifests), [], `${what}: schema`);
       t.deepEqual(securityProblems(build.manifests), [], `${what}: security`);
       t.deepEqual(podProblems(build.manifests), [], `${what}: paths, ports and probes`);
+      t.deepEqual(shutdownProblems(build.manifests), [], `${what}: drain within the grace period`);
       t.deepEqual(await flagProblems(build.manifests), [], `${what}: flags missing from --help are being added to the binaries, or the manifests name a flag that does not exist`);
     }
   } finally {
