@@ -26,8 +26,9 @@ import { hol } from './scenarios/hol.js';
 import { wan } from './scenarios/wan.js';
 import { rotation } from './scenarios/rotation.js';
 import { push } from './scenarios/push.js';
+import { restart } from './scenarios/restart.js';
 
-const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, dials, memory, hol, wan, rotation, push];
+const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, dials, memory, hol, wan, rotation, push, restart];
 
 const HELP = `usage: node dist/bench/run.js [--full] [--json FILE] [--only NAME[,NAME]] [--help]
 
@@ -72,6 +73,11 @@ scenarios (quick / --full):
              the server's reverse-proxy port (HTTPS, agent certificate, route /v1/norm),
              the agent's push listener (carried in the tunnel). target: tunnel / direct
              >= 0.3 (transfers; requests/s reported)
+  restart    dials (a 2 KiB request in two halves 200 ms apart) from 8 workers through a balancer
+             in front of 3 servers, in a steady state (10 s / 30 s) and while each
+             server in turn gets SIGTERM, drains and is replaced on the same ports.
+             target: 0 accepted dials lost; refusals and p50/p99 dial latency against
+             the steady state reported
 `;
 
 function parseCli(argv: string[]) {
