@@ -23,6 +23,7 @@ import { DEFAULT_AGENT_PORT, DEFAULT_SERVER_PORT } from '../lib/wire/protocol.js
 import { applyProcessPolicy } from '../lib/cli/process-defaults.js';
 import { logger } from '../lib/observe/log.js';
 import { reverseProxyConfig, reverseProxyFlags } from '../lib/cli/reverse-proxy-flags.js';
+import { DEFAULT_LEASE_LABEL, ServerLeases, parseLeaseLabels } from '../lib/kube/leases.js';
 
 const NAME = 'tunnel-server';
 
@@ -44,7 +45,12 @@ const FLAGS = {
   'cert-ips': { type: 'string', metavar: 'IP,IP', help: 'extra IP addresses for the local PKI\'s server certificate' },
   'proxy-strategies': { type: 'string', default: 'destHost', metavar: 'LIST', help: 'how dials pick an agent, tried in order: destHost, default, defaultRoute' },
   'server-id': { type: 'string', metavar: 'ID', help: 'this server\'s id, sent to agents (default: a random UUID)' },
-  'server-count': { type: 'string', default: '1', metavar: 'N', help: 'number of servers behind the agents\' address; agents keep a stream to each' },
+  'server-count': { type: 'string', default: '1', metavar: 'N', help: 'number of servers behind the agents\' address; agents keep a stream to each (with --enable-lease-controller: until the Leases are first counted, and while they cannot be)' },
+  'enable-lease-controller': { type: 'boolean', default: false, help: 'count the servers by coordination.k8s.io Leases at the hub (as konnectivity v0.31+): hold and renew a Lease of this server\'s, tell agents the number of live ones, delete expired ones' },
+  'lease-namespace': { type: 'string', metavar: 'NS', help: 'namespace of the servers\' Leases (default: --namespace\'s, the pod\'s, or the kubeconfig context\'s)' },
+  'lease-label': { type: 'string', default: DEFAULT_LEASE_LABEL, metavar: 'K=V,...', help: 'labels of the servers\' Leases; only Leases with all of them are counted' },
+  'lease-duration': { type: 'string', default: '30s', metavar: 'DURATION', help: 'how long a Lease holds after its last renewal' },
+  'lease-renew-interval': { type: 'string', default: '15s', metavar: 'DURATION', help: 'how often this server renews its Lease, recounts, and deletes expired Leases (shorter than --lease-duration)' },
   'ready-min-agents': { type: 'string', default: '1', metavar: 'N', help: '/readyz answers 503 while fewer than N agents are connected (0: ready without agents, e.g. when the agents\' Service follows readiness)' },
   'dial-timeout': { type: 'string', default: '30s', metavar: 'DURATION', help: 'how long a client waits for the agent to answer a dial' },
   'handshake-timeout': { type: 'string', default: '10s', metavar: 'DURATION', help: 'how long an HTTP-CONNECT or reverse-proxy client has for its TLS handshake before it is disconnected' },
@@ -82,7 +88,7 @@ runMain(NAME, async () => {
   applyLogLevel(flags['log-level'], flags.v);
   const log = logger('server');
   const metrics = new MetricsRegistry(SERVER_METRICS_PREFIX);
-  const started: { server?: TunnelServer } = {};
+  const started: { server?: TunnelServer; leases?: ServerLeases } = {};
   // Before the first socket opens, the hub's API included.
   const policy = applyProcessPolicy(flags, () => started.server?.establishedConnections ?? 0, log);
   let strategies;
@@ -91,6 +97,7 @@ runMain(NAME, async () => {
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
+  const leaseSettings = flags['enable-lease-controller'] ? leaseFlags(flags) : undefined;
   const reverseProxy = reverseProxyConfig(flags);
   const dialLimits = {
     maxConnectionsPerAgent: parseCount('max-connections-per-agent', flags['max-connections-per-agent'], 0),
@@ -107,7 +114,10 @@ runMain(NAME, async () => {
   if (authorization) log.info('client authorization', { file: authorization.source, clusters: [...authorization.clusters.keys()].join(',') });
   const source = parseCertSource(flags['cert-source']);
   const tokenAuth = flags['agent-namespace'] !== undefined;
-  const kube = source === 'kube' || tokenAuth ? hubConnection(flags.kubeconfig, source === 'kube' ? '--cert-source=kube' : 'token authentication (--agent-namespace)') : undefined;
+  const leasing = flags['enable-lease-controller'];
+  const kube = source === 'kube' || tokenAuth || leasing
+    ? hubConnection(flags.kubeconfig, source === 'kube' ? '--cert-source=kube' : tokenAuth ? 'token authentication (--agent-namespace)' : '--enable-lease-controller')
+    : undefined;
   let certificates: KubeCertificates | undefined;
   if (source === 'kube') {
     if (flags['server-cert'] || flags['server-key']) throw new UsageError('--cert-source=kube requests the server\'s certificate from the hub: leave out --server-cert and --server-key');
@@ -152,6 +162,7 @@ runMain(NAME, async () => {
     proxyStrategies: strategies,
     serverID: flags['server-id'],
     serverCount: parseCount('server-count', flags['server-count'], 1),
+    countedServers: () => started.leases?.count$.value,
     dialTimeoutMs: parseDuration('dial-timeout', flags['dial-timeout']),
     connectionWindow: parseCount('connection-window', flags['connection-window'], 0),
     singleStream: flags['single-stream'],
@@ -167,12 +178,39 @@ runMain(NAME, async () => {
   started.server = server;
   const drainTimeout = parseDuration('drain-timeout', flags['drain-timeout']);
   onShutdownSignal(async () => {
+    // The Lease goes first: the other servers count one less while this one drains.
+    await started.leases?.stop();
     await server.shutdown(drainTimeout);
     policy.stop();
     certificates?.close();
   });
   await server.start();
+  if (leaseSettings) {
+    started.leases = new ServerLeases({
+      kube: kube!,
+      namespace: flags['lease-namespace'] ?? namespaceOf(flags.namespace, kube!),
+      serverID: server.serverID,
+      ...leaseSettings,
+      log,
+    });
+    started.leases.start();
+  }
 });
+
+function leaseFlags(flags: FlagValues<typeof FLAGS>): { labels: Record<string, string>; durationMs: number; renewIntervalMs: number } {
+  let labels;
+  try {
+    labels = parseLeaseLabels(flags['lease-label']);
+  } catch (err) {
+    throw new UsageError(`--lease-label=${flags['lease-label']}: ${(err as Error).message}`);
+  }
+  const durationMs = positiveDuration('lease-duration', flags['lease-duration']);
+  const renewIntervalMs = positiveDuration('lease-renew-interval', flags['lease-renew-interval']);
+  if (durationMs < 1000) throw new UsageError(`--lease-duration=${flags['lease-duration']} must be at least 1s (a Lease counts whole seconds)`);
+  if (renewIntervalMs >= durationMs) throw new UsageError(`--lease-renew-interval=${flags['lease-renew-interval']} must be shorter than --lease-duration=${flags['lease-duration']}, or the Lease expires between renewals`);
+  if (renewIntervalMs > 2 ** 31 - 1) throw new UsageError(`--lease-renew-interval=${flags['lease-renew-interval']} is longer than a timer can wait (about 24 days)`);
+  return { labels, durationMs, renewIntervalMs };
+}
 
 function positiveDuration(flag: string, value: string): number {
   const ms = parseDuration(flag, value);

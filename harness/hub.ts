@@ -29,6 +29,7 @@ export const SERVER_RULES: PolicyRule[] = [
   { verbs: ['create'], apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'] },
   { verbs: ['get', 'create', 'update', 'list', 'watch'], apiGroups: [''], resources: ['secrets', 'configmaps'], namespaces: [HUB_NAMESPACE] },
   { verbs: ['get', 'list', 'watch'], apiGroups: [''], resources: ['services'], namespaces: [HUB_NAMESPACE] },
+  { verbs: ['get', 'list', 'create', 'update', 'delete'], apiGroups: ['coordination.k8s.io'], resources: ['leases'], namespaces: [HUB_NAMESPACE] },
 ];
 
 /**

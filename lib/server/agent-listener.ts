@@ -27,7 +27,8 @@ import type { Backend } from './backend.js';
 
 export interface AgentListenerOptions {
   serverID: string;
-  serverCount: number;
+  /** The count sent to each agent as it connects (from --server-count, or counted from Leases). */
+  serverCount: () => number;
   registry: AgentRegistry;
   /** Per-connection receive window offered to agents; undefined turns flow control off. */
   connectionWindow?: number;
@@ -277,6 +278,6 @@ export function agentConnectHandler(options: AgentListenerOptions): BidiHandler 
 function serverHeaders(options: AgentListenerOptions): Metadata {
   const headers = new Metadata();
   headers.set(MD_SERVER_ID, options.serverID);
-  headers.set(MD_SERVER_COUNT, String(options.serverCount));
+  headers.set(MD_SERVER_COUNT, String(options.serverCount()));
   return headers;
 }

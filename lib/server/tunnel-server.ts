@@ -78,6 +78,8 @@ export interface TunnelServerOptions {
   proxyStrategies: ProxyStrategy[];
   serverID?: string;
   serverCount?: number;
+  /** The server count from Leases, once counted (it then overrides serverCount); see lib/kube/leases.ts. */
+  countedServers?: () => number | undefined;
   /** How long a frontend waits for the agent's DIAL_RSP. */
   dialTimeoutMs?: number;
   /** Per-connection window of the flow-control extension; 0 turns the extension off. */
@@ -168,6 +170,11 @@ export class TunnelServer {
     return this.registry.all().reduce((n, b) => n + b.mux.stats.pendingDials, 0);
   }
 
+  /** What agents are told: the count from Leases when known, else --server-count. */
+  get serverCount(): number {
+    return this.options.countedServers?.() ?? this.options.serverCount ?? 1;
+  }
+
   get draining(): boolean {
     return this.draining$.value;
   }
@@ -204,7 +211,7 @@ export class TunnelServer {
 
     const agentServer = new GrpcServer({ tls: o.agentTls ?? o.tls, name: 'agents', receiveWindow: agentStreamWindow(window), log: this.log });
     agentServer.handle(AGENT_CONNECT_PATH, agentConnectHandler({
-      serverID: this.serverID, serverCount: o.serverCount ?? 1, registry: this.registry, connectionWindow: window, log: this.log,
+      serverID: this.serverID, serverCount: () => this.serverCount, registry: this.registry, connectionWindow: window, log: this.log,
       splitStreams: !o.singleStream, identityRule: o.agentIdentity, authenticate: o.authenticateAgents,
       push, onPushStream: (mux) => this.trackStream(this.pushStreams, mux, agentCounters), counters: agentCounters, draining: () => this.draining,
     }));
@@ -281,7 +288,7 @@ export class TunnelServer {
       addresses.health = hostPort(o.healthBindAddress, address.port);
       this.log.info('listening', { service: 'health', address: addresses.health, transport: 'HTTP' });
     }
-    this.log.info('tunnel server started', { serverID: this.serverID, serverCount: o.serverCount ?? 1, strategies: o.proxyStrategies.join(',') });
+    this.log.info('tunnel server started', { serverID: this.serverID, serverCount: this.serverCount, strategies: o.proxyStrategies.join(',') });
     return addresses;
   }
 
@@ -383,6 +390,7 @@ export class TunnelServer {
     ]);
     this.metrics.gauge('http_connections', 'Open HTTP-CONNECT tunnels (connections through agents that no gRPC frontend stream carries).', () =>
       Math.max(0, this.establishedConnections - [...this.frontendStreams].reduce((n, mux) => n + mux.stats.connections, 0)));
+    this.metrics.gauge('server_count', 'The server count agents are told (--server-count, or counted from Leases).', () => this.serverCount);
     this.metrics.gauge('agent_streams', 'Open agent streams.', () => this.registry.all().length);
     this.metrics.gauge('established_connections', 'Tunneled connections open through agents.', () => this.establishedConnections);
     this.metrics.gauge('pending_backend_dials', 'Dials waiting for an agent\'s answer.', () => this.pendingDials);
