@@ -23,6 +23,7 @@ import { certificateFlags, certDirOf, namespaceOf, parseCertSource, parseLifetim
 import { agentCertificates, signerNames, type KubeCertificates } from '../lib/cli/kube-certificates.js';
 import { loadKube, type KubeConnection } from '../lib/kube/kube-config.js';
 import { deferredTlsSource } from '../lib/pki/tls-source.js';
+import { DEFAULT_LEASE_LABEL, countServerLeases } from '../lib/kube/leases.js';
 
 const NAME = 'tunnel-agent';
 
@@ -40,6 +41,10 @@ const FLAGS = {
   'agent-key': { type: 'string', metavar: 'PATH', help: 'this agent\'s private key (PEM)' },
   'dial-timeout': { type: 'string', default: '5s', metavar: 'DURATION', help: 'timeout for dialing a target' },
   'drain-timeout': { type: 'string', default: '30s', metavar: 'DURATION', help: 'on SIGTERM, how long open connections may go on: the servers get DRAIN and new dials are refused, and whatever is still open then is closed (0 closes at once; a second signal exits at once)' },
+  'count-server-leases': { type: 'boolean', default: false, help: 'take the server count from the servers\' Leases at the hub (their --enable-lease-controller), through --hub-kubeconfig or --apiserver-addr, instead of their servercount headers' },
+  'lease-namespace': { type: 'string', metavar: 'NS', help: 'namespace of the servers\' Leases (default: --namespace\'s, or the kubeconfig context\'s)' },
+  'lease-label-selector': { type: 'string', default: DEFAULT_LEASE_LABEL, metavar: 'SELECTOR', help: 'label selector of the servers\' Leases' },
+  'lease-count-interval': { type: 'string', default: '10s', metavar: 'DURATION', help: 'how often the agent counts the servers\' Leases' },
   'push-listen': { type: 'string', multiple: true, metavar: 'ADDRESS:PORT=ROUTE', help: 'push mode: listen on ADDRESS:PORT in this cluster and carry each connection through the tunnel to the server\'s route ROUTE (apiserver, norm, healthz, or one of its routes file), e.g. 127.0.0.1:8080=apiserver' },
   'host-alias': { type: 'string', multiple: true, metavar: 'NAME=ADDRESS', help: 'dial ADDRESS when asked for NAME, before DNS (e.g. my-cluster=127.0.0.1)' },
   'allow-dial': { type: 'string', multiple: true, metavar: 'HOST:PORT', help: 'dial only these targets: HOST is a name, *.domain, *, an IP or a CIDR (checked against the resolved address), PORT a number, a range or *; e.g. 10.0.0.0/8:443, *.svc.cluster.local:*, kubernetes.default:443 (default: every target, as before; refused dials get a DIAL_RSP error, HTTP-CONNECT clients a 502)' },
@@ -106,7 +111,10 @@ runMain(NAME, async () => {
   // A certificate from the CSR API may wait for approval: the agent starts meanwhile (its
   // health and metrics answer), and connects once it has one.
   const kubeCerts = parseCertSource(flags['cert-source']) === 'kube';
-  const hub = kubeCerts || serverService ? hubKube(flags, kubeCerts ? '--cert-source=kube' : '--server-service')
+  const countLeases = flags['count-server-leases'];
+  const leaseInterval = countLeases ? parseDuration('lease-count-interval', flags['lease-count-interval']) : 0;
+  if (countLeases && (leaseInterval <= 0 || leaseInterval > 2 ** 31 - 1)) throw new UsageError(`--lease-count-interval=${flags['lease-count-interval']} must be longer than 0 and at most about 24 days`);
+  const hub = kubeCerts || serverService || countLeases ? hubKube(flags, kubeCerts ? '--cert-source=kube' : serverService ? '--server-service' : '--count-server-leases')
     : flags['hub-kubeconfig'] || flags['apiserver-addr'] ? hubKube(flags, 'the hooks') : undefined;
   const hookOptions = parseHookOptions(flags['hook-option']);
   const hooks = await loadHookProvider(flags['hook-provider'], hookOptions);
@@ -123,6 +131,9 @@ runMain(NAME, async () => {
   const agent = new TunnelAgent({
     serverAddress,
     serverAddressList: serverAddresses,
+    serverCount$: countLeases ? countServerLeases({
+      kube: hub!, namespace: flags['lease-namespace'] ?? namespaceOf(flags.namespace, hub!), selector: flags['lease-label-selector'], intervalMs: leaseInterval, log,
+    }) : undefined,
     serverAddresses: serverService ? discoverServer({ kube: hub!, service: serverService, log }) : undefined,
     tls,
     serverName: flags['server-name'],

@@ -2,7 +2,8 @@
  * --enable-lease-controller against the hub's API double (harness/hub.ts, with the server's
  * RBAC of k8s/hub): each server holds and renews a Lease of its own, tells agents the number
  * of live Leases as its server count, deletes expired Leases with its label (and no other),
- * and deletes its own when it stops; kubectl lists the Leases as it would at a real hub.
+ * and deletes its own when it stops; kubectl lists the Leases as it would at a real hub. An
+ * agent with --count-server-leases goes by the number of live Leases instead of the headers.
  */
 import test from 'ava';
 import { execFile } from 'node:child_process';
@@ -10,7 +11,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { startHub, HUB_NAMESPACE } from '../harness/hub.js';
+import { agentAccount, serviceAccountUser, startHub, HUB_NAMESPACE } from '../harness/hub.js';
 import { eventually, metric, runToEnd, startAgent, startServer, workspace, type ServerHandle } from './helpers/system.js';
 
 const execFileAsync = promisify(execFile);
@@ -72,6 +73,34 @@ test.serial('servers count each other by Leases, collect an expired one, tell ag
     for (const server of servers) await server.stop();
     await hub.close();
     rmSync(home, { recursive: true, force: true });
+    ws.cleanup();
+  }
+});
+
+test.serial('an agent with --count-server-leases goes by the live Leases (none counts as 1)', async (t) => {
+  const ws = await workspace();
+  const hub = await startHub(join(ws.dir, 'hub'), ['cluster-a']);
+  try {
+    hub.api.grant({ user: serviceAccountUser(agentAccount('cluster-a')) }, [{ verbs: ['list'], apiGroups: [GROUP], resources: ['leases'], namespaces: [HUB_NAMESPACE] }]);
+    for (const id of ['x', 'y', 'z']) hub.api.objects.put(GROUP, 'leases', lease(`konnectivity-proxy-server-${id}`, LABELS, new Date(), 3600));
+    hub.api.objects.put(GROUP, 'leases', lease('konnectivity-proxy-server-old', LABELS, new Date(Date.now() - 3_600_000), 30));
+    const server = await startServer(ws, ['--server-id=x']);
+    const agent = await startAgent(ws, server, 'cluster-a', [
+      '--count-server-leases', `--hub-kubeconfig=${hub.agentKubeconfig('cluster-a')}`, `--lease-namespace=${HUB_NAMESPACE}`, '--lease-count-interval=1s',
+    ]);
+    try {
+      await agent.proc.waitFor(/server count from the servers' Leases count=3/);
+      t.is(await metric(agent.healthPort, 'konnectivity_network_proxy_agent_known_server_count'), 3, 'the Leases, not the header (1)');
+      for (const id of ['x', 'y', 'z']) hub.api.objects.delete(GROUP, 'leases', `konnectivity-proxy-server-${id}`, HUB_NAMESPACE);
+      await agent.proc.waitFor(/server count from the servers' Leases count=1/);
+      t.is(await metric(agent.healthPort, 'konnectivity_network_proxy_agent_known_server_count'), 1);
+      t.notRegex(agent.proc.output, /cannot count the servers' Leases/);
+    } finally {
+      await agent.stop();
+      await server.stop();
+    }
+  } finally {
+    await hub.close();
     ws.cleanup();
   }
 });

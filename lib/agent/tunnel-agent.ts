@@ -57,6 +57,11 @@ export interface TunnelAgentOptions {
    * and to as many distinct servers as the server count says. Overrides serverAddress.
    */
   serverAddressList?: string[];
+  /**
+   * The server count from the servers' Leases at the hub (--count-server-leases); once it
+   * has said, it is the count, instead of the servers' servercount headers.
+   */
+  serverCount$?: Observable<number>;
   /** The server's addresses as they change (e.g. discovered from its hub Service); attempts go round them. */
   serverAddresses?: Observable<ServerAddresses>;
   /** The agent's client certificate and key, and the CA the server certificate chains to. */
@@ -99,7 +104,10 @@ export class TunnelAgent {
   private readonly streamCounters: StreamCounters;
   /** The address each server stream was opened to, for the admin endpoints. */
   private readonly targets = new WeakMap<ServerConnection, string>();
-  private serverCount = 1;
+  /** The servercount header of the last server connected. */
+  private headerCount = 1;
+  private leaseCount?: number;
+  private leaseCounting?: Subscription;
   private skipSplitOnce = false;
   private running = false;
   private stopping = false;
@@ -122,7 +130,7 @@ export class TunnelAgent {
     const list = options.serverAddressList?.length ? options.serverAddressList : [options.serverAddress];
     this.routes = options.serverAddresses ? [route('from its Service', () => this.nextDiscovered())] : list.map((address) => route(address, () => address));
     this.metrics.gauge('open_server_connections', 'Streams open to tunnel servers.', () => this.connections.size);
-    this.metrics.gauge('known_server_count', 'Server count announced by the servers.', () => this.serverCount);
+    this.metrics.gauge('known_server_count', 'Server count the agent goes by: announced by the servers, or counted from their Leases.', () => this.serverCount);
     this.metrics.gauge('open_endpoint_connections', 'Connections open to targets.', () => this.openEndpointConnections);
     this.metrics.gauge('buffered_bytes', 'Bytes held in tunneled connections, waiting for a reader or for window.', () =>
       [...this.connections.values()].reduce((n, c) => n + c.mux.stats.bufferedBytes, 0));
@@ -166,6 +174,11 @@ export class TunnelAgent {
     return [...this.connections.values()].reduce((n, c) => n + c.mux.stats.pendingDials, 0);
   }
 
+  /** How many servers to hold a stream to. */
+  get serverCount(): number {
+    return this.leaseCount ?? this.headerCount;
+  }
+
   /** Streams to servers that are not shutting down. */
   private get liveConnections(): number {
     return [...this.connections.values()].filter((c) => !c.serverDraining).length;
@@ -207,6 +220,11 @@ export class TunnelAgent {
       this.log.info('listening', { service: 'health', address: healthAddress, transport: 'HTTP' });
     }
     if (this.push) this.pushAddresses = await this.push.listen();
+    this.leaseCounting = this.options.serverCount$?.subscribe((count) => {
+      if (count !== this.leaseCount) this.log.info('server count from the servers\' Leases', { count });
+      this.leaseCount = count;
+      this.wake?.();
+    });
     this.discovery = this.options.serverAddresses?.subscribe((found) => {
       this.discovered = found;
       this.wake?.();
@@ -249,6 +267,7 @@ export class TunnelAgent {
     this.wake?.();
     this.push?.close();
     this.discovery?.unsubscribe();
+    this.leaseCounting?.unsubscribe();
     for (const connection of this.connections.values()) connection.drain();
     for (const connection of this.connections.values()) connection.close();
     this.connections.clear();
@@ -348,7 +367,7 @@ export class TunnelAgent {
     connection.mux.countInto(this.streamCounters);
     connection.push?.countInto(this.streamCounters);
     this.targets.set(connection, target);
-    this.serverCount = connection.serverCount;
+    this.headerCount = connection.serverCount;
     this.markConnected();
     if (connection.pushDeclined && !this.pushDeclinedBy.has(connection.serverID)) {
       // Once per server: a reference server never will, and it reconnects like any other.

@@ -4,10 +4,10 @@
  * and renews it; the servers whose Lease has not expired (renewTime, or acquireTime, plus
  * leaseDurationSeconds is in the future) are the count. Each server also deletes expired
  * Leases with the label (a server that died without deleting its own), and deletes its own
- * when it stops.
+ * when it stops. An agent may count the same Leases (countServerLeases).
  */
 import { CoordinationV1Api, type V1Lease } from '@kubernetes/client-node';
-import { BehaviorSubject, defer, exhaustMap, retry, tap, timer, type Subscription } from 'rxjs';
+import { BehaviorSubject, EMPTY, catchError, defer, distinctUntilChanged, exhaustMap, map, retry, tap, timer, type Observable, type Subscription } from 'rxjs';
 import { Backoff } from '../common/backoff.js';
 import type { Logger } from '../observe/log.js';
 import { KubeApiError, kubeCall, type ApiAction } from './api-errors.js';
@@ -179,4 +179,35 @@ export class ServerLeases {
   private call<T>(verb: string, name: string | undefined, call: () => Promise<T>): Promise<T> {
     return kubeCall({ verb, resource: 'leases', group: 'coordination.k8s.io', name, namespace: this.o.namespace }, this.o.kube.server, call);
   }
+}
+
+export interface LeaseCountOptions {
+  kube: KubeConnection;
+  namespace: string;
+  /** Label selector of the servers' Leases, e.g. k8s-app=konnectivity-server. */
+  selector: string;
+  intervalMs: number;
+  log: Logger;
+  now?: () => Date;
+}
+
+/**
+ * The number of live server Leases, as a reference agent's --count-server-leases counts
+ * them: listed now and every `intervalMs`; none live counts as 1; a failed list is logged and
+ * the last count stands. Emits when the count changes.
+ */
+export function countServerLeases(o: LeaseCountOptions): Observable<number> {
+  const api = o.kube.config.makeApiClient(CoordinationV1Api);
+  const now = o.now ?? (() => new Date());
+  const action: ApiAction = { verb: 'list', resource: 'leases', group: 'coordination.k8s.io', namespace: o.namespace };
+  return timer(0, o.intervalMs).pipe(
+    exhaustMap(() => defer(() => kubeCall(action, o.kube.server, () => api.listNamespacedLease({ namespace: o.namespace, labelSelector: o.selector }))).pipe(
+      map((list) => Math.max(1, list.items.filter((lease) => leaseLive(lease, now())).length)),
+      catchError((err: Error) => {
+        o.log.warn('cannot count the servers\' Leases; the server count stays as it was', { namespace: o.namespace, selector: o.selector, reason: err.message });
+        return EMPTY;
+      }),
+    )),
+    distinctUntilChanged(),
+  );
 }
