@@ -4,16 +4,18 @@
  * SIGTERM sends DRAIN, so the server routes new dials to another agent of the cluster, and
  * finishes its open connections; an agent whose server drains finds it again once it is
  * back. A refused agent stream carries the serverid header before its status, as the
- * reference agent expects.
+ * reference agent expects. A start that fails part way closes the listeners it opened.
  */
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type net from 'node:net';
+import net from 'node:net';
+import { once } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { dialHttpConnect } from '../lib/client/http-connect-dialer.js';
 import { dialGrpc } from '../lib/client/grpc-dialer.js';
-import { FileTlsSource } from '../lib/pki/tls-source.js';
+import { FileTlsSource, localPkiTlsSource } from '../lib/pki/tls-source.js';
+import { TunnelServer } from '../lib/server/tunnel-server.js';
 import { DialError } from '../lib/mux/dialing-mux.js';
 import { GrpcCallError, connect, openCall } from '../lib/transport/grpc-client.js';
 import { GrpcStatus, Metadata } from '../lib/transport/grpc-metadata.js';
@@ -222,6 +224,33 @@ test.serial('a refused agent stream answers the serverid header before its statu
     }
   } finally {
     await server.stop();
+    ws.cleanup();
+  }
+});
+
+test.serial('a server whose start fails part way closes the listeners it had opened', async (t) => {
+  const ws = await workspace();
+  const taken = net.createServer();
+  taken.listen(0, '127.0.0.1');
+  await once(taken, 'listening');
+  const agentPort = await unusedPort();
+  const tls = await localPkiTlsSource(ws.pki, 'server');
+  const server = new TunnelServer({
+    bindAddress: '127.0.0.1', agentPort, serverPort: (taken.address() as net.AddressInfo).port,
+    healthBindAddress: '127.0.0.1', tls, proxyStrategies: ['destHost'],
+  });
+  try {
+    await t.throwsAsync(server.start(), { message: /cannot listen for HTTP-CONNECT clients on 127\.0\.0\.1:\d+: .*EADDRINUSE/ });
+    const refused = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+      const socket = net.connect({ host: '127.0.0.1', port: agentPort });
+      socket.once('connect', () => { socket.destroy(); resolve(undefined); });
+      socket.once('error', resolve);
+    });
+    t.is(refused?.code, 'ECONNREFUSED', 'the agent port it had opened is closed again');
+  } finally {
+    await server.stop();
+    tls.close();
+    taken.close();
     ws.cleanup();
   }
 });
