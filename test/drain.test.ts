@@ -113,6 +113,28 @@ test.serial('--drain-timeout bounds a server\'s drain: a connection still open t
   }
 });
 
+test.serial('a second SIGTERM during a drain exits at once, with status 1', async (t) => {
+  const ws = await workspace();
+  const target = await echoTarget();
+  const server = await startServer(ws);
+  const agent = await startAgent(ws, server, 'cluster-a');
+  try {
+    const open = await dialHttpConnect({ host: '127.0.0.1', port: server.connectPort, tls: await clientTls(ws) }, `cluster-a:${target.port}`);
+    open.on('error', () => undefined);
+    await roundTrip(t, open, 64 * 1024, 'before SIGTERM');
+    server.proc.child.kill('SIGTERM');
+    await server.proc.waitFor(/draining: refusing new clients/);
+    t.is(await server.stop(), 1);
+    t.notRegex(server.proc.output, /drained: every connection has finished|drain timeout/, 'it did not wait for the open connection');
+    open.destroy();
+  } finally {
+    await agent.stop();
+    await server.stop();
+    await target.close();
+    ws.cleanup();
+  }
+});
+
 test.serial('an agent on SIGTERM sends DRAIN: new dials go to the cluster\'s other agent, its open connection finishes, then it exits', async (t) => {
   const ws = await workspace();
   const target = await echoTarget();
