@@ -20,7 +20,9 @@ export type Dial = (address: string, options?: RouteOptions) => Promise<TunnelCo
 
 export function dialRouter(registry: AgentRegistry, strategies: readonly ProxyStrategy[], timeoutMs: number, limiter?: DialLimiter): Dial {
   return async (address, options = {}) => {
-    const { client, frontend, ...dialOptions } = options;
+    // `client` goes on to the connection too (the admin endpoints list who opened it).
+    const { frontend, ...dialOptions } = options;
+    const client = options.client;
     const backend = chooseBackend(strategies, registry, address);
     if (!backend) throw new DialError(ERR_NO_AGENT, address, 'refused');
     if (!limiter) return backend.mux.dial(address, { timeoutMs, ...dialOptions });
