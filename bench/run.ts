@@ -57,7 +57,13 @@ scenarios (quick / --full):
   aggregate  100 connections through HTTP-CONNECT sharing 256 MiB / 1 GiB of downloads.
              target: aggregate / single connection >= 0.9
   churn      dial, 1 KiB request, 1 KiB response, close; 1 and 32 at a time, 5 s / 15 s
-             each. target: >= 250 cycles/s (1 at a time), >= 500 (32 at a time)
+             each: HTTP-CONNECT with full TLS handshakes, and with resumed ones (a
+             server with --tls-resumption). targets, against the mTLS relay (full
+             handshakes): >= 0.9 full, >= 1.5 resumed
+  dials      the same cycle on the gRPC frontend (unix socket): a GrpcChannel (one kept
+             connection, a stream per tunneled connection) and one-shot dials (a
+             connection per dial), against a plain gRPC bidi call on a kept connection.
+             targets: channel >= 500 cycles/s (1 at a time), >= 2,000 (32 at a time)
   memory     2,000 / 10,000 idle HTTP-CONNECT connections: server and agent RSS.
              targets: <= 64 KiB (server), <= 16 KiB (agent) per connection; after close
              <= 1.25x the RSS before

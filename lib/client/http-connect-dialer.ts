@@ -38,7 +38,8 @@ export interface HttpConnectProxy {
   servername?: string;
   /**
    * Offer the proxy the TLS session of an earlier connection (default true): a proxy that
-   * resumes it (tunnel-server --tls-resumption) skips certificates and signatures.
+   * resumes it (tunnel-server --tls-resumption) skips certificates and signatures. One that
+   * declines is offered none for a minute.
    */
   resumeSessions?: boolean;
 }
@@ -175,10 +176,17 @@ function secureContextFor(material: TlsMaterial): tls.SecureContext {
 }
 
 /**
- * The latest TLS session each proxy gave, per certificate set (a rotated set starts
- * without): what the next connection to it offers to resume.
+ * What each proxy made of TLS sessions, per certificate set (a rotated set starts without):
+ * the session the next connections offer, or that the proxy declined the last one. Offering
+ * a session and taking new ones is not free: Node decodes the offered session (certificates
+ * included) for every connection and encodes every ticket it is given, which cost this client
+ * about 1 ms per connection here. So one session is taken and offered for up to
+ * SESSION_REUSE_MS, a new one only when it is older or the proxy did not resume it, and a
+ * proxy that declined one is offered none for as long (most do not resume: kube-apiserver's
+ * clients never ask, and tunnel-server resumes only with --tls-resumption).
  */
-const sessions = new WeakMap<TlsMaterial, Map<string, Buffer>>();
+const sessions = new WeakMap<TlsMaterial, Map<string, { session?: Buffer; at: number }>>();
+const SESSION_REUSE_MS = 60_000;
 
 function openProxyConnection(proxy: HttpConnectProxy, label: string): net.Socket {
   if (proxy.path) return net.connect({ path: proxy.path });
@@ -188,19 +196,24 @@ function openProxyConnection(proxy: HttpConnectProxy, label: string): net.Socket
   const material = proxy.tls.current();
   const host = proxy.host ?? '127.0.0.1';
   const servername = proxy.servername ?? (net.isIP(host) ? undefined : host);
+  let byProxy = proxy.resumeSessions === false ? undefined : sessions.get(material);
+  if (proxy.resumeSessions !== false && !byProxy) sessions.set(material, byProxy = new Map<string, { session?: Buffer; at: number }>());
+  const known = byProxy?.get(label);
+  const fresh = known !== undefined && Date.now() - known.at < SESSION_REUSE_MS;
+  const offered = fresh ? known.session : undefined;
   const socket = connectTls({
     host,
     port: proxy.port ?? DEFAULT_SERVER_PORT,
     secureContext: secureContextFor(material),
     servername,
-    session: proxy.resumeSessions === false ? undefined : sessions.get(material)?.get(label),
+    session: offered,
   });
-  if (proxy.resumeSessions !== false) {
-    socket.on('session', (session: Buffer) => {
-      let byProxy = sessions.get(material);
-      if (!byProxy) sessions.set(material, byProxy = new Map<string, Buffer>());
-      byProxy.set(label, session);
-    });
+  if (byProxy && !fresh) {
+    socket.once('session', (session: Buffer) => byProxy.set(label, { session, at: Date.now() }));
+  } else if (byProxy && offered) {
+    // A declined session: none for a while. TLS 1.3 tickets come after the handshake, so
+    // there is time to see whether it resumed first.
+    socket.once('secureConnect', () => { if (!socket.isSessionReused()) byProxy.set(label, { at: Date.now() }); });
   }
   return socket;
 }
