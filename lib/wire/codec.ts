@@ -14,8 +14,12 @@ import * as pb from './gen/client.js';
 import { PacketType, type KnownPacket, type Packet } from './packet.js';
 import { decodeDataPacket, encodeDataPacket } from './data-codec.js';
 import { decodeControlPacket, encodeControlPacket } from './control-codec.js';
+import { wireProblem } from './wire-format.js';
 
 const EMPTY = new Uint8Array(0);
+/** Packet's fields that hold a payload message (proto/client.proto). */
+const PAYLOAD_FIELDS = new Set([2, 3, 4, 5, 6, 7, 8, 64]);
+const isPayload = (field: number) => PAYLOAD_FIELDS.has(field);
 
 /** A protocol violation in an encoded packet (truncated varint, bad wire type, ...). */
 export class PacketDecodeError extends Error {}
@@ -34,6 +38,10 @@ export function encodeWithMessages(packet: KnownPacket): Uint8Array {
 }
 
 export function decodeWithMessages(bytes: Uint8Array): Packet {
+  // Checked first: the generated classes take time in proportion to a length a field
+  // claims, not to the bytes that came.
+  const problem = wireProblem(bytes, 0, bytes.length, isPayload);
+  if (problem !== undefined) throw new PacketDecodeError(`malformed packet of ${bytes.length} bytes: ${problem}`);
   let message: pb.Packet;
   try {
     message = pb.Packet.deserializeBinary(bytes);

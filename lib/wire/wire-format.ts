@@ -2,6 +2,7 @@
  * The few protobuf wire-format pieces the direct codecs (data-codec.ts, control-codec.ts)
  * need: varints, int64 varints and length-delimited fields.
  */
+import { isUtf8 } from 'node:buffer';
 
 const MAX_SAFE_ID = BigInt(Number.MAX_SAFE_INTEGER);
 
@@ -107,10 +108,63 @@ export class Reader {
     return [start, this.pos];
   }
 
-  /** A length-delimited field's content as UTF-8 text, or undefined. */
+  /**
+   * A length-delimited field's content as UTF-8 text, or undefined. Invalid UTF-8 is
+   * undefined too: Node would replace each bad sequence with U+FFFD where the generated
+   * classes drop bytes, so such text is left to them and both paths read the same string.
+   */
   string(): string | undefined {
     const range = this.delimited();
     if (range === undefined) return undefined;
-    return range[1] > range[0] ? Buffer.from(this.bytes.buffer, this.bytes.byteOffset + range[0], range[1] - range[0]).toString('utf8') : '';
+    if (range[1] === range[0]) return '';
+    const text = Buffer.from(this.bytes.buffer, this.bytes.byteOffset + range[0], range[1] - range[0]);
+    return isUtf8(text) ? text.toString('utf8') : undefined;
   }
+}
+
+/**
+ * Why the bytes between `start` and `end` are not a well-formed protobuf message, or
+ * undefined when they are: every tag and varint complete, every fixed or length-delimited
+ * field inside its message, every group closed. Length-delimited fields for which
+ * `isMessage` says so are messages and checked the same way (their own fields are
+ * scalars, strings and bytes). The generated classes read a length that runs past the end
+ * byte by byte to its end, so a few bytes that claim a large field would cost seconds.
+ */
+export function wireProblem(bytes: Uint8Array, start: number, end: number, isMessage?: (field: number) => boolean): string | undefined {
+  const r = new Reader(bytes, start, end);
+  const groups: number[] = [];
+  while (!r.done) {
+    const at = r.pos - start;
+    const tag = r.smallVarint();
+    if (tag === undefined || tag >= 2 ** 32) return `a truncated or overlong tag at byte ${at}`;
+    const field = Math.floor(tag / 8);
+    const wireType = tag % 8;
+    if (field === 0) return `field number 0 at byte ${at}`;
+    switch (wireType) {
+      case 0:
+        if (r.int64() === undefined) return `field ${field} at byte ${at} has a truncated or overlong varint`;
+        break;
+      case 1:
+      case 5:
+        r.pos += wireType === 1 ? 8 : 4;
+        if (r.pos > end) return `field ${field} at byte ${at} runs past the end of its message`;
+        break;
+      case 2: {
+        const range = r.delimited();
+        if (range === undefined) return `field ${field} at byte ${at} runs past the end of its message`;
+        const inner = groups.length === 0 && isMessage?.(field) ? wireProblem(bytes, range[0], range[1]) : undefined;
+        if (inner !== undefined) return `in field ${field} at byte ${at}: ${inner}`;
+        break;
+      }
+      case 3:
+        groups.push(field);
+        break;
+      case 4:
+        if (groups.pop() !== field) return `an unmatched end of group ${field} at byte ${at}`;
+        break;
+      default:
+        return `field ${field} at byte ${at} has wire type ${wireType}, which does not exist`;
+    }
+  }
+  return groups.length > 0 ? `group ${groups[groups.length - 1]} is not closed` : undefined;
 }
