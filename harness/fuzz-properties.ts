@@ -6,6 +6,9 @@
  */
 import fc from 'fast-check';
 import { createHash } from 'node:crypto';
+import net from 'node:net';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { PacketDecodeError, decodePacket, decodeWithMessages, encodePacket, encodeWithMessages } from '../lib/wire/codec.js';
 import { decodeControlPacket } from '../lib/wire/control-codec.js';
 import { decodeDataPacket } from '../lib/wire/data-codec.js';
@@ -17,6 +20,8 @@ import { dialHost, parseAgentIdentifiers, validateAgentIdentifiers } from '../li
 import { MD_FLOW_CONTROL } from '../lib/wire/protocol.js';
 import { packetStreamPair } from '../lib/mux/packet-stream.js';
 import { DialingMux } from '../lib/mux/dialing-mux.js';
+import { AcceptingMux } from '../lib/mux/accepting-mux.js';
+import { createPlainConnectServer } from '../lib/server/http-connect-frontend.js';
 import type { TunnelConnection } from '../lib/mux/tunnel-connection.js';
 import { Logger } from '../lib/observe/log.js';
 
@@ -39,15 +44,18 @@ export interface FuzzResult {
 
 export interface FuzzProperty {
   name: string;
+  /** Cases take real time (sockets, time limits): a long run gives them fewer. */
+  slow?: boolean;
   /** Cases in the short budget (npm test). */
   runs: number;
   check(params: FuzzParams): Promise<FuzzResult>;
 }
 
-function property<Ts>(name: string, runs: number, build: () => fc.IRawProperty<Ts>): FuzzProperty {
+function property<Ts>(name: string, runs: number, build: () => fc.IRawProperty<Ts>, slow = false): FuzzProperty {
   return {
     name,
     runs,
+    slow,
     async check(params) {
       const details = await fc.check(build(), {
         numRuns: params.numRuns,
@@ -429,3 +437,188 @@ export const MUX_PROPERTIES: FuzzProperty[] = [
       (receiveWindow, sendWindow, actions, write) => hostileWindows(receiveWindow, sendWindow, actions, write),
     )),
 ];
+
+// ---- the HTTP-CONNECT request parser ------------------------------------------------------
+
+/** A request head and whether it is a CONNECT this frontend must serve. */
+interface Head {
+  bytes: Buffer;
+  valid: boolean;
+}
+
+const token = (): fc.Arbitrary<string> => fc.stringMatching(/^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}$/);
+const benignHeader = (): fc.Arbitrary<string> => fc.oneof(
+  fc.constantFrom('Host: 127.0.0.1', 'User-Agent: Go-http-client/1.1', 'Proxy-Connection: keep-alive', 'Accept: */*'),
+  fc.tuple(token(), fc.stringMatching(/^[\x21-\x7e]{0,20}$/)).filter(([name]) => !/^(content-length|transfer-encoding|upgrade|connection|expect)$/i.test(name)).map(([n, v]) => `${n}: ${v}`),
+);
+
+/** CONNECTs to the echo target that any HTTP/1.1 parser takes. */
+const validHead = (): fc.Arbitrary<Head> => fc.tuple(fc.constantFrom('echo:1', '[::1]:1'), fc.array(benignHeader(), { maxLength: 5 }))
+  .map(([target, headers]) => ({ bytes: Buffer.from(`CONNECT ${target} HTTP/1.1\r\n${headers.map((h) => `${h}\r\n`).join('')}\r\n`, 'latin1'), valid: true }));
+
+/** Anything a client might send as its head: noise, odd methods, targets, versions and headers, cut short or damaged. */
+const anyHead = (): fc.Arbitrary<Head> => fc.oneof(
+  { weight: 1, arbitrary: fc.uint8Array({ minLength: 1, maxLength: 120 }).map((b) => ({ bytes: Buffer.from(b), valid: false })) },
+  {
+    weight: 4,
+    arbitrary: fc.tuple(
+      fc.oneof(fc.constantFrom('CONNECT', 'GET', 'POST', 'connect', 'PRI', 'OPTIONS', 'HEAD'), token(), fc.string({ maxLength: 8 })),
+      fc.oneof(fc.constantFrom('echo:1', 'refuse:1', 'echo', 'echo:', ':1', 'echo:99999', 'echo:1/x', '/', '*', 'http://echo:1/', '[::1]:1', '[zz]:1', 'a@b:1', ''), fc.string({ maxLength: 20 })),
+      fc.oneof(fc.constantFrom('HTTP/1.1', 'HTTP/1.0', 'HTTP/2.0', 'HTTP/1.x', 'http/1.1', ''), fc.string({ maxLength: 8 })),
+      fc.array(fc.oneof(benignHeader(), fc.constantFrom('Content-Length: 5', 'Content-Length: -1', 'Content-Length: 1, 2', 'Transfer-Encoding: chunked', 'Upgrade: websocket', 'Connection: upgrade', 'Expect: 100-continue', 'X: a\rb', ' folded', 'NoColon', `Big: ${'x'.repeat(20_000)}`), fc.string({ maxLength: 30 })), { maxLength: 5 }),
+      fc.constantFrom('\r\n', '\n'),
+      fc.oneof({ weight: 6, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }),
+    ).map(([method, target, version, headers, eol, complete]) => ({
+      bytes: Buffer.from(`${method} ${target} ${version}${eol}${headers.map((h) => `${h}${eol}`).join('')}${complete ? eol : ''}`, 'latin1'),
+      valid: false,
+    })),
+  },
+  { weight: 2, arbitrary: fc.tuple(validHead(), fc.array(edit(), { minLength: 1, maxLength: 3 })).map(([h, edits]) => ({ bytes: edits.reduce(applyEdit, h.bytes), valid: false })) },
+);
+
+/** What a client of the frontend saw: the bytes until the server closed or established the tunnel, or until it gave up waiting. */
+function responseOf(socket: net.Socket, waitMs: number): Promise<{ text: string; closed: boolean }> {
+  return new Promise((resolve) => {
+    let text = '';
+    const timer = setTimeout(() => resolve({ text, closed: false }), waitMs);
+    socket.on('data', (chunk: Buffer) => {
+      text += chunk.toString('latin1');
+      if (/^HTTP\/1\.1 200 [^\r\n]*\r\n\r\n/.test(text)) {
+        clearTimeout(timer);
+        resolve({ text, closed: false });
+      }
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => { clearTimeout(timer); resolve({ text, closed: true }); });
+  });
+}
+
+/** Statuses a refused CONNECT may get: malformed, forbidden, not CONNECT, too late, or the dial's failure. */
+const REFUSALS = new Set([400, 403, 405, 408, 500, 502, 503, 504]);
+
+export interface HttpConnectFixture {
+  path: string;
+  /** Connections open on the frontend's server, and tunneled connections open on both ends. */
+  open(): Promise<{ sockets: number; tunneled: number }>;
+  close(): Promise<void>;
+}
+
+/**
+ * The HTTP-CONNECT frontend on a unix socket, dialing through a multiplexer pair to an
+ * in-process echo target (`echo:1`; `refuse:1` fails the dial), with short time limits.
+ */
+let fixtures = 0;
+
+export async function httpConnectFixture(dir: string, requestHeadMs = 300): Promise<HttpConnectFixture> {
+  const [near, far] = packetStreamPair();
+  const dialer = new DialingMux(near, { log: quiet });
+  const acceptor = new AcceptingMux(far, async (request) => {
+    if (request.address === 'echo:1' || request.address === '[::1]:1') return new PassThrough();
+    throw new Error(`dial tcp ${request.address}: connection refused`);
+  }, { log: quiet });
+  const server = createPlainConnectServer({ dial: (address, options) => dialer.dial(address, options), log: quiet, limits: { handshakeMs: 1_000, requestHeadMs } });
+  const path = join(dir, `connect-${process.pid}-${++fixtures}.sock`);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return {
+    path,
+    open: async () => ({
+      sockets: await new Promise<number>((resolve) => server.getConnections((_, n) => resolve(n))),
+      tunneled: dialer.stats.connections + acceptor.stats.connections,
+    }),
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+      dialer.close();
+      acceptor.close();
+    },
+  };
+}
+
+/** Polls `check` until it holds, for up to `ms`. */
+async function within(ms: number, check: () => Promise<boolean>): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if (await check()) return true;
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Sends one head to the frontend and checks how it was answered, and that nothing stays open. */
+async function tryHead(fixture: HttpConnectFixture, head: Head, requestHeadMs: number): Promise<void> {
+  const socket = net.connect(fixture.path);
+  await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
+  const what = JSON.stringify(head.bytes.toString('latin1').slice(0, 200));
+  try {
+    if (head.valid) {
+      const established = new Promise<Buffer>((resolve, reject) => {
+        let got = Buffer.alloc(0);
+        const onData = (chunk: Buffer) => {
+          got = Buffer.concat([got, chunk]);
+          const end = got.indexOf('\r\n\r\n');
+          if (end < 0) return;
+          socket.off('data', onData);
+          if (end + 4 < got.length) reject(new Error(`bytes after the 200 before the client spoke, for ${what}`));
+          resolve(got.subarray(0, end));
+        };
+        socket.on('data', onData);
+        socket.once('close', () => reject(new Error(`closed without a 200 for ${what}: ${got.toString('latin1')}`)));
+      });
+      socket.write(head.bytes);
+      const status = (await established).toString('latin1');
+      if (!status.startsWith('HTTP/1.1 200 ')) throw new Error(`${what} got ${status}`);
+      const payload = Buffer.alloc(64 * 1024 + (head.bytes.length % 997), head.bytes.length & 0xff);
+      const echoed = await new Promise<Buffer>((resolve, reject) => {
+        const chunks: Buffer[] = [];
+        let n = 0;
+        socket.on('data', (c: Buffer) => { chunks.push(c); n += c.length; if (n >= payload.length) resolve(Buffer.concat(chunks)); });
+        socket.once('close', () => reject(new Error(`closed after ${n} of ${payload.length} echoed bytes`)));
+        socket.write(payload);
+      });
+      const digest = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+      if (echoed.length !== payload.length || digest(echoed) !== digest(payload)) throw new Error(`echo of ${payload.length} bytes came back as ${echoed.length} other bytes`);
+      socket.destroy();
+    } else {
+      const response = responseOf(socket, requestHeadMs + 3_000);
+      socket.write(head.bytes);
+      const { text, closed } = await response;
+      const status = /^HTTP\/1\.1 (\d{3}) /.exec(text);
+      if (status && Number(status[1]) === 200) {
+        socket.destroy();
+      } else {
+        if (!closed) throw new Error(`the frontend left the connection open after ${what}: ${JSON.stringify(text)}`);
+        if (!status || !REFUSALS.has(Number(status[1]))) throw new Error(`${what} got ${JSON.stringify(text.slice(0, 200))}`);
+      }
+    }
+  } finally {
+    socket.destroy();
+  }
+  if (!(await within(2_000, async () => { const o = await fixture.open(); return o.sockets === 0 && o.tunneled === 0; }))) {
+    throw new Error(`after ${what}: still open ${describe(await fixture.open())}`);
+  }
+}
+
+/** The frontend's head parsing, against arbitrary and valid heads. */
+export function httpConnectProperties(dir: string): FuzzProperty[] {
+  const requestHeadMs = 200;
+  const against = (name: string, runs: number, heads: fc.Arbitrary<Head>): FuzzProperty => property(name, runs, () => {
+    let fixture: HttpConnectFixture | undefined;
+    return fc.asyncProperty(heads, async (head) => {
+      fixture ??= await httpConnectFixture(dir, requestHeadMs);
+      await tryHead(fixture, head, requestHeadMs);
+    }).afterEach(async () => {
+      await fixture?.close();
+      fixture = undefined;
+    });
+  }, true);
+  return [
+    against('HTTP-CONNECT: any request head gets a refusal (400, 405, 408, ...) and a closed connection, or a working tunnel; nothing stays open', 150, anyHead()),
+    against('HTTP-CONNECT: valid CONNECTs with any benign headers get 200 and carry their bytes intact', 40, validHead()),
+  ];
+}
