@@ -9,16 +9,20 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { METADATA_PROPERTIES, MUX_PROPERTIES, WIRE_PROPERTIES, httpConnectProperties, type FuzzProperty } from '../harness/fuzz-properties.js';
+import { hostilePeerProperty, startHostileSystem, type HostileSystem } from '../harness/fuzz-system.js';
+import { setLogLevel } from '../lib/observe/log.js';
 
 const HELP = `usage: node dist/bench/fuzz.js [--runs N] [--seconds S] [--seed N] [--only TEXT] [--help]
 
 Runs every fuzz property of the test suite (packet codecs, gRPC framing, flow-control and
-call metadata, agent identifiers, WINDOW_UPDATE handling, HTTP-CONNECT request heads) with
-a larger budget, and prints one line per property. A failure prints the counterexample
+call metadata, agent identifiers, WINDOW_UPDATE handling, HTTP-CONNECT request heads, and
+hostile agents and gRPC clients against a real tunnel-server while a legitimate transfer
+runs through it) with a larger budget, and prints one line per property. A failure prints the counterexample
 and the seed that reproduces it; the exit status is then 1.
 
   --runs N      cases per property (default: 20 times the test suite's; properties whose
-                cases take real time, the HTTP-CONNECT ones, get a fifth of that)
+                cases take real time, the HTTP-CONNECT and hostile-peer ones, get a
+                fifth of that)
   --seconds S   stop each property when its share of S seconds is spent (the cases run so
                 far count); with --runs, whichever comes first
   --seed N      start from this seed (as printed with a failure) to reproduce it
@@ -68,9 +72,12 @@ async function main(): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
+  setLogLevel('warn');
   const dir = mkdtempSync(join(os.tmpdir(), 'tunnel-fuzz-'));
+  let system: HostileSystem | undefined;
   try {
-    const all: FuzzProperty[] = [...WIRE_PROPERTIES, ...METADATA_PROPERTIES, ...MUX_PROPERTIES, ...httpConnectProperties(dir)];
+    const hostile = hostilePeerProperty(() => system!, 12);
+    const all: FuzzProperty[] = [...WIRE_PROPERTIES, ...METADATA_PROPERTIES, ...MUX_PROPERTIES, ...httpConnectProperties(dir), hostile];
     const chosen = all.filter((p) => cli.only === undefined || p.name.includes(cli.only));
     if (chosen.length === 0) {
       process.stderr.write(`no property's name contains "${cli.only}"; the properties are:\n${all.map((p) => `  ${p.name}\n`).join('')}`);
@@ -81,6 +88,7 @@ async function main(): Promise<number> {
     for (const p of chosen) {
       // With only a time limit, the runs are what fits in it.
       const numRuns = cli.runs ?? (share !== undefined ? Number.MAX_SAFE_INTEGER : p.runs * (p.slow ? 4 : 20));
+      if (p === hostile) system ??= await startHostileSystem();
       const started = Date.now();
       const result = await p.check({ numRuns, seed: cli.seed, timeLimitMs: share });
       const seconds = ((Date.now() - started) / 1000).toFixed(1);
@@ -93,6 +101,7 @@ async function main(): Promise<number> {
     process.stdout.write(failures === 0 ? `all ${chosen.length} properties held\n` : `${failures} of ${chosen.length} properties failed\n`);
     return failures === 0 ? 0 : 1;
   } finally {
+    await system?.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }
