@@ -12,7 +12,7 @@ import { METADATA_PROPERTIES, MUX_PROPERTIES, WIRE_PROPERTIES, httpConnectProper
 import { hostilePeerProperty, startHostileSystem, type HostileSystem } from '../harness/fuzz-system.js';
 import { setLogLevel } from '../lib/observe/log.js';
 
-const HELP = `usage: node dist/bench/fuzz.js [--runs N] [--seconds S] [--seed N] [--only TEXT] [--help]
+const HELP = `usage: node dist/bench/fuzz.js [--runs N] [--seconds S] [--seed N] [--only TEXT] [--no-shrink] [--help]
 
 Runs every fuzz property of the test suite (packet codecs, gRPC framing, flow-control and
 call metadata, agent identifiers, WINDOW_UPDATE handling, HTTP-CONNECT request heads, and
@@ -27,10 +27,12 @@ and the seed that reproduces it; the exit status is then 1.
                 far count); with --runs, whichever comes first
   --seed N      start from this seed (as printed with a failure) to reproduce it
   --only TEXT   run only the properties whose name contains TEXT
+  --no-shrink   report the first failing case as it came, without shrinking it
+                (quicker where cases are slow)
   --help        this text
 `;
 
-function parseCli(argv: string[]): { runs?: number; seconds?: number; seed?: number; only?: string; help: boolean } {
+function parseCli(argv: string[]): { runs?: number; seconds?: number; seed?: number; only?: string; noShrink: boolean; help: boolean } {
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -38,6 +40,7 @@ function parseCli(argv: string[]): { runs?: number; seconds?: number; seed?: num
       seconds: { type: 'string' },
       seed: { type: 'string' },
       only: { type: 'string' },
+      'no-shrink': { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -56,6 +59,7 @@ function parseCli(argv: string[]): { runs?: number; seconds?: number; seed?: num
     seconds: number('seconds', values.seconds, false, true),
     seed: number('seed', values.seed, true, false),
     only: values.only,
+    noShrink: values['no-shrink'] ?? false,
     help: values.help ?? false,
   };
 }
@@ -90,7 +94,7 @@ async function main(): Promise<number> {
       const numRuns = cli.runs ?? (share !== undefined ? Number.MAX_SAFE_INTEGER : p.runs * (p.slow ? 4 : 20));
       if (p === hostile) system ??= await startHostileSystem();
       const started = Date.now();
-      const result = await p.check({ numRuns, seed: cli.seed, timeLimitMs: share });
+      const result = await p.check({ numRuns, seed: cli.seed, timeLimitMs: share, noShrink: cli.noShrink });
       const seconds = ((Date.now() - started) / 1000).toFixed(1);
       process.stdout.write(`${result.failed ? 'FAIL' : 'ok  '} ${String(result.numRuns).padStart(8)} runs ${seconds.padStart(7)} s  seed ${result.seed}  ${p.name}\n`);
       if (result.failed) {

@@ -31,6 +31,19 @@ export interface FuzzParams {
   seed?: number;
   /** Stop generating cases after this long (the runs done so far count). */
   timeLimitMs?: number;
+  /** Report the first failing case as it is, without shrinking it (shrinking re-runs cases). */
+  noShrink?: boolean;
+}
+
+/** fast-check's parameters for these. */
+export function checkParameters(params: FuzzParams): fc.Parameters<unknown> {
+  return {
+    numRuns: params.numRuns,
+    includeErrorInReport: true,
+    ...(params.seed === undefined ? {} : { seed: params.seed }),
+    ...(params.timeLimitMs === undefined ? {} : { interruptAfterTimeLimit: params.timeLimitMs, markInterruptAsFailure: false }),
+    ...(params.noShrink ? { endOnFailure: true } : {}),
+  };
 }
 
 export interface FuzzResult {
@@ -57,12 +70,7 @@ function property<Ts>(name: string, runs: number, build: () => fc.IRawProperty<T
     runs,
     slow,
     async check(params) {
-      const details = await fc.check(build(), {
-        numRuns: params.numRuns,
-        includeErrorInReport: true,
-        ...(params.seed === undefined ? {} : { seed: params.seed }),
-        ...(params.timeLimitMs === undefined ? {} : { interruptAfterTimeLimit: params.timeLimitMs, markInterruptAsFailure: false }),
-      });
+      const details = await fc.check(build(), checkParameters(params) as fc.Parameters<Ts>);
       return { name, failed: details.failed, numRuns: details.numRuns, seed: details.seed, report: fc.defaultReportMessage(details) ?? '' };
     },
   };

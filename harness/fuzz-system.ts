@@ -20,7 +20,7 @@ import { framePacket } from '../lib/transport/grpc-stream.js';
 import { localAgentCertificate } from '../lib/pki/local-pki.js';
 import { AGENT_CONNECT_PATH, PROXY_PATH } from '../lib/wire/protocol.js';
 import { PacketType, type KnownPacket } from '../lib/wire/packet.js';
-import { int64, type FuzzProperty } from './fuzz-properties.js';
+import { checkParameters, int64, type FuzzProperty } from './fuzz-properties.js';
 
 const SERVER_METRIC = 'konnectivity_network_proxy_server';
 const HOSTILE_CLUSTER = 'cluster-x';
@@ -81,11 +81,19 @@ async function legitimateTransfer(system: HostileSystem, payload: Buffer): Promi
   try {
     await once(socket, 'connect');
     socket.write(`CONNECT cluster-a:${system.echoPort} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
-    let head = Buffer.alloc(0);
-    while (head.indexOf('\r\n\r\n') < 0) {
-      const [chunk] = await once(socket, 'data') as [Buffer];
-      head = Buffer.concat([head, chunk]);
-    }
+    const head = await new Promise<Buffer>((resolve, reject) => {
+      let got = Buffer.alloc(0);
+      const onData = (chunk: Buffer) => {
+        got = Buffer.concat([got, chunk]);
+        if (got.indexOf('\r\n\r\n') < 0) return;
+        socket.off('data', onData);
+        socket.off('close', onClose);
+        resolve(got);
+      };
+      const onClose = () => reject(new Error(`the legitimate CONNECT was closed before its response head: ${JSON.stringify(got.toString('latin1'))}`));
+      socket.on('data', onData);
+      socket.once('close', onClose);
+    });
     const status = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
     if (!/^HTTP\/1\.1 200 /.test(status)) throw new Error(`the legitimate CONNECT got ${status}`);
     const hash = createHash('sha256');
@@ -194,7 +202,10 @@ async function playOn(h2: http2.ClientHttp2Stream, session: http2.ClientHttp2Ses
     }
     for (const frame of stepBytes(s)) {
       last = frame;
-      if (!h2.write(frame)) await Promise.race([once(h2, 'drain'), once(h2, 'close')]);
+      if (h2.write(frame)) continue;
+      // A server that refused or ended the call reads no more: the peer gives up and ends its way.
+      const drained = await Promise.race([once(h2, 'drain').then(() => true), once(h2, 'close').then(() => true), new Promise<boolean>((r) => setTimeout(r, STALL_MS, false))]);
+      if (!drained) break;
     }
   }
   if (h2.destroyed || h2.closed) return;
@@ -214,6 +225,9 @@ async function playOn(h2: http2.ClientHttp2Stream, session: http2.ClientHttp2Ses
   }
   await new Promise((resolve) => setTimeout(resolve, 20));
 }
+
+/** How long a hostile peer waits for window before it stops writing. */
+const STALL_MS = 2_000;
 
 const GRPC_HEADERS = { ':method': 'POST', 'content-type': 'application/grpc', te: 'trailers', 'grpc-accept-encoding': 'identity' };
 
@@ -272,6 +286,17 @@ async function settled(system: HostileSystem): Promise<string | undefined> {
   }
 }
 
+class StepTimeout extends Error {}
+
+/** A part of a case that takes longer than any should (a hang) fails the case, naming the part. */
+function within<T>(promise: Promise<T>, what: string, ms = 30_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new StepTimeout(`${what} did not finish within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 /**
  * The property over a running system (started once by the caller): each case plays a
  * hostile frontend client and a hostile agent while a legitimate transfer of `transferBytes` runs.
@@ -291,20 +316,16 @@ export function hostilePeerProperty(getSystem: () => HostileSystem, runs: number
       const details = await fc.check(fc.asyncProperty(script(), async (s) => {
         const payload = randomBytes(transferBytes);
         const results = await Promise.allSettled([
-          legitimateTransfer(system, payload),
-          s.frontend ? hostileFrontend(system, s.frontend.steps, s.frontend.ending) : Promise.resolve(),
-          s.agent ? hostileAgent(system, s.agent.steps, s.agent.ending, s.agent.metadata) : Promise.resolve(),
+          within(legitimateTransfer(system, payload), 'the legitimate transfer'),
+          s.frontend ? within(hostileFrontend(system, s.frontend.steps, s.frontend.ending), 'the hostile frontend client') : Promise.resolve(),
+          s.agent ? within(hostileAgent(system, s.agent.steps, s.agent.ending, s.agent.metadata), 'the hostile agent') : Promise.resolve(),
         ]);
+        for (const r of results.slice(1)) if (r.status === 'rejected' && r.reason instanceof StepTimeout) throw r.reason;
         if (system.server.child.exitCode !== null || system.server.child.signalCode !== null) throw new Error(`tunnel-server exited:\n${system.server.output.slice(-4000)}`);
         if (results[0].status === 'rejected') throw results[0].reason as Error;
         const left = await settled(system);
         if (left) throw new Error(left);
-      }), {
-        numRuns: params.numRuns,
-        includeErrorInReport: true,
-        ...(params.seed === undefined ? {} : { seed: params.seed }),
-        ...(params.timeLimitMs === undefined ? {} : { interruptAfterTimeLimit: params.timeLimitMs, markInterruptAsFailure: false }),
-      });
+      }), checkParameters(params) as fc.Parameters<[Script]>);
       return { name, failed: details.failed, numRuns: details.numRuns, seed: details.seed, report: fc.defaultReportMessage(details) ?? '' };
     },
   };
