@@ -17,7 +17,9 @@ const HELP = `usage: node dist/bench/fuzz.js [--runs N] [--seconds S] [--seed N]
 Runs every fuzz property of the test suite (packet codecs, gRPC framing, flow-control and
 call metadata, agent identifiers, WINDOW_UPDATE handling, HTTP-CONNECT request heads, and
 hostile agents and gRPC clients against a real tunnel-server while a legitimate transfer
-runs through it) with a larger budget, and prints one line per property. A failure prints the counterexample
+runs through it) with a larger budget, and prints one line per property. Here the server
+must let go of a gone hostile peer's streams within 15 s; npm test allows up to its
+keepalive bound (50 s). A failure prints the counterexample
 and the seed that reproduces it; the exit status is then 1.
 
   --runs N      cases per property (default: 20 times the test suite's; properties whose

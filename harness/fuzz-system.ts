@@ -272,10 +272,10 @@ const anyAgentMetadata = (): fc.Arbitrary<Record<string, string>> => fc.record({
 }, { requiredKeys: ['agentid'] });
 
 /** The server's gauges once the hostile peers are gone: nothing of theirs may be left. */
-async function settled(system: HostileSystem): Promise<string | undefined> {
+async function settled(system: HostileSystem, settleMs: number): Promise<string | undefined> {
   const gauges = ['established_connections', 'grpc_frontend_streams', 'agent_streams', 'ready_backends', 'pending_backend_dials', 'buffered_bytes', 'push_streams'];
   const expected: Record<string, number> = { established_connections: 0, grpc_frontend_streams: 0, agent_streams: 1, ready_backends: 1, pending_backend_dials: 0, buffered_bytes: 0, push_streams: 0 };
-  const deadline = Date.now() + 15_000;
+  const deadline = Date.now() + settleMs;
   for (;;) {
     const values: Record<string, number> = {};
     for (const g of gauges) values[g] = await metric(system.healthPort, `${SERVER_METRIC}_${g}`);
@@ -297,11 +297,19 @@ function within<T>(promise: Promise<T>, what: string, ms = 30_000): Promise<T> {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+/** How long the server may take to let go of a hostile peer's streams once the peer is gone. */
+export const PROMPT_CLEANUP_MS = 15_000;
+/**
+ * The most it can take: a connection whose loss the server did not notice is closed by its
+ * keepalive (a ping every 30 s, 15 s for the answer).
+ */
+export const KEEPALIVE_CLEANUP_MS = 50_000;
+
 /**
  * The property over a running system (started once by the caller): each case plays a
  * hostile frontend client and a hostile agent while a legitimate transfer of `transferBytes` runs.
  */
-export function hostilePeerProperty(getSystem: () => HostileSystem, runs: number, transferBytes = 2 * 1024 * 1024): FuzzProperty {
+export function hostilePeerProperty(getSystem: () => HostileSystem, runs: number, settleMs = PROMPT_CLEANUP_MS, transferBytes = 2 * 1024 * 1024): FuzzProperty {
   const name = 'hostile peers: a real tunnel-server stays up, a legitimate transfer through it arrives intact, and nothing of the hostile streams is left';
   return {
     name,
@@ -323,7 +331,7 @@ export function hostilePeerProperty(getSystem: () => HostileSystem, runs: number
         for (const r of results.slice(1)) if (r.status === 'rejected' && r.reason instanceof StepTimeout) throw r.reason;
         if (system.server.child.exitCode !== null || system.server.child.signalCode !== null) throw new Error(`tunnel-server exited:\n${system.server.output.slice(-4000)}`);
         if (results[0].status === 'rejected') throw results[0].reason as Error;
-        const left = await settled(system);
+        const left = await settled(system, settleMs);
         if (left) throw new Error(left);
       }), checkParameters(params) as fc.Parameters<[Script]>);
       return { name, failed: details.failed, numRuns: details.numRuns, seed: details.seed, report: fc.defaultReportMessage(details) ?? '' };
