@@ -154,7 +154,7 @@ function handleConnect(options: HttpConnectFrontendOptions, req: http.IncomingMe
  */
 function expiredResumption(socket: Duplex): string | undefined {
   if (!(socket instanceof TLSSocket) || !socket.isSessionReused()) return undefined;
-  const validTo = socket.getPeerX509Certificate()?.validTo;
+  const validTo = socket.getPeerCertificate(false)?.valid_to;
   if (validTo === undefined || Date.parse(validTo) > Date.now()) return undefined;
   return `the client certificate of this resumed TLS session expired at ${new Date(Date.parse(validTo)).toISOString()}: connect again without the session (a full handshake with a valid certificate)`;
 }

@@ -5,7 +5,6 @@
  */
 import { TLSSocket } from 'node:tls';
 
-/** Shared by the connections of one certificate: never changed. */
 export interface PeerIdentity {
   readonly commonName: string;
   readonly organization: readonly string[];
@@ -15,32 +14,19 @@ export interface PeerIdentity {
 }
 
 /**
- * Identities of recent client certificates, by their SHA-256 fingerprint. A certificate
- * comes back on every connection its client opens, and Node's detailed form of it (which
- * also works out three fingerprints and exports the public key) cost 30 µs more per
- * connection than the fingerprint alone here.
+ * The verified client certificate's subject, or undefined on a plain (unix socket) connection.
+ * Read once per connection: Node's short form of the certificate is the cheapest it offers
+ * (`getPeerX509Certificate`, which would give a fingerprint to cache identities by, copies the
+ * chain, and cost the server twice as much CPU per connection under churn).
  */
-const identities = new Map<string, PeerIdentity>();
-const MAX_IDENTITIES = 1024;
-
-/** The verified client certificate's subject, or undefined on a plain (unix socket) connection. */
 export function peerIdentity(socket: unknown): PeerIdentity | undefined {
   if (!(socket instanceof TLSSocket) || !socket.authorized) return undefined;
-  const certificate = socket.getPeerX509Certificate();
-  const fingerprint = certificate?.fingerprint256;
-  if (fingerprint === undefined) return undefined;
-  let identity = identities.get(fingerprint);
-  if (identity === undefined) {
-    const subject = socket.getPeerCertificate(false)?.subject as Record<string, string | string[] | undefined> | undefined;
-    if (!subject) return undefined;
-    const list = (value: string | string[] | undefined) => (value === undefined ? [] : Array.isArray(value) ? value : [value]);
-    const sans = alternativeNames(certificate?.subjectAltName ?? '');
-    identity = { commonName: list(subject.CN)[0] ?? '', organization: list(subject.O), dnsNames: sans.get('DNS') ?? [], uris: sans.get('URI') ?? [] };
-    // Oldest first out: a rotated fleet's old certificates leave as new ones come.
-    if (identities.size >= MAX_IDENTITIES) identities.delete(identities.keys().next().value!);
-    identities.set(fingerprint, identity);
-  }
-  return identity;
+  const certificate = socket.getPeerCertificate(false);
+  const subject = certificate?.subject as Record<string, string | string[] | undefined> | undefined;
+  if (!subject) return undefined;
+  const list = (value: string | string[] | undefined) => (value === undefined ? [] : Array.isArray(value) ? value : [value]);
+  const sans = alternativeNames(certificate.subjectaltname ?? '');
+  return { commonName: list(subject.CN)[0] ?? '', organization: list(subject.O), dnsNames: sans.get('DNS') ?? [], uris: sans.get('URI') ?? [] };
 }
 
 /**
