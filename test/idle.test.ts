@@ -8,36 +8,14 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { createHash, randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { dialHttpConnect } from '../lib/client/http-connect-dialer.js';
 import { dialGrpc } from '../lib/client/grpc-dialer.js';
 import { FileTlsSource } from '../lib/pki/tls-source.js';
-import { echoTarget, eventually, metric, runToEnd, sha256, startAgent, startServer, workspace } from './helpers/system.js';
+import { echoTarget, eventually, metric, runToEnd, echoed, startAgent, startServer, workspace } from './helpers/system.js';
 
 type Stream = Duplex & { destroy(): unknown; destroyed: boolean };
-
-/** Writes `size` random bytes and reads the echo: whether exactly those bytes came back (length and sha256). */
-function echoed(conn: Stream, size: number): Promise<boolean> {
-  const payload = randomBytes(size);
-  const hash = createHash('sha256');
-  let received = 0;
-  return new Promise((resolve, reject) => {
-    const onData = (chunk: Buffer) => {
-      hash.update(chunk);
-      received += chunk.length;
-      if (received < size) return;
-      conn.off('data', onData);
-      conn.off('close', onClose);
-      resolve(received === size && hash.digest('hex') === sha256(payload));
-    };
-    const onClose = () => reject(new Error(`the connection closed after ${received} of ${size} echoed bytes`));
-    conn.on('data', onData);
-    conn.once('close', onClose);
-    conn.write(payload);
-  });
-}
 
 /** The kernel's established TCP sockets matching an `ss` filter, with their timers. */
 async function sockets(filter: string): Promise<string> {

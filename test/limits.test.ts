@@ -9,7 +9,7 @@ import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { dialHttpConnect, ProxyError } from '../lib/client/http-connect-dialer.js';
 import { dialGrpc } from '../lib/client/grpc-dialer.js';
@@ -20,35 +20,12 @@ import { AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS } from '../lib/wi
 import type { KnownPacket, Packet } from '../lib/wire/packet.js';
 import { deserializePacket, serializePacket } from './helpers/grpc-services.js';
 import {
-  echoTarget, eventually, httpGet, metric, sha256, startAgent, startServer, workspace, type Workspace,
+  echoTarget, eventually, httpGet, metric, echoed, startAgent, startServer, workspace, type Workspace,
 } from './helpers/system.js';
 
 const SERVER = 'konnectivity_network_proxy_server';
 
 type Stream = Duplex & { destroy(): unknown };
-
-/**
- * Writes `size` random bytes into `conn` and reads the echo: whether exactly those bytes
- * (length and sha256) came back. A connection may be checked again later.
- */
-function echoed(conn: Stream, size: number): Promise<boolean> {
-  const payload = randomBytes(size);
-  const hash = createHash('sha256');
-  let received = 0;
-  return new Promise((resolve, reject) => {
-    const onData = (chunk: Buffer) => {
-      hash.update(chunk);
-      received += chunk.length;
-      if (received < size) return;
-      conn.off('data', onData);
-      conn.off('error', reject);
-      resolve(received === size && hash.digest('hex') === sha256(payload));
-    };
-    conn.on('data', onData);
-    conn.once('error', reject);
-    conn.write(payload);
-  });
-}
 
 /** Checks every connection's echo at once. */
 async function allIntact(connections: Stream[], size = 512 * 1024): Promise<boolean> {

@@ -2,7 +2,7 @@
  * Whole-system fixtures: the real binaries as child processes on 127.0.0.1 and unix
  * sockets in a temp dir, and small in-process targets.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -196,4 +196,31 @@ function ephemeralRangeStart(): number {
     // Not Linux: the IANA range starts at 49152, Linux's default at 32768.
   }
   return 32_768;
+}
+
+/**
+ * Writes `size` random bytes to an echo and reads them back: whether exactly those bytes came
+ * back (length and sha256). Rejects if the connection fails or closes first. A connection may
+ * be checked again later.
+ */
+export function echoed(conn: NodeJS.ReadWriteStream & { once(event: string, listener: (...args: unknown[]) => void): unknown }, size: number): Promise<boolean> {
+  const payload = randomBytes(size);
+  const hash = createHash('sha256');
+  let received = 0;
+  return new Promise((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      hash.update(chunk);
+      received += chunk.length;
+      if (received < size) return;
+      conn.off('data', onData);
+      conn.off('error', reject);
+      conn.off('close', onClose);
+      resolve(received === size && hash.digest('hex') === sha256(payload));
+    };
+    const onClose = () => reject(new Error(`the connection closed after ${received} of ${size} echoed bytes`));
+    conn.on('data', onData);
+    conn.once('error', reject);
+    conn.once('close', onClose);
+    conn.write(payload);
+  });
 }
