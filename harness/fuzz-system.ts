@@ -115,7 +115,7 @@ async function legitimateTransfer(system: HostileSystem, payload: Buffer): Promi
 }
 
 /** One thing a hostile peer writes on its stream. */
-type Step =
+export type Step =
   | { kind: 'packet'; packet: KnownPacket; times: number }
   | { kind: 'unknown-type'; type: number }
   | { kind: 'garbage'; bytes: Uint8Array }
@@ -146,9 +146,9 @@ const step = (cluster: string, echoPort: number): fc.Arbitrary<Step> => fc.oneof
 );
 
 /** How a hostile stream ends: cleanly, cut inside a message, reset, or by dropping the connection. */
-type Ending = 'end' | 'truncate' | 'reset' | 'drop';
+export type Ending = 'end' | 'truncate' | 'reset' | 'drop';
 
-interface Script {
+export interface Script {
   frontend: { steps: Step[]; ending: Ending } | undefined;
   agent: { steps: Step[]; ending: Ending; metadata: Record<string, string> } | undefined;
 }
@@ -306,6 +306,24 @@ export const PROMPT_CLEANUP_MS = 15_000;
 export const KEEPALIVE_CLEANUP_MS = 50_000;
 
 /**
+ * One case: the hostile peers of `s` play while a legitimate transfer of `transferBytes`
+ * runs; throws what went wrong (a hang, the server gone, bytes lost, something left behind).
+ */
+export async function playHostileCase(system: HostileSystem, s: Script, settleMs = PROMPT_CLEANUP_MS, transferBytes = 2 * 1024 * 1024): Promise<void> {
+  const payload = randomBytes(transferBytes);
+  const results = await Promise.allSettled([
+    within(legitimateTransfer(system, payload), 'the legitimate transfer'),
+    s.frontend ? within(hostileFrontend(system, s.frontend.steps, s.frontend.ending), 'the hostile frontend client') : Promise.resolve(),
+    s.agent ? within(hostileAgent(system, s.agent.steps, s.agent.ending, s.agent.metadata), 'the hostile agent') : Promise.resolve(),
+  ]);
+  for (const r of results.slice(1)) if (r.status === 'rejected' && r.reason instanceof StepTimeout) throw r.reason;
+  if (system.server.child.exitCode !== null || system.server.child.signalCode !== null) throw new Error(`tunnel-server exited:\n${system.server.output.slice(-4000)}`);
+  if (results[0].status === 'rejected') throw results[0].reason as Error;
+  const left = await settled(system, settleMs);
+  if (left) throw new Error(left);
+}
+
+/**
  * The property over a running system (started once by the caller): each case plays a
  * hostile frontend client and a hostile agent while a legitimate transfer of `transferBytes` runs.
  */
@@ -321,19 +339,7 @@ export function hostilePeerProperty(getSystem: () => HostileSystem, runs: number
         frontend: fc.option(fc.record({ steps: fc.array(step('cluster-a', system.echoPort), { maxLength: 25 }), ending: fc.constantFrom<Ending>('end', 'truncate', 'reset', 'drop') }), { nil: undefined }),
         agent: fc.option(fc.record({ steps: fc.array(step(HOSTILE_CLUSTER, 1), { maxLength: 25 }), ending: fc.constantFrom<Ending>('end', 'truncate', 'reset', 'drop'), metadata: agentMetadata() }), { nil: undefined }),
       });
-      const details = await fc.check(fc.asyncProperty(script(), async (s) => {
-        const payload = randomBytes(transferBytes);
-        const results = await Promise.allSettled([
-          within(legitimateTransfer(system, payload), 'the legitimate transfer'),
-          s.frontend ? within(hostileFrontend(system, s.frontend.steps, s.frontend.ending), 'the hostile frontend client') : Promise.resolve(),
-          s.agent ? within(hostileAgent(system, s.agent.steps, s.agent.ending, s.agent.metadata), 'the hostile agent') : Promise.resolve(),
-        ]);
-        for (const r of results.slice(1)) if (r.status === 'rejected' && r.reason instanceof StepTimeout) throw r.reason;
-        if (system.server.child.exitCode !== null || system.server.child.signalCode !== null) throw new Error(`tunnel-server exited:\n${system.server.output.slice(-4000)}`);
-        if (results[0].status === 'rejected') throw results[0].reason as Error;
-        const left = await settled(system, settleMs);
-        if (left) throw new Error(left);
-      }), checkParameters(params) as fc.Parameters<[Script]>);
+      const details = await fc.check(fc.asyncProperty(script(), (s) => playHostileCase(system, s, settleMs, transferBytes)), checkParameters(params) as fc.Parameters<[Script]>);
       return { name, failed: details.failed, numRuns: details.numRuns, seed: details.seed, report: fc.defaultReportMessage(details) ?? '' };
     },
   };

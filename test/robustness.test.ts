@@ -18,6 +18,7 @@ import {
 } from '../lib/wire/index.js';
 import { AGENT_CONNECT_PATH, MD_AGENT_ID, MD_AGENT_IDENTIFIERS, MD_FLOW_CONTROL, MD_SERVER_COUNT, MD_SERVER_ID, PROXY_PATH } from '../lib/wire/protocol.js';
 import { deserializePacket, serializePacket } from './helpers/grpc-services.js';
+import { framePacket } from '../lib/transport/grpc-stream.js';
 import {
   echoTarget, eventually, httpGet, httpTarget, metric, startAgent, startServer, unusedPort, workspace,
   type AgentHandle, type Proc, type ServerHandle, type Target, type Workspace,
@@ -362,6 +363,14 @@ test.serial('malformed gRPC on the frontend gets a status and ends only its own 
   t.not(truncated.grpcStatus, String(grpc.status.OK), 'a stream that ends inside a message does not end well');
   const unknownPath = await rawGrpc(uds, { ':path': '/NoSuch/Method' }, undefined);
   t.is(unknownPath.grpcStatus, String(grpc.status.UNIMPLEMENTED));
+  // Packets the server answers, a malformed one and the end of the stream, all in one write:
+  // answered in the same callback that brought the end, a reset of the stream used to spin
+  // the server (node:http2 sending empty frames without end) and starve every other client.
+  const answered = Buffer.concat([1n, 2n, 3n].flatMap((connectID) => framePacket({ type: PacketType.CLOSE_REQ, connectID })));
+  const malformed = Buffer.from([0, 0, 0, 0, 2, 0x0f, 0x00]);
+  const decodeError = await rawGrpc(uds, {}, Buffer.concat([answered, malformed]));
+  t.is(decodeError.grpcStatus, String(grpc.status.INTERNAL), `a malformed packet after answered ones: ${decodeError.message}`);
+  t.regex(decodeURIComponent(decodeError.message ?? ''), /malformed packet/);
 
   t.true(isRunning(server.proc), 'the server is still running');
   t.regex(await tunnelGet(ws, server.connectPort, `c1:${web.port}`), /c1-target GET \/whoami/);

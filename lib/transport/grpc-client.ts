@@ -9,12 +9,11 @@ import net, { isIP } from 'node:net';
 import tls from 'node:tls';
 import type { TlsMaterial } from '../pki/tls-source.js';
 import { DEFAULT_MAX_MESSAGE_SIZE } from '../wire/protocol.js';
-import { GrpcPacketStream } from './grpc-stream.js';
+import { GrpcPacketStream, resetStream } from './grpc-stream.js';
 import { joinHostPort, splitHostPort } from './host-port.js';
 import { connectTls } from './tls-dial.js';
 import { GrpcStatus, KEEPALIVE, Metadata, decodeGrpcMessage, keepAlive, statusName } from './grpc-metadata.js';
 
-const { NGHTTP2_CANCEL } = http2.constants;
 const USER_AGENT = 'tke-anp-tunnel';
 
 export interface GrpcConnectOptions {
@@ -131,7 +130,7 @@ export function startCall(session: http2.ClientHttp2Session, path: string, metad
   });
   const stream = new GrpcPacketStream(h2, {
     end: (s) => s.end(),
-    abort: (s) => s.close(NGHTTP2_CANCEL),
+    abort: (s) => resetStream(s),
   }, DEFAULT_MAX_MESSAGE_SIZE);
   h2.on('trailers', (trailers: http2.IncomingHttpHeaders) => {
     const err = statusOf(trailers);

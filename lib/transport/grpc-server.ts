@@ -13,13 +13,12 @@ import type { TlsSource } from '../pki/tls-source.js';
 import type { Logger } from '../observe/log.js';
 import type { PacketStream } from '../mux/packet-stream.js';
 import { DEFAULT_MAX_MESSAGE_SIZE } from '../wire/protocol.js';
-import { GrpcFramingError, GrpcPacketStream } from './grpc-stream.js';
+import { GrpcFramingError, GrpcPacketStream, resetStream } from './grpc-stream.js';
+import { PacketDecodeError } from '../wire/codec.js';
 import { GrpcStatus, Metadata, encodeGrpcMessage, keepAlive } from './grpc-metadata.js';
 import type { Subscription } from 'rxjs';
 import { followTlsSource } from './tls-reload.js';
 import { peerIdentity, type PeerIdentity } from './peer-identity.js';
-
-const { NGHTTP2_CANCEL } = http2.constants;
 
 export type BidiHandler = (call: ServerCall) => void;
 
@@ -76,11 +75,12 @@ export class ServerCall extends EventEmitter {
     if (!this.h2.writableEnded) this.h2.end();
   }
 
-  /** A broken message gets its status; any other failure resets the stream. */
+  /** A broken message or packet gets its status; any other failure resets the stream. */
   private abort(err: Error | null): void {
     if (err instanceof GrpcFramingError && !this.h2.writableEnded) this.sendStatus(err.code, err.message);
+    else if (err instanceof PacketDecodeError && !this.h2.writableEnded) this.sendStatus(GrpcStatus.INTERNAL, err.message);
     else if (!this.h2.headersSent) this.sendStatus(GrpcStatus.UNAVAILABLE, err?.message ?? 'the server closed the stream');
-    else if (!this.h2.destroyed) this.h2.close(NGHTTP2_CANCEL);
+    else resetStream(this.h2);
   }
 }
 

@@ -9,7 +9,7 @@
  * short-lived buffers that otherwise dominate the server's garbage collection.
  */
 import { Duplex } from 'node:stream';
-import type http2 from 'node:http2';
+import http2 from 'node:http2';
 import { decodePacket } from '../wire/codec.js';
 import { encodeControlPacket } from '../wire/control-codec.js';
 import { encodeDataHead, encodeDataPacket, readDataHead } from '../wire/data-codec.js';
@@ -167,6 +167,19 @@ export class GrpcMessageReader {
       }
     }
   }
+}
+
+/**
+ * Resets an HTTP/2 stream (RST_STREAM), on the next turn of the event loop. Node 20's
+ * nghttp2 binding spins sending empty DATA frames, with memory growing without bound, when
+ * a stream is reset inside the callback that delivered the peer's end of stream together
+ * with data the handler answered in the same callback (a client that writes packets and
+ * ends at once, one of them malformed). Outside that callback the same reset is harmless.
+ */
+export function resetStream(h2: http2.Http2Stream, code: number = http2.constants.NGHTTP2_CANCEL): void {
+  setImmediate(() => {
+    if (!h2.destroyed && !h2.closed) h2.close(code);
+  });
 }
 
 /** How a packet stream finishes and aborts its HTTP/2 stream: a client and a server differ. */
