@@ -21,6 +21,7 @@ import { bulk } from './scenarios/bulk.js';
 import { aggregate } from './scenarios/aggregate.js';
 import { churnScenario } from './scenarios/churn.js';
 import { dials } from './scenarios/dials.js';
+import { phases } from './scenarios/phases.js';
 import { memory } from './scenarios/memory.js';
 import { hol } from './scenarios/hol.js';
 import { wan } from './scenarios/wan.js';
@@ -28,7 +29,7 @@ import { rotation } from './scenarios/rotation.js';
 import { push } from './scenarios/push.js';
 import { restart } from './scenarios/restart.js';
 
-const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, dials, memory, hol, wan, rotation, push, restart];
+const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, phases, dials, memory, hol, wan, rotation, push, restart];
 
 const HELP = `usage: node dist/bench/run.js [--full] [--json FILE] [--only NAME[,NAME]] [--help]
 
@@ -60,6 +61,10 @@ scenarios (quick / --full):
              each: HTTP-CONNECT with full TLS handshakes, and with resumed ones (a
              server with --tls-resumption). targets, against the mTLS relay (full
              handshakes): >= 0.9 full, >= 1.5 resumed
+  phases     where a churn cycle's time goes, one at a time (TCP, TLS, CONNECT to 200, 1 KiB
+             exchange, close, as the client sees them; the server's DIAL_REQ to DIAL_RSP and
+             the agent's target connect from their histograms; CPU per cycle): mTLS relay,
+             HTTP-CONNECT full and resumed. Each phase against the relay's; no target
   dials      the same cycle on the gRPC frontend (unix socket): a GrpcChannel (one kept
              connection, a stream per tunneled connection) and one-shot dials (a
              connection per dial), against a plain gRPC bidi call on a kept connection.
