@@ -476,3 +476,48 @@ test('keepalive pings come at the interval asked for, and by default no more oft
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('an HTTP/2 connection that holds more than its session memory gets its new calls refused; other connections are served', async (t) => {
+  const dir = mkdtempSync(join(os.tmpdir(), 'tunnel-h2-'));
+  const path = join(dir, 'grpc.sock');
+  const server = new GrpcServer({ log, maxSessionMemoryMiB: 1 });
+  // Each call queues 1 MiB for a client that reads none of it.
+  server.handle(PROXY_PATH, (call: ServerCall) => {
+    call.sendMetadata(new Metadata());
+    call.packets.on('error', () => {});
+    call.packets.write(dataPacket(1n, Buffer.alloc(1024 * 1024, 1)));
+  });
+  await server.listen({ path });
+  const sessions: http2.ClientHttp2Session[] = [];
+  const open = () => {
+    const session = http2.connect('http://localhost', { createConnection: () => net.connect(path), settings: { initialWindowSize: 65_535 } });
+    session.on('error', () => {});
+    sessions.push(session);
+    return session;
+  };
+  /** Opens a call that reads nothing: its response status, or the code it was reset with. */
+  const call = (session: http2.ClientHttp2Session) => new Promise<string>((resolve) => {
+    const stream = session.request({ ':method': 'POST', ':path': PROXY_PATH, 'content-type': 'application/grpc', te: 'trailers' });
+    stream.on('error', () => {});
+    stream.pause();
+    stream.once('response', (h) => resolve(`status ${String(h[':status'])}`));
+    stream.once('close', () => resolve(`reset ${stream.rstCode}`));
+  });
+  try {
+    const greedy = open();
+    const answers: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      answers.push(await call(greedy));
+      await new Promise((r) => setTimeout(r, 50)); // the server queues the call's data
+    }
+    t.is(answers[0], 'status 200');
+    const refused = answers.indexOf(`reset ${http2.constants.NGHTTP2_ENHANCE_YOUR_CALM}`);
+    t.true(refused > 0, `a call past the connection's memory is refused: ${answers.join(', ')}`);
+    t.true(answers.slice(refused).every((a) => a === answers[refused]), `and every later one: ${answers.join(', ')}`);
+    t.is(await call(open()), 'status 200', 'a call on another connection is served');
+  } finally {
+    for (const s of sessions) s.destroy();
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -98,8 +98,21 @@ export interface GrpcServerOptions {
   /** HTTP/2 receive window of every stream and connection (Node's default is 64 KiB). */
   receiveWindow?: number;
   maxMessageSize?: number;
+  /** What one HTTP/2 connection may hold before its new calls are refused (default DEFAULT_SESSION_MEMORY_MIB). */
+  maxSessionMemoryMiB?: number;
   log: Logger;
 }
+
+/**
+ * What one HTTP/2 connection may hold, in MiB: nghttp2's state for its streams and the data
+ * queued to send on them. Past it, Node refuses the connection's new streams
+ * (ENHANCE_YOUR_CALM) while the open ones go on, so a peer that opens calls without end, or
+ * stops reading while they pile up data, is held to this much. Node's default (10) is less
+ * than what one agent's window lets the server queue for it (a 16 MiB HTTP/2 window), and
+ * a client with a thousand calls on one connection holds a few MiB of stream state alone;
+ * 256 leaves both ample room and still bounds the connection.
+ */
+export const DEFAULT_SESSION_MEMORY_MIB = 256;
 
 export class GrpcServer {
   private readonly server: http2.Http2Server | http2.Http2SecureServer;
@@ -113,8 +126,7 @@ export class GrpcServer {
   constructor(private readonly options: GrpcServerOptions) {
     this.maxMessageSize = options.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE;
     const settings: http2.Settings = options.receiveWindow ? { initialWindowSize: options.receiveWindow } : {};
-    // Node limits what a session may hold (10 MB); the tunnel bounds it per connection instead.
-    const common = { settings, maxSessionMemory: Number.MAX_SAFE_INTEGER };
+    const common = { settings, maxSessionMemory: options.maxSessionMemoryMiB ?? DEFAULT_SESSION_MEMORY_MIB };
     if (options.tls) {
       const { key, cert, ca } = options.tls.current();
       const secure = http2.createSecureServer({ ...common, key, cert, ca, requestCert: true, rejectUnauthorized: true });
