@@ -460,9 +460,11 @@ test('keepalive pings come at the interval asked for, and by default no more oft
   await once(server, 'listening');
   try {
     const fast = await connect({ target: { uds: path }, timeoutMs: 5_000, keepaliveMs: 100 });
-    await new Promise((r) => setTimeout(r, 650));
+    // Pings keep coming (a loaded machine may delay them, never hasten them).
+    const deadline = Date.now() + 10_000;
+    while (pings.length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     fast.destroy();
-    t.true(pings.length >= 4, `${pings.length} pings in 650 ms at 100 ms`);
+    t.true(pings.length >= 4, `${pings.length} pings in 10 s at 100 ms`);
     const gaps = pings.slice(1).map((at, i) => at - pings[i]);
     t.true(gaps.every((gap) => gap >= 80), `gaps ${gaps.join(', ')}`);
     pings.length = 0;
