@@ -11,7 +11,8 @@
  *       [--parallel=N] [--transfers=N] [--max-bytes=N]
  *
  * With --transfers it makes that many attempts in all and then exits; without, it runs until
- * it is killed.
+ * it is killed, or until SIGTERM (once it said "chaos client running" on stderr): then it
+ * finishes the attempts under way, prints them, and exits.
  */
 import { createHash, randomBytes, randomInt } from 'node:crypto';
 import type net from 'node:net';
@@ -32,7 +33,7 @@ export interface TransferOutcome {
   intact: boolean;
   /**
    * Why the attempt did not end well: the dial failed, the connection closed before the
-   * payload was back, or the connection neither finished nor closed within STALL_MS.
+   * payload was back, or nothing came back for STALL_MS and the connection did not close.
    */
   failed?: 'dial' | 'transfer' | 'stall';
   error?: string;
@@ -40,8 +41,8 @@ export interface TransferOutcome {
   at: number;
 }
 
-/** Longer than any transfer of a few MiB takes on a loaded machine: a connection this quiet was forgotten. */
-const STALL_MS = 20_000;
+/** Far longer than an echo takes to start coming back on a loaded machine: a connection this quiet was forgotten. */
+const STALL_MS = 10_000;
 const DIAL_TIMEOUT_MS = 10_000;
 const WRITE_CHUNK = 64 * 1024;
 
@@ -101,10 +102,11 @@ function transfer(socket: net.Socket, payload: Buffer): Promise<Pick<TransferOut
       });
     };
     const stall = setTimeout(() => {
-      error = `neither finished nor closed within ${STALL_MS} ms, ${received} of ${payload.length} bytes back`;
+      error = `nothing came back for ${STALL_MS} ms and the connection stayed open, ${received} of ${payload.length} bytes back`;
       finish('stall');
     }, STALL_MS);
     socket.on('data', (chunk: Buffer) => {
+      stall.refresh();
       received += chunk.length;
       if (completed) return;
       hash.update(chunk);
@@ -138,6 +140,10 @@ const maxBytes = Number(values['max-bytes']);
 const limit = values.transfers === undefined ? Infinity : Number(values.transfers);
 
 let attempts = 0;
+let stopping = false;
+process.once('SIGTERM', () => { stopping = true; });
+// On stderr, to keep stdout outcomes only: from here on SIGTERM lets the attempts finish.
+process.stderr.write('chaos client running\n');
 
 async function attempt(target: string): Promise<TransferOutcome> {
   const payload = randomBytes(payloadSize(maxBytes));
@@ -152,7 +158,7 @@ async function attempt(target: string): Promise<TransferOutcome> {
 }
 
 async function worker(): Promise<void> {
-  while (attempts < limit) {
+  while (attempts < limit && !stopping) {
     const outcome = await attempt(targets[attempts++ % targets.length]);
     process.stdout.write(`${JSON.stringify(outcome)}\n`);
     // While part of the system is down a dial fails at once: no need to spin on it.

@@ -4,7 +4,8 @@
  * client) is killed with SIGKILL in the middle of transfers and started again, the server on
  * the same ports so that the agent finds it. Dials that fail while something is down are
  * expected; every transfer a client saw complete must have come back intact (length and
- * sha256), and transfers must complete again after each kill.
+ * sha256), and transfers must complete again after each kill. At the end the clients finish
+ * what they have under way (on SIGTERM), so that a connection that hung is reported too.
  *
  * Afterwards, with the clients gone, the surviving server and agent hold no connection, and
  * no more file descriptors and event-loop resources (sockets, referenced timers) than the
@@ -40,6 +41,8 @@ const CHAOS_MAX_BYTES = 4 * 1024 * 1024;
 /** Transfers per client of the final burst. */
 const BURST = 150;
 const BURST_MS = 60_000;
+/** How long a client may take to finish what it has under way: longer than its stall bound (10 s). */
+const STOP_MS = 20_000;
 /** What an idle process may hold more of after the burst than before it: a keep-alive scrape, a timer on its way out. */
 const FD_SLACK = 3;
 const RESOURCE_SLACK = 2;
@@ -319,7 +322,7 @@ test.after.always(async () => {
 // ---- the tests -----------------------------------------------------------------------------
 
 test.serial('kill -9 of the agent, the server, a target and a client in turn: every completed transfer is intact, and transfers complete again after each kill', async (t) => {
-  t.timeout(CHAOS_MS + 60_000);
+  t.timeout(CHAOS_MS + STOP_MS + 60_000);
   const kinds = Object.keys(victims) as Victim[];
   const kills: Array<{ kind: Victim; victim: string; killedAt: number; backAt: number }> = [];
   const begin = Date.now();
@@ -336,6 +339,13 @@ test.serial('kill -9 of the agent, the server, a target and a client in turn: ev
   }
   assertNothingElseDied();
   const end = Date.now();
+  // The clients finish the transfers under way, so that each one's outcome is in, a hung one's too.
+  for (const client of clients.splice(0)) {
+    await client.proc.waitFor(/chaos client running/, RECOVERY_MS);
+    client.proc.child.kill('SIGTERM');
+    const code = await within(client.proc.exited, STOP_MS, `${client.label} to finish its transfers under way and exit on SIGTERM`);
+    t.is(code, 0, `${client.label} exits 0 on SIGTERM; its output ends:\n${client.proc.output.slice(-2000)}`);
+  }
 
   const completed = outcomes.filter((o) => o.completed);
   const broken = completed.filter((o) => !o.intact);
@@ -353,6 +363,7 @@ test.serial('kill -9 of the agent, the server, a target and a client in turn: ev
 
 test.serial('afterwards the connection tables are empty, server and agent hold what a fresh pair holds, and a final burst leaves their descriptors, sockets, timers and memory where they were', async (t) => {
   t.timeout(BURST_MS + 4 * SETTLE_MS);
+  // Still running only if the kill loop failed.
   for (const client of clients.splice(0)) await client.proc.stop('SIGKILL');
   await settled(connectionTables, SETTLE_MS, 'every connection table of the server and the agent to be empty once the clients are gone');
   await settled(targetDescriptors, SETTLE_MS, 'the targets to hold no connection once the clients are gone');
