@@ -232,6 +232,24 @@ test('a proxy that does not answer, or is not there, fails with the proxy addres
   t.regex(missing.message, /unix socket does not exist/);
 });
 
+test('a proxy that goes away during the TLS handshake fails the dial, and nothing is thrown after it', async (t) => {
+  // As a tunnel server killed while a client connects: the connection ends before TLS. Node
+  // reports that as an error a tick after the end the dial failed on; unheard, it crashed
+  // the dialing process.
+  const gone = net.createServer((socket) => socket.end().resume()).listen(0, '127.0.0.1');
+  await once(gone, 'listening');
+  const { port } = gone.address() as net.AddressInfo;
+  const { tls: source } = await clientTls();
+  try {
+    const err = await t.throwsAsync(dialHttpConnect({ host: '127.0.0.1', port, tls: source }, 'c1:443', { timeoutMs: WAIT_MS }));
+    t.regex(err.message, new RegExp(`^proxy 127\\.0\\.0\\.1:${port} closed the connection during the TLS handshake`));
+    // Time for the socket's late error: an uncaught exception fails this file.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  } finally {
+    await new Promise((resolve) => gone.close(resolve));
+  }
+});
+
 // ---- gRPC dialer ------------------------------------------------------------------------
 
 test.serial('dialGrpc over a unix socket echoes 1 MiB with negotiated windows and leaves nothing open', async (t) => {

@@ -157,6 +157,18 @@ test('the process metrics count garbage collections by kind', async (t) => {
   t.is(sample(other.render(), 'nodejs_gc_runs_total{kind="major"}'), sample(text, 'nodejs_gc_runs_total{kind="major"}'));
 });
 
+test('the process metrics count the event loop\'s active resources by type', (t) => {
+  const registry = new MetricsRegistry('test');
+  registry.processMetrics();
+  const timeouts = () => sample(registry.render(), 'nodejs_active_resources{type="Timeout"}') ?? 0;
+  const before = timeouts();
+  const timers = [setTimeout(() => undefined, 60_000), setTimeout(() => undefined, 60_000)];
+  t.is(timeouts(), before + 2, 'two more timers');
+  for (const timer of timers) clearTimeout(timer);
+  t.is(timeouts(), before, 'and none once they are cleared');
+  t.regex(registry.render(), /# TYPE nodejs_active_resources gauge/);
+});
+
 test('the binaries widen heap growth unless the operator chose a value', (t) => {
   t.false(heapGrowthChosen([], ''));
   t.false(heapGrowthChosen(['--single-threaded-gc'], '--max-old-space-size=512'));

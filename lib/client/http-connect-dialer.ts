@@ -94,6 +94,10 @@ export async function dialHttpConnect(proxy: HttpConnectProxy, address: string, 
       socket.off('readable', onReadable).off('end', onEnd).off('close', onEnd).off('error', onError);
       socket.off('connect', onConnected).off('secureConnect', onConnected);
       if (err) {
+        // `err` is the dial's failure. An error the socket still emits on its way out (TLS
+        // reports a connection that ended mid-handshake a tick after its 'end') has no one
+        // to go to, and unheard it would be an uncaught exception in the caller's process.
+        socket.on('error', () => undefined);
         socket.destroy();
         reject(err);
         return;

@@ -174,8 +174,9 @@ export class MetricsRegistry {
   }
 
   /**
-   * Process resident memory and the V8 heap, under the names Prometheus client libraries use,
-   * so a resident size that stays high can be told apart from live JS objects.
+   * Process resident memory, the V8 heap and the event loop's active resources, under the
+   * names Prometheus client libraries use, so a resident size that stays high can be told
+   * apart from live JS objects, and either from sockets or timers left open.
    */
   processMetrics(): void {
     const memory = (name: string, help: string, read: () => number) =>
@@ -184,6 +185,13 @@ export class MetricsRegistry {
     memory('nodejs_heap_size_total_bytes', 'V8 heap size in bytes.', () => process.memoryUsage().heapTotal);
     memory('nodejs_heap_size_used_bytes', 'V8 heap used in bytes.', () => process.memoryUsage().heapUsed);
     memory('nodejs_external_memory_bytes', 'Memory of C++ objects bound to JS objects, buffers included, in bytes.', () => process.memoryUsage().external);
+    // What keeps the event loop alive, to tell a leak of sockets or timers from one of memory.
+    this.series.push({
+      name: 'nodejs_active_resources',
+      help: 'Resources that keep the event loop alive, by type (e.g. TCPSocketWrap; Timeout counts referenced timers), as process.getActiveResourcesInfo() lists them.',
+      type: 'gauge',
+      collect: activeResources,
+    });
     const gc = gcCounters();
     this.series.push({ name: 'nodejs_gc_runs_total', help: 'Garbage collections by kind (major: a full mark-compact).', type: 'counter', collect: () => gc.runs.collect() });
     this.series.push({ name: 'nodejs_gc_seconds_total', help: 'Time in garbage collection pauses by kind, in seconds.', type: 'counter', collect: () => gc.seconds.collect() });
@@ -198,6 +206,13 @@ export class MetricsRegistry {
     }
     return lines.join('\n') + '\n';
   }
+}
+
+/** process.getActiveResourcesInfo(), one entry per resource, counted by type. */
+function activeResources(): Sample[] {
+  const counts = new Map<string, number>();
+  for (const type of process.getActiveResourcesInfo()) counts.set(type, (counts.get(type) ?? 0) + 1);
+  return [...counts].map(([type, n]) => [{ type }, n]);
 }
 
 const GC_KINDS: Record<number, string> = {
