@@ -90,9 +90,11 @@ scenarios (quick / --full):
              and mTLS HTTP/2 connections (TunnelAgent instances in helper processes),
              connected 50 at a time; an echo through every 50th before and after an idle
              window of 30 s / 60 s: server RSS and CPU per idle agent against the same
-             server with no agent, RSS after they left, agents connected per second.
-             targets: <= 64 KiB and <= 1% of a core per 1,000 agents (server); after
-             they left <= 1.25x the RSS before
+             server with no agent, RSS after they left, agents connected per second. Twice,
+             each on a fresh server: split streams (tunnel-agent's default, 2 connections
+             per agent), and one connection per agent (as the reference agent connects).
+             targets (split): <= 128 KiB and <= 2% of a core per 1,000 agents (server);
+             after they left <= 1.25x the RSS before
 `;
 
 function parseCli(argv: string[]) {

@@ -7,6 +7,8 @@
  *
  * Each agent aliases its cluster's name to 127.0.0.1, so a dial to `<cluster>:PORT` reaches
  * a target on this host. The agents have no health listener and log warnings only.
+ * `--single-stream=true` carries both directions on one connection, as the reference agent
+ * (and tunnel-agent --single-stream) does.
  *
  * The bench drives the process over IPC. At start it issues the certificates and reports
  * `{ ready, issueSeconds }`; then it answers
@@ -56,6 +58,7 @@ function main(): void {
   const first = numberFlag('first', 0);
   const count = numberFlag('count');
   const concurrency = numberFlag('concurrency', 50);
+  const singleStream = flag('single-stream', 'false') === 'true';
   const ca: CertificateAndKey = { certPem: readFileSync(flag('ca-cert'), 'utf8'), keyPem: readFileSync(flag('ca-key'), 'utf8') };
   const caPem = Buffer.from(ca.certPem);
 
@@ -70,6 +73,7 @@ function main(): void {
       tls: fixedTls({ key: Buffer.from(issued.keyPem), cert: Buffer.from(issued.certPem), ca: caPem }),
       agentIdentifiers: new URLSearchParams({ host: cluster }).toString(),
       target: { hostAliases: new Map([[cluster, '127.0.0.1']]) },
+      singleStream,
     });
   });
   send({ op: 'ready', issueSeconds: (now() - issueStart) / 1000 });

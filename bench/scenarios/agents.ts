@@ -7,6 +7,11 @@
  * they disconnected; server CPU over an idle window with them and with none; how fast they
  * connect. A sample of them carries an echo before and after the idle window, checked for
  * length and sha256, so the agents measured are live, not merely connected.
+ *
+ * Twice, each time on a fresh server: agents as tunnel-agent opens its streams by default
+ * (a second connection for the server -> agent direction), and on one connection each, as
+ * the reference agent (and tunnel-agent --single-stream) connects. Most of an idle agent's
+ * cost is its connections, so the two differ by about one connection's.
  */
 import { fileURLToPath } from 'node:url';
 import { dialHttpConnect } from '../../lib/client/http-connect-dialer.js';
@@ -18,7 +23,8 @@ import { procRss, rssOf, type Rss } from '../lib/rss.js';
 import { stopChild } from '../lib/scope.js';
 import { clientSide, serverMetric, startTunnelServer, startWorkspace, type TunnelServer } from '../lib/tunnel.js';
 import { heapOf } from './memory.js';
-import type { Context, Scenario } from '../lib/scenario.js';
+import type { Config, Context, Scenario } from '../lib/scenario.js';
+import type { Target } from '../lib/results.js';
 import type { HttpConnectProxy } from '../../lib/client/http-connect-dialer.js';
 
 const CLUSTER_PREFIX = 'agent';
@@ -31,7 +37,7 @@ const WARMUP_AGENTS = 50;
 /** Every SAMPLE_EVERY-th agent carries an echo. */
 const SAMPLE_EVERY = 50;
 const ECHO_BYTES = 64 * KiB;
-/** Per agent: its uplink and downlink connections (the server splits the directions). */
+/** Per agent at most: its uplink and downlink connections (when the directions are split). */
 const FDS_PER_AGENT = 2;
 /** File descriptors each process needs beyond the agents' connections (listeners, libs, stdio). */
 const FD_HEADROOM = 512;
@@ -69,11 +75,11 @@ async function ask(worker: AgentsWorker, command: AgentsCommand, timeoutMs: numb
 }
 
 /** A process of `count` agents, clusters `agent-<first>` on, connecting to the server's agent port. */
-async function startAgents(ctx: Context, server: TunnelServer, pki: { caCert: string; caKey: string }, opts: { first: number; count: number; concurrency: number; prefix: string; name: string }): Promise<AgentsWorker> {
+async function startAgents(ctx: Context, server: TunnelServer, pki: { caCert: string; caKey: string }, opts: { first: number; count: number; concurrency: number; prefix: string; name: string; singleStream: boolean }): Promise<AgentsWorker> {
   const script = fileURLToPath(new URL('../lib/agents-process.js', import.meta.url));
   const worker = await forkWorker<AgentsCommand, AgentsReport>(ctx.scope, script, [
     `--server=127.0.0.1:${server.agentPort}`, `--ca-cert=${pki.caCert}`, `--ca-key=${pki.caKey}`,
-    `--prefix=${opts.prefix}`, `--first=${opts.first}`, `--count=${opts.count}`, `--concurrency=${opts.concurrency}`,
+    `--prefix=${opts.prefix}`, `--first=${opts.first}`, `--count=${opts.count}`, `--concurrency=${opts.concurrency}`, `--single-stream=${opts.singleStream}`,
   ], opts.name, 120_000);
   if (worker.ready.op !== 'ready') throw new Error(`${opts.name} reported ${JSON.stringify(worker.ready)} instead of being ready`);
   return worker;
@@ -100,20 +106,162 @@ async function echoThrough(proxy: HttpConnectProxy, target: Helper, clusters: st
 
 const rssLine = (label: string, rss: Rss) => `${label}: server ${(rss.bytes / MiB).toFixed(1)} MiB`;
 
+interface Layout {
+  /** Names the figures of this layout. */
+  label: string;
+  singleStream: boolean;
+  connections: number;
+  /** Only the default layout's figures have targets: it is what a hub runs. */
+  targets: boolean;
+}
+
+const LAYOUTS: Layout[] = [
+  { label: 'split', singleStream: false, connections: 2, targets: true },
+  { label: 'one connection', singleStream: true, connections: 1, targets: false },
+];
+
+const steps = (config: Config, layout: Layout) => [
+  `${layout.label}: start a server, echo target and warm-up agents`,
+  `${layout.label}: issue ${config.agents} agent certificates`,
+  `${layout.label}: server idle for ${config.agentIdleSeconds} s with no agent`,
+  `${layout.label}: connect ${config.agents} agents`,
+  `${layout.label}: idle for ${config.agentIdleSeconds} s with ${config.agents} agents`,
+  `${layout.label}: disconnect them and wait for the server to settle`,
+];
+
+/** One layout on a fresh server: every figure of the scenario for it. */
+async function measure(ctx: Context, layout: Layout, count: number, notes: string[]): Promise<void> {
+  const { config, scope } = ctx;
+  const idleMs = config.agentIdleSeconds * 1000;
+  const connectTimeoutMs = config.full ? 300_000 : 120_000;
+  const [startStep, issueStep, baseStep, connectStep, idleStep, closeStep] = steps({ ...config, agents: count }, layout);
+  const mark = (what: string) => `${what} (${layout.label})`;
+
+  ctx.step(startStep);
+  const ws = await startWorkspace(scope);
+  const server = await startTunnelServer(scope, ws);
+  const { connectProxy } = await clientSide(scope, ws, server);
+  const target = await startTarget(scope, 'echo target');
+  const warmup = await startAgents(ctx, server, ws.pki, {
+    first: 0, count: WARMUP_AGENTS, concurrency: CONNECT_CONCURRENCY, prefix: 'warmup', name: 'warm-up agents', singleStream: layout.singleStream,
+  });
+  await ask(warmup, { op: 'connect' }, connectTimeoutMs);
+  if (!(await serverCounts(server, WARMUP_AGENTS, 30_000))) throw new Error(`the server did not count the ${WARMUP_AGENTS} warm-up agents within 30 s (${describe(await gauges(server))})`);
+  await echoThrough(connectProxy, target, Array.from({ length: WARMUP_AGENTS }, (_, i) => `warmup-${i}`));
+  await ask(warmup, { op: 'stop' }, 60_000);
+  await stopChild(warmup.child);
+  if (!(await serverCounts(server, 0, 30_000))) throw new Error(`30 s after the warm-up agents stopped, the server still counted ${describe(await gauges(server))}`);
+
+  ctx.step(issueStep);
+  const processes = Math.ceil(count / AGENTS_PER_PROCESS);
+  const workers: AgentsWorker[] = [];
+  for (let p = 0; p < processes; p++) {
+    const first = p * AGENTS_PER_PROCESS;
+    workers.push(await startAgents(ctx, server, ws.pki, {
+      first,
+      count: Math.min(AGENTS_PER_PROCESS, count - first),
+      concurrency: Math.ceil(CONNECT_CONCURRENCY / processes),
+      prefix: CLUSTER_PREFIX,
+      name: `agents ${p + 1}/${processes}`,
+      singleStream: layout.singleStream,
+    }));
+  }
+  const issueSeconds = workers.reduce((s, w) => s + (w.ready.op === 'ready' ? w.ready.issueSeconds : 0), 0);
+  ctx.info(`${count} certificates (ECDSA P-256, one cluster each) issued in ${issueSeconds.toFixed(1)} s in ${processes} process${processes === 1 ? '' : 'es'}`);
+
+  ctx.step(baseStep);
+  await sleep(SETTLE_MS);
+  const before = await rssOf(server.pid, server.healthPort);
+  ctx.info(`${rssLine('before', before)}; ${await heapOf(server.healthPort)}`);
+  const idleBase = cpuMeter({ server: server.pid });
+  await sleep(idleMs);
+  const [base] = idleBase();
+  ctx.info(`server CPU with no agent: ${base.ms.toFixed(0)} ms in ${config.agentIdleSeconds} s`);
+
+  ctx.step(connectStep);
+  const helpersRss = () => workers.reduce((n, w) => n + procRss(w.pid), 0);
+  const helpersBefore = helpersRss();
+  const connectStart = now();
+  const reports = await Promise.all(workers.map((w) => ask(w, { op: 'connect' }, connectTimeoutMs)));
+  const counted = await serverCounts(server, count, 30_000);
+  const connectSeconds = (now() - connectStart) / 1000;
+  let connected = 0;
+  for (const r of reports) {
+    if (r.op !== 'connected') continue;
+    connected += r.connected;
+    if (r.failed > 0) notes.push(`${layout.label}: ${r.failed} agents did not connect (first: ${r.firstFailure})`);
+  }
+  const seen = await gauges(server);
+  ctx.info(`${connected} of ${count} connected in ${connectSeconds.toFixed(1)} s; the server counts ${describe(seen)}`);
+  if (!counted) notes.push(`${layout.label}: with ${connected} agents connected the server counted ${describe(seen)}`);
+  if (connected === 0) throw new Error(`no agent connected to the server (${reports.map((r) => (r.op === 'connected' ? r.firstFailure : r.op)).join('; ')})`);
+  const sample = Array.from({ length: Math.ceil(count / SAMPLE_EVERY) }, (_, i) => `${CLUSTER_PREFIX}-${i * SAMPLE_EVERY}`);
+  await echoThrough(connectProxy, target, sample);
+  ctx.info(`echo of ${ECHO_BYTES / KiB} KiB through ${sample.length} agents (every ${SAMPLE_EVERY}th): bytes checked`);
+
+  ctx.step(idleStep);
+  await sleep(SETTLE_MS);
+  const during = await rssOf(server.pid, server.healthPort);
+  const helpersDuring = helpersRss();
+  ctx.info(`${rssLine(`with ${count} agents`, during)}; ${await heapOf(server.healthPort)}`);
+  const idleWith = cpuMeter({ server: server.pid });
+  const helpersCpu = workers.reduce((n, w) => n + cpuMs(w.pid), 0);
+  await sleep(idleMs);
+  const [withAgents] = idleWith();
+  const helpersIdleMs = workers.reduce((n, w) => n + cpuMs(w.pid), 0) - helpersCpu;
+  ctx.info(`server CPU with ${count} idle agents: ${withAgents.ms.toFixed(0)} ms in ${config.agentIdleSeconds} s; the agents' processes: ${helpersIdleMs.toFixed(0)} ms`);
+  // Still live after idling: nothing (keepalive, a timer) took them down meanwhile.
+  await echoThrough(connectProxy, target, sample);
+  const still = await gauges(server);
+  if (still.backends !== count) notes.push(`${layout.label}: after the idle window the server counted ${describe(still)}`);
+
+  ctx.step(closeStep);
+  const closeStart = now();
+  await Promise.all(workers.map((w) => ask(w, { op: 'stop' }, 60_000)));
+  const settled = await serverCounts(server, 0, 60_000);
+  const closeSeconds = (now() - closeStart) / 1000;
+  if (!settled) notes.push(`${layout.label}: 60 s after the agents stopped, the server still counted ${describe(await gauges(server))}`);
+  await sleep(SETTLE_AFTER_CLOSE_MS);
+  const after = await rssOf(server.pid, server.healthPort);
+  ctx.info(`gone from the server in ${closeSeconds.toFixed(1)} s; ${rssLine('after', after)}; ${await heapOf(server.healthPort)}`);
+
+  const perAgent = (a: number, b: number) => (a - b) / count / KiB;
+  const cpuPerAgentMs = (withAgents.ms - base.ms) / count;
+  const minutes = config.agentIdleSeconds / 60;
+  const goal = (t: Target) => (layout.targets ? t : undefined);
+  const source = before.source === 'proc'
+    ? 'RSS from /proc/<pid>/status (VmRSS): the server\'s /metrics has no process_resident_memory_bytes'
+    : 'RSS from the server\'s process_resident_memory_bytes';
+  ctx.record({
+    figure: mark(`server RSS per idle agent (${count})`), value: perAgent(during.bytes, before.bytes), unit: 'KiB',
+    target: goal({ on: 'value', op: '<=', limit: 128 }),
+    note: [`${layout.connections} mTLS HTTP/2 connection${layout.connections === 1 ? '' : 's'} per agent`, ...(layout.targets ? [source] : [])].join('; '),
+  });
+  ctx.record({ figure: mark(`server RSS with ${count} agents`), value: during.bytes / MiB, unit: 'MiB', baseline: { label: 'no agent', value: before.bytes / MiB } });
+  ctx.record({ figure: mark('server RSS after they left'), value: after.bytes / MiB, unit: 'MiB', baseline: { label: 'no agent', value: before.bytes / MiB }, target: goal({ on: 'ratio', op: '<=', limit: 1.25 }) });
+  ctx.record({ figure: mark(`server CPU, ${count} agents idle`), value: withAgents.percent, unit: '% core', baseline: { label: 'no agent', value: base.percent } });
+  ctx.record({ figure: mark('server CPU per 1,000 idle agents'), value: ((withAgents.percent - base.percent) * 1000) / count, unit: '% core', target: goal({ on: 'value', op: '<=', limit: 2 }) });
+  ctx.record({
+    figure: mark('server CPU per idle agent'), value: cpuPerAgentMs / minutes, unit: 'ms/min',
+    note: layout.targets ? `${config.agentIdleSeconds} s windows, with the agents and with none; CPU time from /proc/<pid>/stat, in 10 ms ticks` : undefined,
+  });
+  ctx.record({
+    figure: mark('agents connected per second'), value: connected / connectSeconds, unit: 'agents/s',
+    note: layout.targets ? `${CONNECT_CONCURRENCY} connecting at once, a full mTLS handshake on each connection` : undefined,
+  });
+  ctx.record({
+    figure: mark('in-process agent RSS per agent'), value: perAgent(helpersDuring, helpersBefore), unit: 'KiB',
+    note: layout.targets ? `${count} TunnelAgents in ${processes} process${processes === 1 ? '' : 'es'}: what an agent's objects and connections take, not a tunnel-agent process` : undefined,
+  });
+}
+
 export const agents: Scenario = {
   name: 'agents',
   title: 'server cost per idle agent',
-  plan: (config) => [
-    'start the server, echo target and warm-up agents',
-    `issue ${config.agents} agent certificates`,
-    `baseline: server idle for ${config.agentIdleSeconds} s with no agent`,
-    `connect ${config.agents} agents`,
-    `idle for ${config.agentIdleSeconds} s with ${config.agents} agents`,
-    'disconnect them and wait for the server to settle',
-  ],
+  plan: (config) => LAYOUTS.flatMap((layout) => steps(config, layout)),
 
   async run(ctx: Context) {
-    const { config, scope } = ctx;
+    const { config } = ctx;
     const notes: string[] = [];
     let count = config.agents;
     if (config.fdLimit < FDS_PER_AGENT * count + FD_HEADROOM) {
@@ -122,103 +270,7 @@ export const agents: Scenario = {
       ctx.info(`ulimit -n is ${config.fdLimit}: too low for ${count} agents (${FDS_PER_AGENT} connections each), using ${reduced}`);
       count = reduced;
     }
-    const idleMs = config.agentIdleSeconds * 1000;
-    const connectTimeoutMs = config.full ? 300_000 : 120_000;
-
-    ctx.step('start the server, echo target and warm-up agents');
-    const ws = await startWorkspace(scope);
-    const server = await startTunnelServer(scope, ws);
-    const { connectProxy } = await clientSide(scope, ws, server);
-    const target = await startTarget(scope, 'echo target');
-    const warmup = await startAgents(ctx, server, ws.pki, { first: 0, count: WARMUP_AGENTS, concurrency: CONNECT_CONCURRENCY, prefix: 'warmup', name: 'warm-up agents' });
-    await ask(warmup, { op: 'connect' }, connectTimeoutMs);
-    if (!(await serverCounts(server, WARMUP_AGENTS, 30_000))) throw new Error(`the server did not count the ${WARMUP_AGENTS} warm-up agents within 30 s (${describe(await gauges(server))})`);
-    await echoThrough(connectProxy, target, Array.from({ length: WARMUP_AGENTS }, (_, i) => `warmup-${i}`));
-    await ask(warmup, { op: 'stop' }, 60_000);
-    await stopChild(warmup.child);
-    if (!(await serverCounts(server, 0, 30_000))) throw new Error(`30 s after the warm-up agents stopped, the server still counted ${describe(await gauges(server))}`);
-
-    ctx.step(`issue ${count} agent certificates`);
-    const processes = Math.ceil(count / AGENTS_PER_PROCESS);
-    const workers: AgentsWorker[] = [];
-    for (let p = 0; p < processes; p++) {
-      const first = p * AGENTS_PER_PROCESS;
-      workers.push(await startAgents(ctx, server, ws.pki, {
-        first, count: Math.min(AGENTS_PER_PROCESS, count - first), concurrency: Math.ceil(CONNECT_CONCURRENCY / processes), prefix: CLUSTER_PREFIX, name: `agents ${p + 1}/${processes}`,
-      }));
-    }
-    const issueSeconds = workers.reduce((s, w) => s + (w.ready.op === 'ready' ? w.ready.issueSeconds : 0), 0);
-    ctx.info(`${count} certificates (ECDSA P-256, one cluster each) issued in ${issueSeconds.toFixed(1)} s in ${processes} process${processes === 1 ? '' : 'es'}`);
-
-    ctx.step(`baseline: server idle for ${config.agentIdleSeconds} s with no agent`);
-    await sleep(SETTLE_MS);
-    const before = await rssOf(server.pid, server.healthPort);
-    ctx.info(`${rssLine('before', before)}; ${await heapOf(server.healthPort)}`);
-    const idleBase = cpuMeter({ server: server.pid });
-    await sleep(idleMs);
-    const [base] = idleBase();
-    ctx.info(`server CPU with no agent: ${base.ms.toFixed(0)} ms in ${config.agentIdleSeconds} s`);
-
-    ctx.step(`connect ${count} agents`);
-    const helpersRss = () => workers.reduce((n, w) => n + procRss(w.pid), 0);
-    const helpersBefore = helpersRss();
-    const connectStart = now();
-    const reports = await Promise.all(workers.map((w) => ask(w, { op: 'connect' }, connectTimeoutMs)));
-    const counted = await serverCounts(server, count, 30_000);
-    const connectSeconds = (now() - connectStart) / 1000;
-    let connected = 0;
-    for (const r of reports) {
-      if (r.op !== 'connected') continue;
-      connected += r.connected;
-      if (r.failed > 0) notes.push(`${r.failed} agents did not connect (first: ${r.firstFailure})`);
-    }
-    const seen = await gauges(server);
-    ctx.info(`${connected} of ${count} connected in ${connectSeconds.toFixed(1)} s; the server counts ${describe(seen)}`);
-    if (!counted) notes.push(`with ${connected} agents connected the server counted ${describe(seen)}`);
-    if (connected === 0) throw new Error(`no agent connected to the server (${reports.map((r) => (r.op === 'connected' ? r.firstFailure : r.op)).join('; ')})`);
-    const sample = Array.from({ length: Math.ceil(count / SAMPLE_EVERY) }, (_, i) => `${CLUSTER_PREFIX}-${i * SAMPLE_EVERY}`);
-    await echoThrough(connectProxy, target, sample);
-    ctx.info(`echo of ${ECHO_BYTES / KiB} KiB through ${sample.length} agents (every ${SAMPLE_EVERY}th): bytes checked`);
-
-    ctx.step(`idle for ${config.agentIdleSeconds} s with ${count} agents`);
-    await sleep(SETTLE_MS);
-    const during = await rssOf(server.pid, server.healthPort);
-    const helpersDuring = helpersRss();
-    ctx.info(`${rssLine(`with ${count} agents`, during)}; ${await heapOf(server.healthPort)}`);
-    const idleWith = cpuMeter({ server: server.pid });
-    const helpersCpu = workers.reduce((n, w) => n + cpuMs(w.pid), 0);
-    await sleep(idleMs);
-    const [withAgents] = idleWith();
-    const helpersIdleMs = workers.reduce((n, w) => n + cpuMs(w.pid), 0) - helpersCpu;
-    ctx.info(`server CPU with ${count} idle agents: ${withAgents.ms.toFixed(0)} ms in ${config.agentIdleSeconds} s; the agents' processes: ${helpersIdleMs.toFixed(0)} ms`);
-    // Still live after idling: nothing (keepalive, a timer) took them down meanwhile.
-    await echoThrough(connectProxy, target, sample);
-    const still = await gauges(server);
-    if (still.backends !== count) notes.push(`after the idle window the server counted ${describe(still)}`);
-
-    ctx.step('disconnect them and wait for the server to settle');
-    const closeStart = now();
-    await Promise.all(workers.map((w) => ask(w, { op: 'stop' }, 60_000)));
-    const settled = await serverCounts(server, 0, 60_000);
-    const closeSeconds = (now() - closeStart) / 1000;
-    if (!settled) notes.push(`60 s after the agents stopped, the server still counted ${describe(await gauges(server))}`);
-    await sleep(SETTLE_AFTER_CLOSE_MS);
-    const after = await rssOf(server.pid, server.healthPort);
-    ctx.info(`gone from the server in ${closeSeconds.toFixed(1)} s; ${rssLine('after', after)}; ${await heapOf(server.healthPort)}`);
-
-    const perAgent = (a: number, b: number) => (a - b) / count / KiB;
-    const source = before.source === 'proc'
-      ? 'RSS from /proc/<pid>/status (VmRSS): the server\'s /metrics has no process_resident_memory_bytes'
-      : 'RSS from the server\'s process_resident_memory_bytes';
-    const cpuPerAgentMs = (withAgents.ms - base.ms) / count;
-    const minutes = config.agentIdleSeconds / 60;
-    ctx.record({ figure: `server RSS per idle agent (${count})`, value: perAgent(during.bytes, before.bytes), unit: 'KiB', target: { on: 'value', op: '<=', limit: 64 }, note: [source, `${FDS_PER_AGENT} TLS connections per agent`, ...notes].join('; ') });
-    ctx.record({ figure: `server RSS with ${count} agents`, value: during.bytes / MiB, unit: 'MiB', baseline: { label: 'no agent', value: before.bytes / MiB } });
-    ctx.record({ figure: 'server RSS after they left', value: after.bytes / MiB, unit: 'MiB', baseline: { label: 'no agent', value: before.bytes / MiB }, target: { on: 'ratio', op: '<=', limit: 1.25 } });
-    ctx.record({ figure: `server CPU, ${count} agents idle`, value: withAgents.percent, unit: '% core', baseline: { label: 'no agent', value: base.percent } });
-    ctx.record({ figure: 'server CPU per 1,000 idle agents', value: ((withAgents.percent - base.percent) * 1000) / count, unit: '% core', target: { on: 'value', op: '<=', limit: 1 } });
-    ctx.record({ figure: 'server CPU per idle agent', value: cpuPerAgentMs / minutes, unit: 'ms/min', note: `${config.agentIdleSeconds} s windows, with the agents and with none, CPU time from /proc/<pid>/stat (${base.ms.toFixed(0)} ms with none)` });
-    ctx.record({ figure: 'agents connected per second', value: connected / connectSeconds, unit: 'agents/s', note: `${CONNECT_CONCURRENCY} connecting at once, each a full mTLS handshake on both its connections` });
-    ctx.record({ figure: 'in-process agent RSS per agent', value: perAgent(helpersDuring, helpersBefore), unit: 'KiB', note: `${count} TunnelAgents in ${processes} process${processes === 1 ? '' : 'es'}: what an agent's objects and connections take, not a tunnel-agent process` });
+    for (const layout of LAYOUTS) await measure(ctx, layout, count, notes);
+    if (notes.length > 0) ctx.record({ figure: 'problems', value: notes.length, unit: '', note: notes.join('; ') });
   },
 };
