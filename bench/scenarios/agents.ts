@@ -28,7 +28,7 @@ import type { Target } from '../lib/results.js';
 import type { HttpConnectProxy } from '../../lib/client/http-connect-dialer.js';
 
 const CLUSTER_PREFIX = 'agent';
-/** One process holds this many agents (about 100 MiB of them). */
+/** One process holds this many agents (about 280 MiB of them with split streams). */
 const AGENTS_PER_PROCESS = 1_000;
 /** Agents connecting at once, all processes together: a hub after a restart sees its agents come back in a wave like this. */
 const CONNECT_CONCURRENCY = 50;
@@ -135,7 +135,7 @@ async function measure(ctx: Context, layout: Layout, count: number, notes: strin
   const idleMs = config.agentIdleSeconds * 1000;
   const connectTimeoutMs = config.full ? 300_000 : 120_000;
   const [startStep, issueStep, baseStep, connectStep, idleStep, closeStep] = steps({ ...config, agents: count }, layout);
-  const mark = (what: string) => `${what} (${layout.label})`;
+  const mark = (what: string) => `${layout.label}: ${what}`;
 
   ctx.step(startStep);
   const ws = await startWorkspace(scope);
