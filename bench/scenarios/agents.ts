@@ -22,7 +22,7 @@ import { now, pool, requestResponse, sleep, waitUntil, KiB, MiB } from '../lib/m
 import { procRss, rssOf, type Rss } from '../lib/rss.js';
 import { stopChild } from '../lib/scope.js';
 import { clientSide, serverMetric, startTunnelServer, startWorkspace, type TunnelServer } from '../lib/tunnel.js';
-import { heapOf } from './memory.js';
+import { heapOf, lastReclaim } from './memory.js';
 import type { Config, Context, Scenario } from '../lib/scenario.js';
 import type { Target } from '../lib/results.js';
 import type { HttpConnectProxy } from '../../lib/client/http-connect-dialer.js';
@@ -224,6 +224,7 @@ async function measure(ctx: Context, layout: Layout, count: number, notes: strin
   await sleep(SETTLE_AFTER_CLOSE_MS);
   const after = await rssOf(server.pid, server.healthPort);
   ctx.info(`gone from the server in ${closeSeconds.toFixed(1)} s; ${rssLine('after', after)}; ${await heapOf(server.healthPort)}`);
+  ctx.info(`server: ${lastReclaim(server.proc.output) ?? 'no collection after the agents left'}`);
 
   const perAgent = (a: number, b: number) => (a - b) / count / KiB;
   const cpuPerAgentMs = (withAgents.ms - base.ms) / count;

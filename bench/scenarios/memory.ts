@@ -31,7 +31,7 @@ export async function heapOf(healthPort: number): Promise<string> {
 }
 
 /** The fields of the last collection a binary logged after its connections closed. */
-function lastReclaim(output: string): string | undefined {
+export function lastReclaim(output: string): string | undefined {
   const line = output.split('\n').filter((l) => l.includes(RECLAIM_LOG_MESSAGE)).at(-1);
   return line && `collected: ${line.slice(line.indexOf(RECLAIM_LOG_MESSAGE) + RECLAIM_LOG_MESSAGE.length).trim()}`;
 }
