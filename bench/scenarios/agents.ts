@@ -20,7 +20,7 @@ import type { AgentsCommand, AgentsReport } from '../lib/agents-process.js';
 import { cpuMeter, cpuMs } from '../lib/cpu.js';
 import { now, pool, requestResponse, sleep, waitUntil, KiB, MiB } from '../lib/measure.js';
 import { procRss, rssOf, type Rss } from '../lib/rss.js';
-import { stopChild } from '../lib/scope.js';
+import { Scope, stopChild } from '../lib/scope.js';
 import { clientSide, serverMetric, startTunnelServer, startWorkspace, type TunnelServer } from '../lib/tunnel.js';
 import { heapOf, lastReclaim } from './memory.js';
 import type { Config, Context, Scenario } from '../lib/scenario.js';
@@ -75,9 +75,9 @@ async function ask(worker: AgentsWorker, command: AgentsCommand, timeoutMs: numb
 }
 
 /** A process of `count` agents, clusters `agent-<first>` on, connecting to the server's agent port. */
-async function startAgents(ctx: Context, server: TunnelServer, pki: { caCert: string; caKey: string }, opts: { first: number; count: number; concurrency: number; prefix: string; name: string; singleStream: boolean }): Promise<AgentsWorker> {
+async function startAgents(scope: Scope, server: TunnelServer, pki: { caCert: string; caKey: string }, opts: { first: number; count: number; concurrency: number; prefix: string; name: string; singleStream: boolean }): Promise<AgentsWorker> {
   const script = fileURLToPath(new URL('../lib/agents-process.js', import.meta.url));
-  const worker = await forkWorker<AgentsCommand, AgentsReport>(ctx.scope, script, [
+  const worker = await forkWorker<AgentsCommand, AgentsReport>(scope, script, [
     `--server=127.0.0.1:${server.agentPort}`, `--ca-cert=${pki.caCert}`, `--ca-key=${pki.caKey}`,
     `--prefix=${opts.prefix}`, `--first=${opts.first}`, `--count=${opts.count}`, `--concurrency=${opts.concurrency}`, `--single-stream=${opts.singleStream}`,
   ], opts.name, 120_000);
@@ -129,9 +129,22 @@ const steps = (config: Config, layout: Layout) => [
   `${layout.label}: disconnect them and wait for the server to settle`,
 ];
 
-/** One layout on a fresh server: every figure of the scenario for it. */
+/**
+ * One layout on a fresh server: every figure of the scenario for it. Its processes are
+ * stopped before the next layout starts, so that they take neither CPU nor memory from it.
+ */
 async function measure(ctx: Context, layout: Layout, count: number, notes: string[]): Promise<void> {
-  const { config, scope } = ctx;
+  const scope = new Scope();
+  ctx.scope.defer(`the ${layout.label} layout's processes`, () => scope.close());
+  try {
+    await measureIn(ctx, scope, layout, count, notes);
+  } finally {
+    for (const problem of await scope.close()) notes.push(`${layout.label}: ${problem}`);
+  }
+}
+
+async function measureIn(ctx: Context, scope: Scope, layout: Layout, count: number, notes: string[]): Promise<void> {
+  const { config } = ctx;
   const idleMs = config.agentIdleSeconds * 1000;
   const connectTimeoutMs = config.full ? 300_000 : 120_000;
   const [startStep, issueStep, baseStep, connectStep, idleStep, closeStep] = steps({ ...config, agents: count }, layout);
@@ -142,7 +155,7 @@ async function measure(ctx: Context, layout: Layout, count: number, notes: strin
   const server = await startTunnelServer(scope, ws);
   const { connectProxy } = await clientSide(scope, ws, server);
   const target = await startTarget(scope, 'echo target');
-  const warmup = await startAgents(ctx, server, ws.pki, {
+  const warmup = await startAgents(scope, server, ws.pki, {
     first: 0, count: WARMUP_AGENTS, concurrency: CONNECT_CONCURRENCY, prefix: 'warmup', name: 'warm-up agents', singleStream: layout.singleStream,
   });
   await ask(warmup, { op: 'connect' }, connectTimeoutMs);
@@ -157,7 +170,7 @@ async function measure(ctx: Context, layout: Layout, count: number, notes: strin
   const workers: AgentsWorker[] = [];
   for (let p = 0; p < processes; p++) {
     const first = p * AGENTS_PER_PROCESS;
-    workers.push(await startAgents(ctx, server, ws.pki, {
+    workers.push(await startAgents(scope, server, ws.pki, {
       first,
       count: Math.min(AGENTS_PER_PROCESS, count - first),
       concurrency: Math.ceil(CONNECT_CONCURRENCY / processes),
