@@ -28,8 +28,9 @@ import { wan } from './scenarios/wan.js';
 import { rotation } from './scenarios/rotation.js';
 import { push } from './scenarios/push.js';
 import { restart } from './scenarios/restart.js';
+import { agents } from './scenarios/agents.js';
 
-const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, phases, dials, memory, hol, wan, rotation, push, restart];
+const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, phases, dials, memory, hol, wan, rotation, push, restart, agents];
 
 const HELP = `usage: node dist/bench/run.js [--full] [--json FILE] [--only NAME[,NAME]] [--help]
 
@@ -43,7 +44,8 @@ Every transfer on every path is checked where it arrives: length and sha256 per 
 or changed a byte fails its scenario, voids every verdict of the run (VOID), is listed under
 DATA INTEGRITY FAILED, and makes the exit status 1.
 
-  --full         long runs (1 GiB transfers, 10,000 idle connections, 15 s churn)
+  --full         long runs (1 GiB transfers, 10,000 idle connections, 15 s churn,
+                 2,000 idle agents)
   --json FILE    also write every figure with its baseline, ratio and target as JSON
   --only LIST    run only these scenarios (comma-separated), in the usual order
   --help         this text
@@ -89,6 +91,15 @@ scenarios (quick / --full):
              server in turn gets SIGTERM, drains and is replaced on the same ports.
              target: 0 accepted dials lost; refusals and p50/p99 dial latency against
              the steady state reported
+  agents     1,000 / 2,000 idle agents on one server, each its own cluster, certificate
+             and mTLS HTTP/2 connections (TunnelAgent instances in helper processes),
+             connected 50 at a time; an echo through every 50th before and after an idle
+             window of 30 s / 60 s: server RSS and CPU per idle agent against the same
+             server with no agent, RSS after they left, agents connected per second. Twice,
+             each on a fresh server: split streams (tunnel-agent's default, 2 connections
+             per agent), and one connection per agent (as the reference agent connects).
+             targets (split): <= 128 KiB and <= 2% of a core per 1,000 agents (server);
+             after they left <= 1.25x the RSS before
 `;
 
 function parseCli(argv: string[]) {

@@ -1,7 +1,7 @@
 /**
- * Starts the bench's helper child processes (target, relay, delay relay): compiled scripts
- * next to this file, run with process.execPath and BENCH_NODE_ARGS, each reporting its port
- * over IPC.
+ * Starts the bench's helper child processes (target, relay, delay relay, simulated agents):
+ * compiled scripts next to this file, run with process.execPath and BENCH_NODE_ARGS, each
+ * reporting its port (or that it is ready) over IPC.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -45,6 +45,49 @@ export async function forkHelper(scope: Scope, script: string, args: string[], n
     });
   });
   return { name, pid: child.pid!, port, child };
+}
+
+/**
+ * A helper that takes commands over IPC instead of serving a port: it reports once when it is
+ * ready, then answers each command with one message.
+ */
+export interface Worker<Command, Report> {
+  name: string;
+  pid: number;
+  child: ChildProcess;
+  /** What it reported when it was ready. */
+  ready: Report;
+  /** Sends a command and resolves with the answer (commands are answered in turn, one at a time). */
+  request(command: Command, timeoutMs: number): Promise<Report>;
+}
+
+/** Runs `script` as a helper child process driven over IPC; stopped with the scope. */
+export async function forkWorker<Command, Report>(scope: Scope, script: string, args: string[], name: string, readyTimeoutMs = 30_000): Promise<Worker<Command, Report>> {
+  const child = fork(script, args, { execArgv: BENCH_NODE_ARGS, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  track(name, child);
+  scope.defer(name, () => stopChild(child));
+  const next = (what: string, timeoutMs: number) => new Promise<Report>((resolve, reject) => {
+    const done = () => {
+      clearTimeout(timer);
+      child.off('message', onMessage).off('exit', onExit);
+    };
+    const onMessage = (message: unknown) => { done(); resolve(message as Report); };
+    const onExit = (code: number | null, signal: string | null) => { done(); reject(new Error(`${name} exited (${code ?? signal}) ${what}`)); };
+    const timer = setTimeout(() => { done(); reject(new Error(`${name} did not answer within ${timeoutMs / 1000} s ${what}`)); }, timeoutMs);
+    child.on('message', onMessage).on('exit', onExit);
+  });
+  const ready = await next('before it was ready', readyTimeoutMs);
+  return {
+    name,
+    pid: child.pid!,
+    child,
+    ready,
+    request: (command, timeoutMs) => {
+      const answer = next(`after ${JSON.stringify(command)}`, timeoutMs);
+      child.send(command as object);
+      return answer;
+    },
+  };
 }
 
 export const startTarget = (scope: Scope, name = 'target') => startHelper(scope, 'target', [], name);

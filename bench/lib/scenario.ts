@@ -17,6 +17,10 @@ export interface Config {
   churnWarmupCycles: number;
   churnConcurrency: number;
   memoryConnections: number;
+  /** Idle agents on one server, each its own cluster, certificate and connections (agents scenario). */
+  agents: number;
+  /** How long the server's CPU is measured, with those agents idle and with none. */
+  agentIdleSeconds: number;
   holBytesEach: number;
   holConnections: number;
   wanBytes: number;
@@ -29,7 +33,7 @@ export interface Config {
 
 /**
  * `scale` (TUNNEL_BENCH_SCALE, for development) multiplies sizes, durations and the number of
- * idle connections; 1 is the real benchmark.
+ * idle connections and agents; 1 is the real benchmark.
  */
 export function makeConfig(full: boolean, fdLimit: number, scale = 1): Config {
   const bytes = (n: number) => Math.max(MiB, Math.round(n * scale));
@@ -43,6 +47,9 @@ export function makeConfig(full: boolean, fdLimit: number, scale = 1): Config {
     churnWarmupCycles: Math.max(100, Math.round(4_000 * scale)),
     churnConcurrency: 32,
     memoryConnections: Math.max(100, Math.round((full ? 10_000 : 2_000) * scale)),
+    agents: Math.max(50, Math.round((full ? 2_000 : 1_000) * scale)),
+    // A whole period of the server's 30 s keepalive pings (60 s: of the agents' too).
+    agentIdleSeconds: Math.max(2, (full ? 60 : 30) * scale),
     holBytesEach: bytes(full ? 256 * MiB : 64 * MiB),
     holConnections: 10,
     wanBytes: bytes(full ? 1024 * MiB : 256 * MiB),

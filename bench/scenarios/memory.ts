@@ -21,7 +21,7 @@ const SETTLE_MS = 3_000;
 const SETTLE_AFTER_CLOSE_MS = 10_000;
 
 /** Where a process's memory is: V8 heap and external (buffers, C++ objects), in MiB. */
-async function heapOf(healthPort: number): Promise<string> {
+export async function heapOf(healthPort: number): Promise<string> {
   try {
     const read = (name: string) => metric(healthPort, name).then((v) => (v / MiB).toFixed(1));
     return `heap ${await read('nodejs_heap_size_used_bytes')}/${await read('nodejs_heap_size_total_bytes')} MiB, external ${await read('nodejs_external_memory_bytes')} MiB`;
@@ -31,7 +31,7 @@ async function heapOf(healthPort: number): Promise<string> {
 }
 
 /** The fields of the last collection a binary logged after its connections closed. */
-function lastReclaim(output: string): string | undefined {
+export function lastReclaim(output: string): string | undefined {
   const line = output.split('\n').filter((l) => l.includes(RECLAIM_LOG_MESSAGE)).at(-1);
   return line && `collected: ${line.slice(line.indexOf(RECLAIM_LOG_MESSAGE) + RECLAIM_LOG_MESSAGE.length).trim()}`;
 }
