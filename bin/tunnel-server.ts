@@ -90,7 +90,9 @@ runMain(NAME, async () => {
   const metrics = new MetricsRegistry(SERVER_METRICS_PREFIX);
   const started: { server?: TunnelServer; leases?: ServerLeases } = {};
   // Before the first socket opens, the hub's API included.
-  const policy = applyProcessPolicy(flags, () => started.server?.establishedConnections ?? 0, log);
+  // Agents hold connections too: a hub whose agents went away (a region lost, a restart of
+  // theirs) has as much memory to give back as one whose clients did.
+  const policy = applyProcessPolicy(flags, () => (started.server?.establishedConnections ?? 0) + (started.server?.agentStreams ?? 0), log);
   let strategies;
   try {
     strategies = parseProxyStrategies(parseList(flags['proxy-strategies']));

@@ -184,6 +184,11 @@ export class TunnelServer {
     return this.establishedConnections + this.pendingDials + [...this.pushStreams].reduce((n, mux) => n + mux.stats.connections, 0);
   }
 
+  /** Agents' streams open on this server (a split agent's pair counts once). */
+  get agentStreams(): number {
+    return this.registry.all().length;
+  }
+
   /** Starts every listener of the options; when one fails, closes those already open. */
   async start(): Promise<ListeningAddresses> {
     try {
@@ -391,7 +396,7 @@ export class TunnelServer {
     this.metrics.gauge('http_connections', 'Open HTTP-CONNECT tunnels (connections through agents that no gRPC frontend stream carries).', () =>
       Math.max(0, this.establishedConnections - [...this.frontendStreams].reduce((n, mux) => n + mux.stats.connections, 0)));
     this.metrics.gauge('server_count', 'The server count agents are told (--server-count, or counted from Leases).', () => this.serverCount);
-    this.metrics.gauge('agent_streams', 'Open agent streams.', () => this.registry.all().length);
+    this.metrics.gauge('agent_streams', 'Open agent streams.', () => this.agentStreams);
     this.metrics.gauge('established_connections', 'Tunneled connections open through agents.', () => this.establishedConnections);
     this.metrics.gauge('pending_backend_dials', 'Dials waiting for an agent\'s answer.', () => this.pendingDials);
     this.metrics.gauge('grpc_frontend_streams', 'Open ProxyService streams.', () => this.frontendStreams.size);
