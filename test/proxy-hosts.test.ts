@@ -34,8 +34,9 @@ test.serial('an agent holds a stream through each of two comma-separated address
     await through(one.connectPort, 2 * 1024 * 1024);
     await through(two.connectPort, 2 * 1024 * 1024);
 
-    await two.stop();
+    // Taken before the stop: the agent may print the loss before the server's exit reaches us.
     const from = agent.output.length;
+    await two.stop();
     await agent.waitFor(/lost the stream to the tunnel server; reconnecting serverID=two/, 10_000, from);
     // Two failed attempts at the address that is down, each followed by a longer wait.
     const retries = new RegExp(`cannot connect to the tunnel server; retrying server=127\\.0\\.0\\.1:${portTwo} in=(\\d+)ms`, 'g');
