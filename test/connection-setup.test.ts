@@ -17,8 +17,9 @@ import type { TlsSource } from '../lib/pki/tls-source.js';
 import { dialHttpConnect, type HttpConnectProxy } from '../lib/client/http-connect-dialer.js';
 import { GrpcChannel } from '../lib/client/grpc-channel.js';
 import { DialError } from '../lib/mux/dialing-mux.js';
+import type { TunnelConnection } from '../lib/mux/tunnel-connection.js';
 import { FileTlsSource } from '../lib/pki/tls-source.js';
-import { echoTarget, eventually, exchange, metric, sha256, startAgent, startServer, workspace, type Workspace } from './helpers/system.js';
+import { echoTarget, echoed, eventually, exchange, metric, sha256, startAgent, startServer, workspace, type Workspace } from './helpers/system.js';
 
 const clientTls = (ws: Workspace) => FileTlsSource.load({ ca: ws.pki.caCert, cert: ws.pki.clientCert, key: ws.pki.clientKey, role: 'test client' });
 
@@ -69,7 +70,7 @@ test('with --tls-resumption a client that offers a session resumes it; without, 
   }
 });
 
-test('a gRPC channel opens every tunneled connection as a stream of one kept connection, many at once, and reconnects after the server restarts', async (t) => {
+test('a gRPC channel opens every tunneled connection on one kept connection, many at once, and reconnects after the server restarts', async (t) => {
   const ws = await workspace();
   let server = await startServer(ws);
   const target = await echoTarget();
@@ -98,6 +99,79 @@ test('a gRPC channel opens every tunneled connection as a stream of one kept con
     const again = await echoThrough(() => channel.dial(`cluster-a:${target.port}`), 256 * 1024);
     t.is(again.received, again.sent);
     t.is(channel.connectionsOpened, 2);
+  } finally {
+    channel.close();
+    await agent.stop();
+    await server.stop();
+    await target.close();
+    ws.cleanup();
+  }
+});
+
+const proxyStreams = (healthPort: number) => metric(healthPort, 'konnectivity_network_proxy_server_grpc_connections{service_method="Proxy"}');
+const established = (healthPort: number) => metric(healthPort, 'konnectivity_network_proxy_server_established_connections');
+
+/** Opens `n` connections at once through `channel` and checks an echo on each; they stay open. */
+async function openEchoed(t: ExecutionContext, channel: GrpcChannel, address: string, n: number): Promise<TunnelConnection[]> {
+  const conns = await Promise.all(Array.from({ length: n }, () => channel.dial(address)));
+  const intact = await Promise.all(conns.map((conn, i) => echoed(conn, 1024 + i * 997)));
+  t.deepEqual(intact.map((ok, i) => (ok ? -1 : i)).filter((i) => i >= 0), [], 'every connection echoed its own bytes');
+  return conns;
+}
+
+test('on our server a gRPC channel carries its dials on one Proxy stream, and ends it when closed', async (t) => {
+  const ws = await workspace();
+  const server = await startServer(ws);
+  const target = await echoTarget();
+  const agent = await startAgent(ws, server, 'cluster-a');
+  const channel = new GrpcChannel({ uds: server.grpcUds });
+  const address = `cluster-a:${target.port}`;
+  try {
+    // The first dial has a stream of its own; the server's answer says it takes many on one.
+    const first = await echoThrough(() => channel.dial(address), 1024);
+    t.is(first.received, first.sent);
+    await eventually(async () => (await proxyStreams(server.healthPort)) === 0, 5_000, 'the first dial\'s stream closed');
+
+    const conns = await openEchoed(t, channel, address, 40);
+    t.is(await established(server.healthPort), 40);
+    t.is(await proxyStreams(server.healthPort), 1, 'forty connections, one Proxy stream');
+    for (const conn of conns) conn.destroy();
+    await eventually(async () => (await established(server.healthPort)) === 0, 5_000, 'every connection closed on the server');
+    t.is(await proxyStreams(server.healthPort), 1, 'the carrier stays for the next dials');
+
+    // The carrier goes on carrying after its connections closed, and refusals do not end it.
+    await t.throwsAsync(channel.dial(`no-such-cluster:${target.port}`), { instanceOf: DialError, message: /No agent available/ });
+    for (const conn of await openEchoed(t, channel, address, 5)) conn.destroy();
+    t.is(await proxyStreams(server.healthPort), 1);
+    t.is(channel.connectionsOpened, 1);
+
+    channel.close();
+    await eventually(async () => (await proxyStreams(server.healthPort)) === 0, 5_000, 'the carrier ended after the channel closed');
+    t.is(await established(server.healthPort), 0);
+  } finally {
+    channel.close();
+    await agent.stop();
+    await server.stop();
+    await target.close();
+    ws.cleanup();
+  }
+});
+
+test('a gRPC channel gives every dial its own Proxy stream on a server without the flow-control extension', async (t) => {
+  const ws = await workspace();
+  const server = await startServer(ws, ['--connection-window=0']);
+  const target = await echoTarget();
+  const agent = await startAgent(ws, server, 'cluster-a', ['--connection-window=0']);
+  const channel = new GrpcChannel({ uds: server.grpcUds });
+  const address = `cluster-a:${target.port}`;
+  try {
+    const first = await echoThrough(() => channel.dial(address), 1024);
+    t.is(first.received, first.sent);
+    const conns = await openEchoed(t, channel, address, 10);
+    t.is(await proxyStreams(server.healthPort), 10, 'a stream per dial, as the reference server takes them');
+    for (const conn of conns) conn.destroy();
+    await eventually(async () => (await proxyStreams(server.healthPort)) === 0, 5_000, 'every stream ended with its connection');
+    t.is(channel.connectionsOpened, 1);
   } finally {
     channel.close();
     await agent.stop();

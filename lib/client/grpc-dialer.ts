@@ -85,6 +85,8 @@ function proxyFailure(proxy: GrpcProxy, address: string, err: Error): DialError 
 export interface StreamHooks {
   released: () => void;
   closed: () => void;
+  /** Called with the server's answer to our flow-control announcement, once its headers came. */
+  flowControl?: (negotiated: boolean) => void;
 }
 
 /**
@@ -105,7 +107,11 @@ export async function dialOnSession(
   const { stream, headers } = startCall(session, PROXY_PATH, metadata);
   const mux = new DialingMux(stream, { name: `gRPC proxy ${grpcTarget(proxy)}` });
   // The reference server sends its headers only with its first message: never wait for them.
-  headers.then((peer) => mux.negotiateFlowControl(negotiateFlowControl(peer, window)), () => undefined);
+  headers.then((peer) => {
+    const windows = negotiateFlowControl(peer, window);
+    mux.negotiateFlowControl(windows);
+    hooks.flowControl?.(windows !== undefined);
+  }, () => undefined);
   let streamError: Error | undefined;
   stream.once('error', (err: Error) => { streamError = err; });
   stream.once('close', hooks.closed);
