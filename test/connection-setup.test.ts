@@ -157,6 +157,45 @@ test('on our server a gRPC channel carries its dials on one Proxy stream, and en
   }
 });
 
+test('on the carrier stream a connection whose reader stalls holds back no other connection', async (t) => {
+  const ws = await workspace();
+  const server = await startServer(ws);
+  const target = await echoTarget();
+  const agent = await startAgent(ws, server, 'cluster-a');
+  // A small window, so the stalled connection's echo stops early and holds little.
+  const channel = new GrpcChannel({ uds: server.grpcUds }, { flowControlWindow: 256 * 1024 });
+  const address = `cluster-a:${target.port}`;
+  try {
+    const first = await echoThrough(() => channel.dial(address), 1024);
+    t.is(first.received, first.sent);
+    const stalled = await channel.dial(address);
+    stalled.pause();
+    const payload = randomBytes(16 * 1024 * 1024);
+    stalled.write(payload);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    t.true(stalled.readableLength < payload.length / 4, `the stalled connection holds ${stalled.readableLength} bytes unread`);
+
+    // Others on the same stream go on at once, in both directions.
+    for (let i = 0; i < 3; i++) {
+      const other = await echoThrough(() => channel.dial(address), 4 * 1024 * 1024);
+      t.is(other.received, other.sent);
+    }
+    t.is(await proxyStreams(server.healthPort), 1, 'all of them on one Proxy stream');
+
+    // The stalled one gets every byte once it reads again.
+    const rest = exchange(stalled, Buffer.alloc(0), payload.length);
+    stalled.resume();
+    t.is(await rest, sha256(payload));
+    stalled.destroy();
+  } finally {
+    channel.close();
+    await agent.stop();
+    await server.stop();
+    await target.close();
+    ws.cleanup();
+  }
+});
+
 test('a gRPC channel gives every dial its own Proxy stream on a server without the flow-control extension', async (t) => {
   const ws = await workspace();
   const server = await startServer(ws, ['--connection-window=0']);
