@@ -68,8 +68,8 @@ scenarios (quick / --full):
              the agent's target connect from their histograms; CPU per cycle): mTLS relay,
              HTTP-CONNECT full and resumed. Each phase against the relay's; no target
   dials      the same cycle on the gRPC frontend (unix socket): a GrpcChannel (one kept
-             connection, a stream per tunneled connection) and one-shot dials (a
-             connection per dial), against a plain gRPC bidi call on a kept connection.
+             connection and stream, a DIAL_REQ per tunneled connection) and one-shot dials
+             (a connection per dial), against a plain gRPC bidi call on a kept connection.
              targets: channel >= 500 cycles/s (1 at a time), >= 2,000 (32 at a time)
   memory     2,000 / 10,000 idle HTTP-CONNECT connections: server and agent RSS.
              targets: <= 64 KiB (server), <= 16 KiB (agent) per connection; after close

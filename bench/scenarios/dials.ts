@@ -1,9 +1,9 @@
 /**
  * 4. dials: connection churn on the gRPC frontend (its unix socket), one at a time and 32 at
  * a time: dial, 1 KiB request, 1 KiB response, close, as churn does. Two clients: the fast
- * path, a GrpcChannel that keeps one connection and opens every tunneled connection as a
- * stream of it (one HEADERS frame and one DIAL_REQ), and the one-shot dialer that opens a
- * connection per dial, as kube-apiserver's egress does. Baseline: the same cycle as a plain
+ * path, a GrpcChannel that keeps one connection and one Proxy stream and opens every
+ * tunneled connection with one DIAL_REQ on it, and the one-shot dialer that opens a
+ * connection and a stream per dial, as kube-apiserver's egress does. Baseline: the same cycle as a plain
  * gRPC bidi call, opened and closed on one kept connection to a server in this process
  * (our gRPC transport, an echo handler: what a stream's open and close cost, with no
  * tunnel). Targets: the channel at least 500 cycles/s one at a time and 2,000 at 32.
