@@ -13,7 +13,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ProxyError, dialHttpConnect } from '../lib/client/http-connect-dialer.js';
 import { FileTlsSource } from '../lib/pki/tls-source.js';
-import { echoTarget, run, sha256, startServer, unusedPort, workspace, type ServerHandle } from './helpers/system.js';
+import { GrpcChannel } from '../lib/client/grpc-channel.js';
+import { echoTarget, echoed, metric, run, sha256, startAgent, startServer, unusedPort, workspace, type ServerHandle } from './helpers/system.js';
 
 /**
  * A TCP balancer on 127.0.0.1: each new connection goes to the next backend in turn, and to
@@ -180,6 +181,47 @@ test('a rolling restart of three servers loses no accepted dial and no byte of 5
     agentBalancer.close();
     clientBalancer.close();
     for (const server of servers) await server.stop();
+    await target.close();
+    ws.cleanup();
+  }
+});
+
+test('a gRPC channel through a balancer takes its next dials to another server once its server drains', async (t) => {
+  const ws = await workspace();
+  const target = await echoTarget();
+  const servers = [await startServer(ws, ['--server-id=g0', '--drain-timeout=60s'], 'g0'), await startServer(ws, ['--server-id=g1', '--drain-timeout=60s'], 'g1')];
+  const agents = await Promise.all(servers.map((server) => startAgent(ws, server, 'cluster-a')));
+  const balancer = await roundRobin(servers.map((s) => s.grpcPort!));
+  const tls = await FileTlsSource.load({ ca: ws.pki.caCert, cert: ws.pki.clientCert, key: ws.pki.clientKey, role: 'test client' });
+  const channel = new GrpcChannel({ host: '127.0.0.1', port: balancer.port, tls });
+  const address = `cluster-a:${target.port}`;
+  const established = (s: ServerHandle) => metric(s.healthPort, 'konnectivity_network_proxy_server_established_connections');
+  try {
+    const held = await channel.dial(address);
+    held.on('error', () => undefined); // a failure shows in the echoes
+    t.true(await echoed(held, 64 * 1024));
+    const first = (await established(servers[0])) === 1 ? 0 : 1;
+    t.is(await established(servers[first]), 1, 'the channel\'s connection went to one of the servers');
+
+    servers[first].proc.child.kill('SIGTERM');
+    await servers[first].proc.waitFor(/draining: refusing new clients/);
+    // Every new dial goes to the other server, none is refused; the held connection goes on.
+    for (let i = 0; i < 10; i++) {
+      const conn = await channel.dial(address);
+      t.true(await echoed(conn, 32 * 1024), `dial ${i} during the drain`);
+      conn.destroy();
+    }
+    t.is(channel.connectionsOpened, 2);
+    t.true(await echoed(held, 1024 * 1024), 'the held connection during the drain');
+    held.destroy();
+    t.is(await servers[first].proc.exited, 0);
+    t.regex(servers[first].proc.output, /drained: every connection has finished/);
+  } finally {
+    channel.close();
+    balancer.close();
+    for (const agent of agents) await agent.stop();
+    for (const server of servers) await server.stop();
+    tls.close();
     await target.close();
     ws.cleanup();
   }

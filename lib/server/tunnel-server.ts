@@ -144,6 +144,8 @@ export class TunnelServer {
 
   private readonly log = logger('server');
   private readonly grpcServers: GrpcServer[] = [];
+  /** The gRPC frontend's servers (unix socket, mTLS TCP), of grpcServers. */
+  private readonly frontendGrpcServers: GrpcServer[] = [];
   private readonly httpServers: http.Server[] = [];
   private readonly frontendStreams = new Set<AcceptingMux>();
   private readonly pushStreams = new Set<AcceptingMux>();
@@ -299,7 +301,8 @@ export class TunnelServer {
 
   /**
    * A graceful shutdown: refuses new clients and agent streams from now on (the HTTP
-   * listeners close, gRPC calls are answered UNAVAILABLE), sends DRAIN to the agents that
+   * listeners close, gRPC frontend clients get GOAWAY on their connections and new calls
+   * are answered UNAVAILABLE), sends DRAIN to the agents that
    * understand it, so that they take new dials through their other servers, and lets the
    * open connections finish for up to `drainTimeoutMs` before it closes everything.
    */
@@ -308,6 +311,7 @@ export class TunnelServer {
       this.draining$.next(true);
       this.setDraining('the server is shutting down');
       for (const server of this.httpServers) server.close();
+      for (const server of this.frontendGrpcServers) server.goAway();
       let told = 0;
       for (const backend of this.registry.all()) {
         if (!backend.takesServerDrain) continue;
@@ -378,6 +382,7 @@ export class TunnelServer {
     const server = new GrpcServer({ tls, name: 'grpc', receiveWindow: PROXY_SERVER_WINDOW, log: this.log });
     server.handle(PROXY_PATH, handler);
     this.grpcServers.push(server);
+    this.frontendGrpcServers.push(server);
     return server;
   }
 

@@ -164,6 +164,15 @@ export class GrpcServer {
     return typeof address === 'object' && address ? address.port : 0;
   }
 
+  /**
+   * Tells every connected client to open no new streams on its connection (HTTP/2 GOAWAY)
+   * while the open ones go on: a client that keeps its connection (a GrpcChannel) takes its
+   * next dials to a new connection, through a balancer to another server.
+   */
+  goAway(): void {
+    for (const session of this.sessions) if (!session.closed && !session.destroyed) session.close();
+  }
+
   /** Stops listening and closes every session at once. */
   close(): void {
     this.tlsFollower?.unsubscribe();
