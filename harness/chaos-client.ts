@@ -7,6 +7,7 @@
  * attempt, whether it completed or not:
  *
  *   node chaos-client.js --proxy=unix:PATH --targets=c1:PORT,c1:PORT
+ *   node chaos-client.js --proxy=grpc:PATH --targets=...
  *   node chaos-client.js --proxy=127.0.0.1:PORT --ca=FILE --cert=FILE --key=FILE --targets=...
  *       [--parallel=N] [--transfers=N] [--max-bytes=N]
  *
@@ -15,9 +16,10 @@
  * finishes the attempts under way, prints them, and exits.
  */
 import { createHash, randomBytes, randomInt } from 'node:crypto';
-import type net from 'node:net';
+import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import { GrpcChannel } from '../lib/client/grpc-channel.js';
 import { dialHttpConnect, type HttpConnectProxy } from '../lib/client/http-connect-dialer.js';
 import { FileTlsSource } from '../lib/pki/tls-source.js';
 
@@ -72,6 +74,16 @@ async function proxyFrom(spec: string): Promise<HttpConnectProxy> {
   return { host: spec.slice(0, at), port: Number(spec.slice(at + 1)), tls };
 }
 
+/** How the workers dial, and what to close when they are done. */
+async function dialerFrom(spec: string): Promise<{ dial: (target: string) => Promise<Duplex>; close(): void }> {
+  if (spec.startsWith('grpc:')) {
+    const channel = new GrpcChannel({ uds: spec.slice('grpc:'.length) }, { timeoutMs: DIAL_TIMEOUT_MS });
+    return { dial: (target) => channel.dial(target), close: () => channel.close() };
+  }
+  const proxy = await proxyFrom(spec);
+  return { dial: (target) => dialHttpConnect(proxy, target, { timeoutMs: DIAL_TIMEOUT_MS }), close: () => proxy.tls?.close() };
+}
+
 /** Sizes spread evenly over orders of magnitude, 1 byte to `max`: small and large transfers alike. */
 function payloadSize(max: number): number {
   return Math.max(1, Math.floor(Math.exp(Math.random() * Math.log(max))));
@@ -82,7 +94,7 @@ function payloadSize(max: number): number {
  * bytes are back as were sent, the client ends its side and waits for the connection to
  * close, so that a byte too many is seen too.
  */
-function transfer(socket: net.Socket, payload: Buffer): Promise<Pick<TransferOutcome, 'received' | 'completed' | 'intact' | 'failed' | 'error'>> {
+function transfer(socket: Duplex, payload: Buffer): Promise<Pick<TransferOutcome, 'received' | 'completed' | 'intact' | 'failed' | 'error'>> {
   const expected = createHash('sha256').update(payload).digest('hex');
   const hash = createHash('sha256');
   return new Promise((resolve) => {
@@ -116,7 +128,7 @@ function transfer(socket: net.Socket, payload: Buffer): Promise<Pick<TransferOut
         socket.end();
       }
     });
-    socket.on('error', (err) => { error ??= err.message; });
+    socket.on('error', (err: Error) => { error ??= err.message; });
     socket.once('close', () => finish(completed ? undefined : 'transfer'));
     let offset = 0;
     const pump = () => {
@@ -133,7 +145,7 @@ function transfer(socket: net.Socket, payload: Buffer): Promise<Pick<TransferOut
   });
 }
 
-const proxy = await proxyFrom(required('proxy'));
+const dialer = await dialerFrom(required('proxy'));
 const targets = required('targets').split(',');
 const parallel = Number(values.parallel);
 const maxBytes = Number(values['max-bytes']);
@@ -148,9 +160,9 @@ process.stderr.write('chaos client running\n');
 async function attempt(target: string): Promise<TransferOutcome> {
   const payload = randomBytes(payloadSize(maxBytes));
   const base = { target, bytes: payload.length };
-  let socket: net.Socket;
+  let socket: Duplex;
   try {
-    socket = await dialHttpConnect(proxy, target, { timeoutMs: DIAL_TIMEOUT_MS });
+    socket = await dialer.dial(target);
   } catch (err) {
     return { ...base, received: 0, completed: false, intact: false, failed: 'dial', error: (err as Error).message, at: Date.now() };
   }
@@ -167,3 +179,4 @@ async function worker(): Promise<void> {
 }
 
 await Promise.all(Array.from({ length: parallel }, worker));
+dialer.close();

@@ -1,5 +1,6 @@
 /**
- * Chaos: one server, one agent (cluster c1), two echo targets and two clients, each a process
+ * Chaos: one server, one agent (cluster c1), two echo targets and three clients (HTTP-CONNECT
+ * on the unix socket and over mTLS, a GrpcChannel on the gRPC socket), each a process
  * of its own. For CHAOS_MS, every DWELL_MS one of them in turn (agent, server, a target, a
  * client) is killed with SIGKILL in the middle of transfers and started again, the server on
  * the same ports so that the agent finds it. Dials that fail while something is down are
@@ -116,13 +117,16 @@ interface TargetProcess {
 
 interface Client {
   label: string;
-  via: 'unix' | 'tls';
+  via: 'unix' | 'tls' | 'grpc';
   /** Its flags beyond where to dial, for a replacement to start alike. */
   extra: string[];
   proc: Proc;
 }
 
 type Outcome = TransferOutcome & { client: string };
+
+/** The clients: HTTP-CONNECT on the unix socket and over mTLS, and a GrpcChannel on the gRPC unix socket. */
+const VIAS: Array<Client['via']> = ['unix', 'tls', 'grpc'];
 
 let ws: Workspace;
 let agentPort: number;
@@ -158,9 +162,11 @@ async function startTarget(port: number): Promise<TargetProcess> {
 /** A chaos client through the unix socket or the mTLS port, its outcomes collected as they come. */
 function startClient(via: Client['via'], extra: string[] = []): Client {
   const label = `client-${++clientsStarted}-${via}`;
-  const proxy = via === 'unix'
-    ? [`--proxy=unix:${server.connectUds}`]
-    : [`--proxy=127.0.0.1:${connectPort}`, `--ca=${ws.pki.caCert}`, `--cert=${ws.pki.clientCert}`, `--key=${ws.pki.clientKey}`];
+  const proxy = {
+    unix: [`--proxy=unix:${server.connectUds}`],
+    tls: [`--proxy=127.0.0.1:${connectPort}`, `--ca=${ws.pki.caCert}`, `--cert=${ws.pki.clientCert}`, `--key=${ws.pki.clientKey}`],
+    grpc: [`--proxy=grpc:${server.grpcUds}`],
+  }[via];
   const proc = track(run(join(HARNESS, 'chaos-client.js'), [
     ...proxy, `--targets=${targets.map((target) => `c1:${target.port}`).join(',')}`, `--parallel=${CLIENT_PARALLEL}`, ...extra,
   ]));
@@ -209,7 +215,7 @@ const victims = {
     return `target c1:${targets[i].port}`;
   },
   async client(): Promise<string> {
-    // The one running longest: the two kinds of client take turns.
+    // The one running longest: the kinds of client take turns.
     const victim = clients.shift()!;
     await victim.proc.stop('SIGKILL');
     clients.push(startClient(victim.via, victim.extra));
@@ -311,7 +317,7 @@ test.before(async () => {
   agent = await startAgent(ws, server, 'c1');
   track(agent.proc);
   fresh = await footprints();
-  clients.push(startClient('unix', [`--max-bytes=${CHAOS_MAX_BYTES}`]), startClient('tls', [`--max-bytes=${CHAOS_MAX_BYTES}`]));
+  clients.push(...VIAS.map((via) => startClient(via, [`--max-bytes=${CHAOS_MAX_BYTES}`])));
 });
 
 test.after.always(async () => {
@@ -356,6 +362,7 @@ test.serial('kill -9 of the agent, the server, a target and a client in turn: ev
   t.log(`${outcomes.length} attempts: ${completed.length} completed (${(completed.reduce((n, o) => n + o.bytes, 0) / MiB).toFixed(0)} MiB), ${failed('dial')} dials failed, ${failed('transfer')} transfers cut off, ${stalled.length} stalled`);
 
   t.deepEqual(new Set(kills.map((k) => k.kind)), new Set(kinds), 'each kind of process was killed');
+  for (const via of VIAS) t.true(completed.some((o) => o.client.endsWith(`-${via}`)), `transfers of the ${via} client completed`);
   t.deepEqual(broken.slice(0, 5), [], `${broken.length} of ${completed.length} completed transfers came back with other bytes than were sent (the first 5 shown)`);
   t.deepEqual(stalled.slice(0, 5), [], `${stalled.length} connections neither finished nor closed (the first 5 shown): a connection whose path died must close, not hang`);
   t.deepEqual(unreadable, [], 'the clients printed nothing but outcomes');
@@ -374,14 +381,14 @@ test.serial('afterwards the connection tables are empty, server and agent hold w
     return [...growth('server', fresh.server, before.server, 'freshly started'), ...growth('agent', fresh.agent, before.agent, 'freshly started')];
   }, SETTLE_MS, 'the server and the agent to hold no more descriptors and event-loop resources after the chaos than a freshly started pair');
 
-  const burst = [startClient('unix', [`--transfers=${BURST}`]), startClient('tls', [`--transfers=${BURST}`])];
+  const burst = VIAS.map((via) => startClient(via, [`--transfers=${BURST}`]));
   for (const client of burst) {
     const code = await within(client.proc.exited, BURST_MS, `${client.label} to finish its ${BURST} transfers and exit`);
     t.is(code, 0, `${client.label} exits 0 after its transfers; its output ends:\n${client.proc.output.slice(-2000)}`);
   }
   const results = outcomes.filter((o) => burst.some((client) => client.label === o.client));
   const notIntact = results.filter((o) => !o.intact);
-  t.is(results.length, 2 * BURST, 'one outcome per transfer of the final burst');
+  t.is(results.length, VIAS.length * BURST, 'one outcome per transfer of the final burst');
   t.deepEqual(notIntact.slice(0, 5), [], `${notIntact.length} of ${results.length} transfers of the final burst, with nothing killed, did not come back intact (the first 5 shown)`);
 
   await settled(connectionTables, SETTLE_MS, 'every connection table of the server and the agent to be empty after the final burst');
