@@ -15,11 +15,11 @@ import { CLIENT_ORGANIZATION } from '../lib/pki/identities.js';
 import { logger } from '../lib/observe/log.js';
 import type { TlsSource } from '../lib/pki/tls-source.js';
 import { dialHttpConnect, type HttpConnectProxy } from '../lib/client/http-connect-dialer.js';
-import { GrpcChannel } from '../lib/client/grpc-channel.js';
+import { GrpcChannel, type GrpcChannelOptions } from '../lib/client/grpc-channel.js';
 import { DialError } from '../lib/mux/dialing-mux.js';
 import type { TunnelConnection } from '../lib/mux/tunnel-connection.js';
 import { FileTlsSource } from '../lib/pki/tls-source.js';
-import { echoTarget, echoed, eventually, exchange, metric, sha256, startAgent, startServer, workspace, type Workspace } from './helpers/system.js';
+import { echoTarget, echoed, eventually, exchange, metric, sha256, startAgent, startServer, workspace, type ServerHandle, type Workspace } from './helpers/system.js';
 
 const clientTls = (ws: Workspace) => FileTlsSource.load({ ca: ws.pki.caCert, cert: ws.pki.clientCert, key: ws.pki.clientKey, role: 'test client' });
 
@@ -119,35 +119,32 @@ async function openEchoed(t: ExecutionContext, channel: GrpcChannel, address: st
   return conns;
 }
 
-test('on our server a gRPC channel carries its dials on one Proxy stream, and ends it when closed', async (t) => {
+interface ChannelSetup {
+  server: ServerHandle;
+  channel: GrpcChannel;
+  /** An echo target in cluster-a; `targetPort` is its port. */
+  address: string;
+  targetPort: number;
+}
+
+/**
+ * A server, an agent for cluster-a with an echo target, and a GrpcChannel on the server's gRPC
+ * socket whose first dial (a stream of its own, which learns whether the server takes many
+ * dials on one) has been made and checked; `use` runs on that, and everything is stopped after.
+ * `flags` go to both the server and the agent (flags they share, e.g. --connection-window).
+ */
+async function withChannel(t: ExecutionContext, flags: string[], channelOptions: GrpcChannelOptions, use: (setup: ChannelSetup) => Promise<void>): Promise<void> {
   const ws = await workspace();
-  const server = await startServer(ws);
+  const server = await startServer(ws, flags);
   const target = await echoTarget();
-  const agent = await startAgent(ws, server, 'cluster-a');
-  const channel = new GrpcChannel({ uds: server.grpcUds });
+  const agent = await startAgent(ws, server, 'cluster-a', flags);
+  const channel = new GrpcChannel({ uds: server.grpcUds }, channelOptions);
   const address = `cluster-a:${target.port}`;
   try {
-    // The first dial has a stream of its own; the server's answer says it takes many on one.
     const first = await echoThrough(() => channel.dial(address), 1024);
     t.is(first.received, first.sent);
     await eventually(async () => (await proxyStreams(server.healthPort)) === 0, 5_000, 'the first dial\'s stream closed');
-
-    const conns = await openEchoed(t, channel, address, 40);
-    t.is(await established(server.healthPort), 40);
-    t.is(await proxyStreams(server.healthPort), 1, 'forty connections, one Proxy stream');
-    for (const conn of conns) conn.destroy();
-    await eventually(async () => (await established(server.healthPort)) === 0, 5_000, 'every connection closed on the server');
-    t.is(await proxyStreams(server.healthPort), 1, 'the carrier stays for the next dials');
-
-    // The carrier goes on carrying after its connections closed, and refusals do not end it.
-    await t.throwsAsync(channel.dial(`no-such-cluster:${target.port}`), { instanceOf: DialError, message: /No agent available/ });
-    for (const conn of await openEchoed(t, channel, address, 5)) conn.destroy();
-    t.is(await proxyStreams(server.healthPort), 1);
-    t.is(channel.connectionsOpened, 1);
-
-    channel.close();
-    await eventually(async () => (await proxyStreams(server.healthPort)) === 0, 5_000, 'the carrier ended after the channel closed');
-    t.is(await established(server.healthPort), 0);
+    await use({ server, channel, address, targetPort: target.port });
   } finally {
     channel.close();
     await agent.stop();
@@ -155,70 +152,57 @@ test('on our server a gRPC channel carries its dials on one Proxy stream, and en
     await target.close();
     ws.cleanup();
   }
-});
+}
 
-test('on the carrier stream a connection whose reader stalls holds back no other connection', async (t) => {
-  const ws = await workspace();
-  const server = await startServer(ws);
-  const target = await echoTarget();
-  const agent = await startAgent(ws, server, 'cluster-a');
-  // A small window, so the stalled connection's echo stops early and holds little.
-  const channel = new GrpcChannel({ uds: server.grpcUds }, { flowControlWindow: 256 * 1024 });
-  const address = `cluster-a:${target.port}`;
-  try {
-    const first = await echoThrough(() => channel.dial(address), 1024);
-    t.is(first.received, first.sent);
-    const stalled = await channel.dial(address);
-    stalled.pause();
-    const payload = randomBytes(16 * 1024 * 1024);
-    stalled.write(payload);
-    await new Promise((resolve) => setTimeout(resolve, 1_000));
-    t.true(stalled.readableLength < payload.length / 4, `the stalled connection holds ${stalled.readableLength} bytes unread`);
+test('on our server a gRPC channel carries its dials on one Proxy stream, and ends it when closed', (t) => withChannel(t, [], {}, async ({ server, channel, address, targetPort }) => {
+  const conns = await openEchoed(t, channel, address, 40);
+  t.is(await established(server.healthPort), 40);
+  t.is(await proxyStreams(server.healthPort), 1, 'forty connections, one Proxy stream');
+  for (const conn of conns) conn.destroy();
+  await eventually(async () => (await established(server.healthPort)) === 0, 5_000, 'every connection closed on the server');
+  t.is(await proxyStreams(server.healthPort), 1, 'the carrier stays for the next dials');
 
-    // Others on the same stream go on at once, in both directions.
-    for (let i = 0; i < 3; i++) {
-      const other = await echoThrough(() => channel.dial(address), 4 * 1024 * 1024);
-      t.is(other.received, other.sent);
-    }
-    t.is(await proxyStreams(server.healthPort), 1, 'all of them on one Proxy stream');
+  // The carrier goes on carrying after its connections closed, and refusals do not end it.
+  await t.throwsAsync(channel.dial(`no-such-cluster:${targetPort}`), { instanceOf: DialError, message: /No agent available/ });
+  for (const conn of await openEchoed(t, channel, address, 5)) conn.destroy();
+  t.is(await proxyStreams(server.healthPort), 1);
+  t.is(channel.connectionsOpened, 1);
 
-    // The stalled one gets every byte once it reads again.
-    const rest = exchange(stalled, Buffer.alloc(0), payload.length);
-    stalled.resume();
-    t.is(await rest, sha256(payload));
-    stalled.destroy();
-  } finally {
-    channel.close();
-    await agent.stop();
-    await server.stop();
-    await target.close();
-    ws.cleanup();
+  channel.close();
+  await eventually(async () => (await proxyStreams(server.healthPort)) === 0, 5_000, 'the carrier ended after the channel closed');
+  t.is(await established(server.healthPort), 0);
+}));
+
+// A small window, so the stalled connection's echo stops early and holds little.
+test('on the carrier stream a connection whose reader stalls holds back no other connection', (t) => withChannel(t, [], { flowControlWindow: 256 * 1024 }, async ({ server, channel, address }) => {
+  const stalled = await channel.dial(address);
+  stalled.pause();
+  const payload = randomBytes(16 * 1024 * 1024);
+  stalled.write(payload);
+  await new Promise((resolve) => setTimeout(resolve, 1_000));
+  t.true(stalled.readableLength < payload.length / 4, `the stalled connection holds ${stalled.readableLength} bytes unread`);
+
+  // Others on the same stream go on at once, in both directions.
+  for (let i = 0; i < 3; i++) {
+    const other = await echoThrough(() => channel.dial(address), 4 * 1024 * 1024);
+    t.is(other.received, other.sent);
   }
-});
+  t.is(await proxyStreams(server.healthPort), 1, 'all of them on one Proxy stream');
 
-test('a gRPC channel gives every dial its own Proxy stream on a server without the flow-control extension', async (t) => {
-  const ws = await workspace();
-  const server = await startServer(ws, ['--connection-window=0']);
-  const target = await echoTarget();
-  const agent = await startAgent(ws, server, 'cluster-a', ['--connection-window=0']);
-  const channel = new GrpcChannel({ uds: server.grpcUds });
-  const address = `cluster-a:${target.port}`;
-  try {
-    const first = await echoThrough(() => channel.dial(address), 1024);
-    t.is(first.received, first.sent);
-    const conns = await openEchoed(t, channel, address, 10);
-    t.is(await proxyStreams(server.healthPort), 10, 'a stream per dial, as the reference server takes them');
-    for (const conn of conns) conn.destroy();
-    await eventually(async () => (await proxyStreams(server.healthPort)) === 0, 5_000, 'every stream ended with its connection');
-    t.is(channel.connectionsOpened, 1);
-  } finally {
-    channel.close();
-    await agent.stop();
-    await server.stop();
-    await target.close();
-    ws.cleanup();
-  }
-});
+  // The stalled one gets every byte once it reads again.
+  const rest = exchange(stalled, Buffer.alloc(0), payload.length);
+  stalled.resume();
+  t.is(await rest, sha256(payload));
+  stalled.destroy();
+}));
+
+test('a gRPC channel gives every dial its own Proxy stream on a server without the flow-control extension', (t) => withChannel(t, ['--connection-window=0'], {}, async ({ server, channel, address }) => {
+  const conns = await openEchoed(t, channel, address, 10);
+  t.is(await proxyStreams(server.healthPort), 10, 'a stream per dial, as the reference server takes them');
+  for (const conn of conns) conn.destroy();
+  await eventually(async () => (await proxyStreams(server.healthPort)) === 0, 5_000, 'every stream ended with its connection');
+  t.is(channel.connectionsOpened, 1);
+}));
 
 /** The HTTP-CONNECT frontend alone, with resumption, on a TLS source whose changes the test makes. */
 async function resumingFrontend(ws: Workspace) {
