@@ -10,6 +10,12 @@ import { DialNotAllowedError, type DialAllowList } from './dial-allow-list.js';
 
 export const DEFAULT_TARGET_DIAL_TIMEOUT_MS = 5_000;
 
+/** A target that did not answer the connect within the dial timeout. */
+export class TargetDialTimeoutError extends Error {
+  override name = 'TargetDialTimeoutError';
+  readonly code = 'ETIMEDOUT';
+}
+
 export interface TargetDialerOptions {
   timeoutMs?: number;
   /** Static name -> address overrides consulted before DNS (like curl --resolve). */
@@ -57,9 +63,12 @@ export function dialTarget(address: string, signal: AbortSignal, options: Target
       socket?.destroy();
       reject(err);
     };
-    const timer = setTimeout(() => fail(new Error(`dial tcp ${address}: i/o timeout`)), timeoutMs);
+    const timer = setTimeout(() => fail(new TargetDialTimeoutError(`dial tcp ${address}: i/o timeout`)), timeoutMs);
     const onAbort = () => fail(new Error(`dial tcp ${address}: operation was canceled`));
-    const onError = (err: NodeJS.ErrnoException) => fail(new Error(goErrorText(address, target.host, err)));
+    const onError = (err: NodeJS.ErrnoException) => {
+      const text = goErrorText(address, target.host, err);
+      fail(err.code === 'ETIMEDOUT' ? new TargetDialTimeoutError(text) : new Error(text));
+    };
     const onConnect = () => {
       if (settled) return;
       settled = true;

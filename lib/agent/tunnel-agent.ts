@@ -20,7 +20,7 @@ import type { Histogram } from '../observe/metrics.js';
 import { Backoff, type BackoffOptions } from '../common/backoff.js';
 import { DownlinkUnpairedError, ServerConnection } from './server-connection.js';
 import type { TlsSource } from '../pki/tls-source.js';
-import { dialTarget, type TargetDialerOptions } from './target-dialer.js';
+import { TargetDialTimeoutError, dialTarget, type TargetDialerOptions } from './target-dialer.js';
 import { DialNotAllowedError } from './dial-allow-list.js';
 import { PushListeners, type PushListenSpec } from './push-listener.js';
 import { filter, firstValueFrom, interval, map, race, startWith, timer, type Observable, type Subscription } from 'rxjs';
@@ -400,7 +400,7 @@ export class TunnelAgent {
       this.dialLatency.observe((performance.now() - started) / 1000);
       return socket;
     } catch (err) {
-      const reason = err instanceof DialNotAllowedError ? 'not_allowed' : /timeout/.test((err as Error).message) ? 'timeout' : 'unknown';
+      const reason = err instanceof DialNotAllowedError ? 'not_allowed' : err instanceof TargetDialTimeoutError ? 'timeout' : 'unknown';
       this.dialFailures.inc({ reason });
       this.log.info('dial to target failed', { address: request.address, reason: (err as Error).message });
       throw err;
