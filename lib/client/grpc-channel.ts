@@ -17,7 +17,7 @@
  * for the next ones. It keeps the process alive only while a tunneled connection is open.
  */
 import type http2 from 'node:http2';
-import { DialError, DialingMux } from '../mux/dialing-mux.js';
+import { DialError, DialingMux, type DialOptions } from '../mux/dialing-mux.js';
 import type { TunnelConnection } from '../mux/tunnel-connection.js';
 import { DEFAULT_CONNECTION_WINDOW, announceFlowControl, negotiateFlowControl } from '../transport/flow-control-metadata.js';
 import { openCall } from '../transport/grpc-client.js';
@@ -63,7 +63,7 @@ class Carrier {
     });
   }
 
-  async dial(address: string, options: { timeoutMs?: number; signal?: AbortSignal }, release: () => void): Promise<TunnelConnection> {
+  async dial(address: string, options: Pick<DialOptions, 'timeoutMs' | 'signal'>, release: () => void): Promise<TunnelConnection> {
     const conn = await this.mux.dial(address, options);
     // The peer's close can come in the same read as the DIAL_RSP, before this runs.
     if (conn.isOpenOnWire && !this.mux.isClosed) this.holds.set(conn, release);
@@ -196,7 +196,6 @@ export class GrpcChannel {
       session.once('close', forget);
       session.once('goaway', forget);
       if (opening.streams === 0) session.unref();
-      if (this.closed) session.close();
       return session;
     }, (err: unknown) => {
       // The next dial tries again.
