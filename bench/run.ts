@@ -17,6 +17,7 @@ import { installExitHandlers, reapLeftovers, Scope } from './lib/scope.js';
 import { BINARY_RUNTIME } from '../harness/processes.js';
 import { nativeHeapRelease } from '../lib/observe/native-heap.js';
 import { integrityFailures } from './lib/integrity.js';
+import { referenceBinaries } from './lib/reference.js';
 import { bulk } from './scenarios/bulk.js';
 import { aggregate } from './scenarios/aggregate.js';
 import { churnScenario } from './scenarios/churn.js';
@@ -32,7 +33,7 @@ import { agents } from './scenarios/agents.js';
 
 const SCENARIOS: Scenario[] = [bulk, aggregate, churnScenario, phases, dials, memory, hol, wan, rotation, push, restart, agents];
 
-const HELP = `usage: node dist/bench/run.js [--full] [--json FILE] [--only NAME[,NAME]] [--help]
+const HELP = `usage: node dist/bench/run.js [--full] [--json FILE] [--only NAME[,NAME]] [--reference DIR] [--help]
 
 Measures the tunnel (tunnel-server and tunnel-agent as child processes, fresh local PKI per
 scenario) against baselines measured in the same run, and prints a table:
@@ -48,6 +49,10 @@ DATA INTEGRITY FAILED, and makes the exit status 1.
                  2,000 idle agents)
   --json FILE    also write every figure with its baseline, ratio and target as JSON
   --only LIST    run only these scenarios (comma-separated), in the usual order
+  --reference DIR
+                 also measure the reference (apiserver-network-proxy's server and agent,
+                 built from its release tag into DIR as \`server\` and \`agent\`) in churn,
+                 with the same certificates: its HTTP-CONNECT rows, and ours against it
   --help         this text
 
 TUNNEL_BENCH_SCALE=F in the environment multiplies sizes, durations and connection counts
@@ -109,6 +114,7 @@ function parseCli(argv: string[]) {
       full: { type: 'boolean', default: false },
       json: { type: 'string' },
       only: { type: 'string' },
+      reference: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -117,7 +123,8 @@ function parseCli(argv: string[]) {
   const only = values.only?.split(',').map((s) => s.trim()).filter(Boolean);
   const unknown = only?.filter((name) => !SCENARIOS.some((s) => s.name === name)) ?? [];
   if (unknown.length > 0) throw new Error(`unknown scenario ${unknown.join(', ')}; known: ${SCENARIOS.map((s) => s.name).join(', ')}`);
-  return { full: values.full ?? false, json: values.json, only, help: values.help ?? false };
+  const reference = values.reference === undefined ? undefined : referenceBinaries(values.reference);
+  return { full: values.full ?? false, json: values.json, only, reference, help: values.help ?? false };
 }
 
 async function main(): Promise<number> {
@@ -142,7 +149,7 @@ async function main(): Promise<number> {
     process.stderr.write('TUNNEL_BENCH_SCALE must be a positive number\n');
     return 2;
   }
-  const config = makeConfig(cli.full, limits.soft, scale);
+  const config = makeConfig(cli.full, limits.soft, scale, cli.reference);
   const selected = SCENARIOS.filter((s) => !cli.only || cli.only.includes(s.name));
   const plans = selected.map((s) => s.plan(config));
   const progress = new Progress(plans.reduce((n, p) => n + p.length, 0));

@@ -11,6 +11,7 @@ import { dialGrpc } from '../../lib/client/grpc-dialer.js';
 import { connectTls } from '../../lib/transport/tls-dial.js';
 import { inCluster, type Tunnel } from './tunnel.js';
 import type { Helper } from './helpers.js';
+import type { ReferenceTunnel } from './reference.js';
 
 /** A connection to a target, whatever the path. */
 export type Conn = Duplex & { setNoDelay?(noDelay?: boolean): unknown };
@@ -76,6 +77,23 @@ export function httpConnectDialer(tunnel: Tunnel, target: Helper, label = 'HTTP-
     pids: tunnelPids(tunnel, target),
     dial: async () => {
       const socket = await dialHttpConnect(proxy, inCluster(target.port), { timeoutMs: DIAL_TIMEOUT_MS });
+      socket.setNoDelay(true);
+      return socket;
+    },
+  };
+}
+
+/**
+ * Through the reference server's HTTP-CONNECT frontend (mTLS, the same client certificate),
+ * to the target by its address: the reference agent dials what it is asked for.
+ */
+export function referenceConnectDialer(reference: ReferenceTunnel, target: Helper, clientTls: TlsSource, label: string, options: { resumeSessions: boolean }): Dialer {
+  const proxy = { host: '127.0.0.1', port: reference.connectPort, tls: clientTls, servername: 'localhost', resumeSessions: options.resumeSessions };
+  return {
+    label,
+    pids: { client: process.pid, server: reference.serverPid, agent: reference.agentPid, target: target.pid },
+    dial: async () => {
+      const socket = await dialHttpConnect(proxy, `127.0.0.1:${target.port}`, { timeoutMs: DIAL_TIMEOUT_MS });
       socket.setNoDelay(true);
       return socket;
     },

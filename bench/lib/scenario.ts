@@ -3,6 +3,7 @@
  */
 import type { Figure, FigureInput, Progress } from './results.js';
 import type { Scope } from './scope.js';
+import type { ReferenceBinaries } from './reference.js';
 import { MiB } from './measure.js';
 
 export interface Config {
@@ -29,13 +30,15 @@ export interface Config {
   transferLimitMs: number;
   /** The process's open-files limit (soft), which the tunnel binaries inherit. */
   fdLimit: number;
+  /** The reference's binaries (--reference DIR): churn measures them as one more path. */
+  reference?: ReferenceBinaries;
 }
 
 /**
  * `scale` (TUNNEL_BENCH_SCALE, for development) multiplies sizes, durations and the number of
  * idle connections and agents; 1 is the real benchmark.
  */
-export function makeConfig(full: boolean, fdLimit: number, scale = 1): Config {
+export function makeConfig(full: boolean, fdLimit: number, scale = 1, reference?: ReferenceBinaries): Config {
   const bytes = (n: number) => Math.max(MiB, Math.round(n * scale));
   return {
     full,
@@ -56,6 +59,7 @@ export function makeConfig(full: boolean, fdLimit: number, scale = 1): Config {
     wanDelayMs: 25,
     transferLimitMs: full ? 120_000 : 25_000,
     fdLimit,
+    reference,
   };
 }
 

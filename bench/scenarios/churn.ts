@@ -6,9 +6,13 @@
  * Baselines: the same cycles in plain TCP, directly and through the relay, and through a relay
  * that terminates mTLS with the same certificates and full handshakes (the handshake's own
  * cost, with no tunnel). Both HTTP-CONNECT rows are measured against that relay.
+ * Given the reference's binaries (--reference), the reference server and agent are two more
+ * paths, full and resumed handshakes (Go resumes sessions by default), and each of our
+ * HTTP-CONNECT rows is also put against the reference's.
  */
 import { startRelay, startTarget, startTlsRelay } from '../lib/helpers.js';
-import { tcpDialer, tlsDialer, httpConnectDialer, type Conn, type Dialer } from '../lib/dialers.js';
+import { tcpDialer, tlsDialer, httpConnectDialer, referenceConnectDialer, type Conn, type Dialer } from '../lib/dialers.js';
+import { startReference } from '../lib/reference.js';
 import { now, percentile, requestResponse, KiB } from '../lib/measure.js';
 import { clientSide, startTunnel, startTunnelAgent, startTunnelServer } from '../lib/tunnel.js';
 import { cpuMeter, formatCpu, formatCpuPer, type CpuUse } from '../lib/cpu.js';
@@ -27,8 +31,14 @@ const CYCLE_LIMIT_MS = 10_000;
  */
 const WARMUP_LIMIT_S = 30;
 const RESUMED = 'HTTP-CONNECT, resumed TLS';
-/** What each path is compared with: one more hop, then the same hop with mTLS, then the tunnel. */
-const BASELINE_OF: Record<string, string | undefined> = { relay: 'direct', 'mTLS relay': 'relay', 'HTTP-CONNECT': 'mTLS relay', [RESUMED]: 'mTLS relay' };
+const REFERENCE = 'reference';
+const REFERENCE_RESUMED = 'reference, resumed TLS';
+/** What each path is compared with: one more hop, then the same hop with mTLS, then the tunnels. */
+const BASELINE_OF: Record<string, string | undefined> = {
+  relay: 'direct', 'mTLS relay': 'relay', 'HTTP-CONNECT': 'mTLS relay', [RESUMED]: 'mTLS relay', [REFERENCE]: 'mTLS relay', [REFERENCE_RESUMED]: 'mTLS relay',
+};
+/** Ours against the reference, full handshakes and resumed ones, when it is measured. */
+const REFERENCE_OF: Record<string, string | undefined> = { 'HTTP-CONNECT': REFERENCE, [RESUMED]: REFERENCE_RESUMED };
 /** Tunnel / mTLS relay: with full handshakes as fast as the relay, less a tenth; resumed half as fast again. */
 const TARGET_RATIO: Record<string, number | undefined> = { 'HTTP-CONNECT': 0.9, [RESUMED]: 1.5 };
 
@@ -100,7 +110,8 @@ export const churnScenario: Scenario = {
   name: 'churn',
   title: 'connection churn',
   plan: (config) => ['start target, relays and tunnel', 'warm up',
-    ...[1, config.churnConcurrency].flatMap((c) => ['direct', 'relay', 'mTLS relay', 'HTTP-CONNECT', RESUMED].map((p) => `${p}, ${c} at a time`))],
+    ...[1, config.churnConcurrency].flatMap((c) => ['direct', 'relay', 'mTLS relay', 'HTTP-CONNECT', RESUMED, ...(config.reference ? [REFERENCE, REFERENCE_RESUMED] : [])]
+      .map((p) => `${p}, ${c} at a time`))],
 
   async run(ctx: Context) {
     const { config, scope } = ctx;
@@ -120,6 +131,13 @@ export const churnScenario: Scenario = {
       httpConnectDialer(tunnel, target, 'HTTP-CONNECT', { resumeSessions: false }),
       httpConnectDialer(resuming, target, RESUMED, { resumeSessions: true }),
     ];
+    if (config.reference) {
+      const reference = await startReference(scope, config.reference, tunnel.ws.pki);
+      dialers.push(
+        referenceConnectDialer(reference, target, tunnel.clientTls, REFERENCE, { resumeSessions: false }),
+        referenceConnectDialer(reference, target, tunnel.clientTls, REFERENCE_RESUMED, { resumeSessions: true }),
+      );
+    }
 
     ctx.step(`warm up (${config.churnWarmupCycles} cycles per path, ${config.churnConcurrency} at a time)`);
     for (const dialer of dialers) {
@@ -137,18 +155,23 @@ export const churnScenario: Scenario = {
         const baselineLabel = BASELINE_OF[dialer.label];
         const base = baselineLabel ? by.get(baselineLabel) : undefined;
         const ratioTarget = TARGET_RATIO[dialer.label];
-        const isTunnel = ratioTarget !== undefined;
+        const isTunnel = ratioTarget !== undefined || dialer.label.startsWith(REFERENCE);
         const note = [failed, isTunnel ? cpu : ''].filter(Boolean).join('; ') || undefined;
         ctx.record({
           figure: `${dialer.label}, ${concurrency} at a time: rate`,
           value: rate,
           unit: 'cycles/s',
           baseline: base ? { label: baselineLabel!, value: base.rate } : undefined,
-          target: isTunnel ? { on: 'ratio', op: '>=', limit: ratioTarget } : undefined,
+          target: ratioTarget !== undefined ? { on: 'ratio', op: '>=', limit: ratioTarget } : undefined,
           note,
         });
         ctx.record({ figure: `${dialer.label}, ${concurrency} at a time: p50`, value: p50, unit: 'ms', baseline: base ? { label: baselineLabel!, value: base.p50 } : undefined });
         ctx.record({ figure: `${dialer.label}, ${concurrency} at a time: p99`, value: p99, unit: 'ms', baseline: base ? { label: baselineLabel!, value: base.p99 } : undefined });
+      }
+      for (const [ours, theirs] of Object.entries(REFERENCE_OF)) {
+        const reference = theirs ? by.get(theirs) : undefined;
+        if (!reference) continue;
+        ctx.record({ figure: `${ours}, ${concurrency} at a time: rate against the reference`, value: by.get(ours)?.rate ?? null, unit: 'cycles/s', baseline: { label: theirs!, value: reference.rate } });
       }
     }
   },
