@@ -5,8 +5,8 @@
  * project: the bench only starts the binaries it is pointed at, on 127.0.0.1, with the
  * scenario's own certificates, so both implementations pay for the same handshakes.
  */
-import { spawn } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, closeSync, constants, openSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import type { LocalPkiPaths } from '../../lib/pki/local-pki.js';
@@ -55,10 +55,16 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-/** Resolves once GET http://127.0.0.1:port/readyz answers 200: the server has an agent. */
-async function waitReady(port: number, what: () => string): Promise<void> {
+/**
+ * Resolves once GET http://127.0.0.1:port/readyz answers 200: the server has an agent. Fails
+ * at once when one of `children` exits, and after READY_LIMIT_MS, with the end of their logs.
+ */
+async function waitReady(port: number, children: ChildProcess[], logs: string[]): Promise<void> {
   const deadline = Date.now() + READY_LIMIT_MS;
+  const tails = () => logs.map((log) => `${log}:\n${lastLines(log, 10)}`).join('\n');
   for (;;) {
+    const exited = children.find((child) => child.exitCode !== null || child.signalCode !== null);
+    if (exited) throw new Error(`a reference binary exited (${exited.exitCode ?? exited.signalCode}) before the server was ready; the end of their logs:\n${tails()}`);
     try {
       const res = await fetch(`http://127.0.0.1:${port}/readyz`);
       await res.arrayBuffer();
@@ -66,7 +72,7 @@ async function waitReady(port: number, what: () => string): Promise<void> {
     } catch {
       // not listening yet
     }
-    if (Date.now() > deadline) throw new Error(`the reference server did not become ready (an agent connected) within ${READY_LIMIT_MS} ms: ${what()}`);
+    if (Date.now() > deadline) throw new Error(`the reference server did not become ready (an agent connected) within ${READY_LIMIT_MS} ms; the end of their logs:\n${tails()}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
@@ -79,12 +85,14 @@ async function waitReady(port: number, what: () => string): Promise<void> {
  */
 export async function startReference(scope: Scope, binaries: ReferenceBinaries, pki: LocalPkiPaths): Promise<ReferenceTunnel> {
   const [connectPort, agentPort, healthPort, adminPort, agentHealthPort, agentAdminPort] = await Promise.all(Array.from({ length: 6 }, freePort));
-  const output: string[] = [];
+  // Their logs go to files in the workspace, not through this process, whose CPU is the client's.
+  const logs: string[] = [];
   const start = (name: string, binary: string, args: string[]) => {
-    const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const keep = (chunk: Buffer) => { output.push(`${name}: ${chunk.toString('utf8').trim()}`); if (output.length > 20) output.shift(); };
-    child.stdout.on('data', keep);
-    child.stderr.on('data', keep);
+    const log = join(pki.dir, `${name.replace(/ /g, '-')}.log`);
+    const fd = openSync(log, 'w');
+    const child = spawn(binary, args, { stdio: ['ignore', fd, fd] });
+    closeSync(fd);
+    logs.push(log);
     track(name, child);
     scope.defer(name, () => stopChild(child));
     return child;
@@ -102,6 +110,14 @@ export async function startReference(scope: Scope, binaries: ReferenceBinaries, 
     `--ca-cert=${pki.caCert}`, `--agent-cert=${pki.clientCert}`, `--agent-key=${pki.clientKey}`,
     '--health-server-host=127.0.0.1', `--health-server-port=${agentHealthPort}`, `--admin-server-port=${agentAdminPort}`,
   ]);
-  await waitReady(healthPort, () => output.join('\n') || 'no output');
+  await waitReady(healthPort, [server, agent], logs);
   return { connectPort, serverPid: server.pid!, agentPid: agent.pid! };
+}
+
+function lastLines(path: string, count: number): string {
+  try {
+    return readFileSync(path, 'utf8').trimEnd().split('\n').slice(-count).join('\n') || '(empty)';
+  } catch (err) {
+    return `(unreadable: ${(err as Error).message})`;
+  }
 }
