@@ -6,7 +6,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { TlsSource } from '../../lib/pki/tls-source.js';
 import type { Duplex } from 'node:stream';
-import { dialHttpConnect } from '../../lib/client/http-connect-dialer.js';
+import { dialHttpConnect, type HttpConnectProxy } from '../../lib/client/http-connect-dialer.js';
 import { dialGrpc } from '../../lib/client/grpc-dialer.js';
 import { connectTls } from '../../lib/transport/tls-dial.js';
 import { inCluster, type Tunnel } from './tunnel.js';
@@ -71,16 +71,7 @@ export function tlsDialer(label: string, target: Helper, relay: Helper, clientTl
 
 /** Through the tunnel server's HTTP-CONNECT frontend (mTLS, a full handshake per dial). */
 export function httpConnectDialer(tunnel: Tunnel, target: Helper, label = 'HTTP-CONNECT', options: { resumeSessions?: boolean } = {}): Dialer {
-  const proxy = { ...tunnel.connectProxy, ...options };
-  return {
-    label,
-    pids: tunnelPids(tunnel, target),
-    dial: async () => {
-      const socket = await dialHttpConnect(proxy, inCluster(target.port), { timeoutMs: DIAL_TIMEOUT_MS });
-      socket.setNoDelay(true);
-      return socket;
-    },
-  };
+  return connectDialer(label, tunnelPids(tunnel, target), { ...tunnel.connectProxy, ...options }, inCluster(target.port));
 }
 
 /**
@@ -89,11 +80,17 @@ export function httpConnectDialer(tunnel: Tunnel, target: Helper, label = 'HTTP-
  */
 export function referenceConnectDialer(reference: ReferenceTunnel, target: Helper, clientTls: TlsSource, label: string, options: { resumeSessions: boolean }): Dialer {
   const proxy = { host: '127.0.0.1', port: reference.connectPort, tls: clientTls, servername: 'localhost', resumeSessions: options.resumeSessions };
+  const pids = { client: process.pid, server: reference.serverPid, agent: reference.agentPid, target: target.pid };
+  return connectDialer(label, pids, proxy, `127.0.0.1:${target.port}`);
+}
+
+/** CONNECT `address` through `proxy`, without Nagle once it answered. */
+function connectDialer(label: string, pids: Record<string, number>, proxy: HttpConnectProxy, address: string): Dialer {
   return {
     label,
-    pids: { client: process.pid, server: reference.serverPid, agent: reference.agentPid, target: target.pid },
+    pids,
     dial: async () => {
-      const socket = await dialHttpConnect(proxy, `127.0.0.1:${target.port}`, { timeoutMs: DIAL_TIMEOUT_MS });
+      const socket = await dialHttpConnect(proxy, address, { timeoutMs: DIAL_TIMEOUT_MS });
       socket.setNoDelay(true);
       return socket;
     },
